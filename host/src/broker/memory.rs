@@ -1,0 +1,488 @@
+//! The embedded backend: Redis Streams semantics inside one process.
+//!
+//! Streams are bounded: while the slowest consumer group of a stream holds
+//! `capacity` unfinished entries, appending waits (backpressure) instead of
+//! dropping. A stream with no group keeps its newest `capacity` entries, as
+//! `XADD ... MAXLEN` would: nobody is subscribed to lose them.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail};
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::{Append, Broker, Delivery, Entry, StartFrom};
+
+/// The in-memory broker. Cheap to share: clone the `Arc`.
+pub struct MemoryBroker {
+    state: Mutex<HashMap<String, Stream>>,
+    /// Woken on every append and every ack: readers wait for entries,
+    /// writers for room. One signal keeps the logic simple; the waiters
+    /// re-check their own condition.
+    changed: Notify,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct Stream {
+    entries: VecDeque<Stored>,
+    /// Sequence number of the next entry; the first entry is 1.
+    next_seq: u64,
+    groups: HashMap<String, Group>,
+}
+
+struct Stored {
+    seq: u64,
+    ms: u64,
+    entry: Entry,
+}
+
+struct Group {
+    /// Sequence number of the last entry delivered to the group (0: none).
+    cursor: u64,
+    pending: BTreeMap<u64, Pending>,
+}
+
+struct Pending {
+    consumer: String,
+    since: Instant,
+    deliveries: u32,
+}
+
+impl MemoryBroker {
+    /// A broker whose streams hold at most `capacity` unfinished entries.
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(MemoryBroker {
+            state: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            capacity: capacity.max(1),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Stream>> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends one entry if the stream has room; `None` when it is full.
+    fn try_append(&self, stream: &str, fields: &[super::Field]) -> Option<String> {
+        let mut state = self.lock();
+        let s = state.entry(stream.to_string()).or_default();
+        if s.next_seq == 0 {
+            s.next_seq = 1;
+        }
+        if !s.groups.is_empty() && s.entries.len() >= self.capacity {
+            return None;
+        }
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let id = format!("{ms}-{seq}");
+        s.entries.push_back(Stored {
+            seq,
+            ms,
+            entry: Entry {
+                id: id.clone(),
+                fields: Arc::new(fields.to_vec()),
+            },
+        });
+        s.trim(self.capacity);
+        Some(id)
+    }
+}
+
+impl Stream {
+    /// Drops entries every group has finished with; with no group, keeps the
+    /// newest `capacity`.
+    fn trim(&mut self, capacity: usize) {
+        let keep_from = if self.groups.is_empty() {
+            self.next_seq.saturating_sub(capacity as u64)
+        } else {
+            self.groups
+                .values()
+                .map(|g| {
+                    g.pending
+                        .keys()
+                        .next()
+                        .copied()
+                        .unwrap_or(g.cursor + 1)
+                        .min(g.cursor + 1)
+                })
+                .min()
+                .unwrap_or(0)
+        };
+        while self.entries.front().is_some_and(|e| e.seq < keep_from) {
+            self.entries.pop_front();
+        }
+    }
+
+    fn stored(&self, seq: u64) -> Option<&Stored> {
+        let first = self.entries.front()?.seq;
+        self.entries.get(seq.checked_sub(first)? as usize)
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+}
+
+/// Parses `<ms>-<seq>` (or a bare `<ms>`) into a sortable pair.
+fn parse_id(id: &str) -> anyhow::Result<(u64, u64)> {
+    let bad = || anyhow!("{id:?} is not a stream entry id (expected <ms>-<seq>)");
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    Ok((
+        ms.parse().map_err(|_| bad())?,
+        seq.parse().map_err(|_| bad())?,
+    ))
+}
+
+fn seq_of(id: &str) -> anyhow::Result<u64> {
+    parse_id(id).map(|(_, seq)| seq)
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn append(&self, entries: Vec<Append>) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::with_capacity(entries.len());
+        for append in entries {
+            loop {
+                let room = self.changed.notified();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                if let Some(id) = self.try_append(&append.stream, &append.fields) {
+                    ids.push(id);
+                    break;
+                }
+                room.await;
+            }
+            self.changed.notify_waiters();
+        }
+        Ok(ids)
+    }
+
+    async fn create_group(
+        &self,
+        stream: &str,
+        group: &str,
+        start: StartFrom,
+    ) -> anyhow::Result<()> {
+        let mut state = self.lock();
+        let s = state.entry(stream.to_string()).or_default();
+        if s.next_seq == 0 {
+            s.next_seq = 1;
+        }
+        let cursor = match start {
+            StartFrom::New => s.last_seq(),
+            StartFrom::Beginning => s.entries.front().map_or(s.last_seq(), |e| e.seq - 1),
+        };
+        s.groups.entry(group.to_string()).or_insert(Group {
+            cursor,
+            pending: BTreeMap::new(),
+        });
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        group: &str,
+        consumer: &str,
+        streams: &[String],
+        count: usize,
+        block: Duration,
+    ) -> anyhow::Result<Vec<Delivery>> {
+        let deadline = Instant::now() + block;
+        loop {
+            let arrived = self.changed.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            let mut out = Vec::new();
+            {
+                let mut state = self.lock();
+                let now = Instant::now();
+                for name in streams {
+                    let s = state
+                        .get_mut(name)
+                        .ok_or_else(|| anyhow!("no stream {name:?}: create its group first"))?;
+                    let last = s.last_seq();
+                    let first = s.entries.front().map_or(last + 1, |e| e.seq);
+                    let g = s
+                        .groups
+                        .get(group)
+                        .ok_or_else(|| anyhow!("no consumer group {group:?} on stream {name:?}"))?;
+                    let mut seq = (g.cursor + 1).max(first);
+                    let mut taken = Vec::new();
+                    while seq <= last && out.len() + taken.len() < count {
+                        let stored = s.stored(seq).expect("unfinished entries are retained");
+                        taken.push((seq, stored.entry.clone()));
+                        seq += 1;
+                    }
+                    let g = s.groups.get_mut(group).expect("checked above");
+                    for (seq, entry) in taken {
+                        g.cursor = seq;
+                        g.pending.insert(
+                            seq,
+                            Pending {
+                                consumer: consumer.to_string(),
+                                since: now,
+                                deliveries: 1,
+                            },
+                        );
+                        out.push(Delivery {
+                            stream: name.clone(),
+                            entry,
+                            deliveries: 1,
+                        });
+                    }
+                }
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            if tokio::time::timeout_at(deadline.into(), arrived)
+                .await
+                .is_err()
+            {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn ack(&self, group: &str, stream: &str, ids: &[String]) -> anyhow::Result<()> {
+        {
+            let mut state = self.lock();
+            let Some(s) = state.get_mut(stream) else {
+                bail!("no stream {stream:?}");
+            };
+            let Some(g) = s.groups.get_mut(group) else {
+                bail!("no consumer group {group:?} on stream {stream:?}");
+            };
+            for id in ids {
+                g.pending.remove(&seq_of(id)?);
+            }
+            s.trim(self.capacity);
+        }
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn claim_idle(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> anyhow::Result<Vec<Delivery>> {
+        let mut state = self.lock();
+        let Some(s) = state.get_mut(stream) else {
+            return Ok(Vec::new());
+        };
+        let now = Instant::now();
+        let mut claimed = Vec::new();
+        let Some(g) = s.groups.get_mut(group) else {
+            return Ok(Vec::new());
+        };
+        for (seq, p) in g.pending.iter_mut() {
+            if claimed.len() >= count {
+                break;
+            }
+            if now.duration_since(p.since) >= min_idle {
+                p.consumer = consumer.to_string();
+                p.since = now;
+                p.deliveries += 1;
+                claimed.push((*seq, p.deliveries));
+            }
+        }
+        Ok(claimed
+            .into_iter()
+            .filter_map(|(seq, deliveries)| {
+                s.stored(seq).map(|stored| Delivery {
+                    stream: stream.to_string(),
+                    entry: stored.entry.clone(),
+                    deliveries,
+                })
+            })
+            .collect())
+    }
+
+    async fn touch(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        ids: &[String],
+    ) -> anyhow::Result<()> {
+        let mut state = self.lock();
+        let pending = state
+            .get_mut(stream)
+            .and_then(|s| s.groups.get_mut(group))
+            .map(|g| &mut g.pending);
+        if let Some(pending) = pending {
+            let now = Instant::now();
+            for id in ids {
+                if let Some(p) = pending.get_mut(&seq_of(id)?) {
+                    if p.consumer == consumer {
+                        p.since = now;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn range(
+        &self,
+        stream: &str,
+        from: Option<&str>,
+        to: Option<&str>,
+        count: usize,
+    ) -> anyhow::Result<Vec<Entry>> {
+        let from = from.map(parse_id).transpose()?.unwrap_or((0, 0));
+        let to = to
+            .map(parse_id)
+            .transpose()?
+            .unwrap_or((u64::MAX, u64::MAX));
+        let state = self.lock();
+        let Some(s) = state.get(stream) else {
+            return Ok(Vec::new());
+        };
+        Ok(s.entries
+            .iter()
+            .filter(|e| (e.ms, e.seq) >= from && (e.ms, e.seq) <= to)
+            .take(count)
+            .map(|e| e.entry.clone())
+            .collect())
+    }
+
+    async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64> {
+        let state = self.lock();
+        let Some(s) = state.get(stream) else {
+            return Ok(0);
+        };
+        let Some(g) = s.groups.get(group) else {
+            return Ok(0);
+        };
+        Ok(s.last_seq().saturating_sub(g.cursor) + g.pending.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(v: &str) -> Vec<super::super::Field> {
+        vec![("event".to_string(), v.as_bytes().to_vec())]
+    }
+
+    fn append(stream: &str, v: &str) -> Append {
+        Append {
+            stream: stream.into(),
+            fields: fields(v),
+        }
+    }
+
+    const NOW: Duration = Duration::ZERO;
+
+    #[tokio::test]
+    async fn groups_each_get_every_entry_and_consumers_share_them() {
+        let b = MemoryBroker::new(100);
+        b.create_group("s", "g1", StartFrom::New).await.unwrap();
+        b.create_group("s", "g2", StartFrom::New).await.unwrap();
+        b.append(vec![append("s", "a"), append("s", "b")])
+            .await
+            .unwrap();
+        let s = vec!["s".to_string()];
+        let c1 = b.read("g1", "c1", &s, 1, NOW).await.unwrap();
+        let c2 = b.read("g1", "c2", &s, 10, NOW).await.unwrap();
+        assert_eq!((c1.len(), c2.len()), (1, 1));
+        assert_ne!(c1[0].entry.id, c2[0].entry.id);
+        assert_eq!(b.read("g2", "x", &s, 10, NOW).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn new_groups_start_after_existing_entries_unless_asked() {
+        let b = MemoryBroker::new(100);
+        b.append(vec![append("s", "old")]).await.unwrap();
+        b.create_group("s", "new", StartFrom::New).await.unwrap();
+        b.create_group("s", "all", StartFrom::Beginning)
+            .await
+            .unwrap();
+        let s = vec!["s".to_string()];
+        assert!(b.read("new", "c", &s, 10, NOW).await.unwrap().is_empty());
+        assert_eq!(b.read("all", "c", &s, 10, NOW).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_stream_makes_append_wait_until_an_ack() {
+        let b = MemoryBroker::new(2);
+        b.create_group("s", "g", StartFrom::New).await.unwrap();
+        b.append(vec![append("s", "1"), append("s", "2")])
+            .await
+            .unwrap();
+        let writer = {
+            let b = b.clone();
+            tokio::spawn(async move { b.append(vec![append("s", "3")]).await })
+        };
+        let s = vec!["s".to_string()];
+        let got = b.read("g", "c", &s, 10, NOW).await.unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(
+            !writer.is_finished(),
+            "append must wait while the stream is full"
+        );
+        b.ack("g", "s", &[got[0].entry.id.clone()]).await.unwrap();
+        writer.await.unwrap().unwrap();
+        assert_eq!(b.backlog("s", "g").await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_pending_entries_are_reclaimed_with_a_higher_delivery_count() {
+        let b = MemoryBroker::new(10);
+        b.create_group("s", "g", StartFrom::New).await.unwrap();
+        b.append(vec![append("s", "x")]).await.unwrap();
+        let s = vec!["s".to_string()];
+        let first = b.read("g", "dead", &s, 1, NOW).await.unwrap();
+        assert_eq!(first[0].deliveries, 1);
+        let busy = b
+            .claim_idle("s", "g", "alive", Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+        assert!(busy.is_empty(), "a recently delivered entry is not idle");
+        let claimed = b.claim_idle("s", "g", "alive", NOW, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].deliveries, 2);
+        assert_eq!(claimed[0].entry, first[0].entry);
+    }
+
+    #[tokio::test]
+    async fn read_blocks_until_an_entry_arrives() {
+        let b = MemoryBroker::new(10);
+        b.create_group("s", "g", StartFrom::New).await.unwrap();
+        let reader = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                b.read("g", "c", &["s".to_string()], 10, Duration::from_secs(30))
+                    .await
+            })
+        };
+        b.append(vec![append("s", "late")]).await.unwrap();
+        let got = reader.await.unwrap().unwrap();
+        assert_eq!(got.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stream_without_groups_keeps_its_newest_entries() {
+        let b = MemoryBroker::new(2);
+        for v in ["1", "2", "3"] {
+            b.append(vec![append("dlq", v)]).await.unwrap();
+        }
+        let kept = b.range("dlq", None, None, 10).await.unwrap();
+        let values: Vec<_> = kept.iter().map(|e| e.fields[0].1.clone()).collect();
+        assert_eq!(values, vec![b"2".to_vec(), b"3".to_vec()]);
+    }
+}

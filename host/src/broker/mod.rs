@@ -1,0 +1,123 @@
+//! The seam between delivery semantics and a pub/sub backend.
+//!
+//! A [`Broker`] is deliberately shaped like Redis Streams: append-only streams
+//! of entries (ordered field lists), consumer groups with a cursor and a list
+//! of pending (delivered, unacknowledged) entries, delivery counters, and
+//! reclaiming of entries left idle by a consumer. The in-memory backend
+//! implements the same model, so retries, acks and dead-lettering behave the
+//! same on both and live once, in [`crate::subscriber`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub mod memory;
+
+/// One field of a stream entry. The first field of an event entry is named
+/// `event` and holds the JSON envelope.
+pub type Field = (String, Vec<u8>);
+
+/// The name of the field that carries an event envelope.
+pub const EVENT_FIELD: &str = "event";
+
+/// An entry as stored on a stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The backend's id, ordered within a stream (`<ms>-<seq>`).
+    pub id: String,
+    pub fields: Arc<Vec<Field>>,
+}
+
+/// An entry handed to a consumer of a group.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub stream: String,
+    pub entry: Entry,
+    /// How many times the group has delivered this entry, this time included.
+    /// Above 1 only for an entry reclaimed from a consumer that went silent,
+    /// so it counts attempts that a dead process could not record.
+    pub deliveries: u32,
+}
+
+/// Where a new consumer group starts reading.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    /// Only entries added after the group is created (the Go library's choice).
+    #[default]
+    New,
+    /// Every entry still on the stream.
+    Beginning,
+}
+
+/// An entry to append: which stream, and its fields.
+#[derive(Clone, Debug)]
+pub struct Append {
+    pub stream: String,
+    pub fields: Vec<Field>,
+}
+
+/// A pub/sub backend with consumer groups and at-least-once delivery.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Appends entries, in order, in one round trip. Waits while a bounded
+    /// stream is full rather than dropping anything.
+    async fn append(&self, entries: Vec<Append>) -> anyhow::Result<Vec<String>>;
+
+    /// Creates `group` on `stream` (and the stream) unless it exists.
+    async fn create_group(&self, stream: &str, group: &str, start: StartFrom)
+        -> anyhow::Result<()>;
+
+    /// Reads up to `count` new entries for `consumer` across `streams`,
+    /// waiting up to `block` for the first one. Entries read become pending
+    /// for that consumer until acknowledged.
+    async fn read(
+        &self,
+        group: &str,
+        consumer: &str,
+        streams: &[String],
+        count: usize,
+        block: Duration,
+    ) -> anyhow::Result<Vec<Delivery>>;
+
+    /// Acknowledges entries: they are done for `group` and will not be
+    /// delivered again.
+    async fn ack(&self, group: &str, stream: &str, ids: &[String]) -> anyhow::Result<()>;
+
+    /// Takes over up to `count` entries of `stream` pending in `group` for
+    /// longer than `min_idle` (their consumer died or stalled), incrementing
+    /// their delivery counters.
+    async fn claim_idle(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> anyhow::Result<Vec<Delivery>>;
+
+    /// Resets the idle time of entries this consumer is still working on, so
+    /// that long handling is not mistaken for a dead consumer.
+    async fn touch(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        ids: &[String],
+    ) -> anyhow::Result<()>;
+
+    /// Reads entries of a stream by id range, oldest first, outside any
+    /// group (for inspecting dead letters and replays).
+    async fn range(
+        &self,
+        stream: &str,
+        from: Option<&str>,
+        to: Option<&str>,
+        count: usize,
+    ) -> anyhow::Result<Vec<Entry>>;
+
+    /// Entries of `stream` that `group` has not finished: not yet delivered
+    /// plus delivered but unacknowledged.
+    async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64>;
+}

@@ -1,0 +1,410 @@
+//! `runnel.toml`: the backend, the plugins and the routes of emitted events.
+//!
+//! Every struct denies unknown keys, and every error names the file, the key
+//! and the reason in one line, because a typo in a service's config should
+//! stop it at start-up, not silently change what it does.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::routes::name_matches;
+
+use crate::broker::StartFrom;
+use crate::routes::Routes;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub backend: Backend,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// Event name → stream, for events that plugins emit.
+    #[serde(default)]
+    pub routes: Routes,
+    /// Where failed events go: `{stream}` is replaced by the source stream.
+    #[serde(default = "default_dead_letter")]
+    pub dead_letter: String,
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<PluginConfig>,
+}
+
+fn default_dead_letter() -> String {
+    "{stream}.dead".to_string()
+}
+
+/// Which pub/sub backend to run on.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Backend {
+    /// In-process streams: the embedded default, for one process.
+    Memory {
+        /// Unfinished entries a stream holds before appends wait.
+        #[serde(default = "default_capacity")]
+        capacity: usize,
+    },
+}
+
+fn default_capacity() -> usize {
+    1024
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Backend::Memory {
+            capacity: default_capacity(),
+        }
+    }
+}
+
+/// Settings shared by every plugin of the process.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Where compiled plugins are cached by content hash. Defaults to
+    /// `$XDG_CACHE_HOME/runnel` or `~/.cache/runnel`.
+    pub cache_dir: Option<PathBuf>,
+    /// Instances alive at once across all plugins (the pooling allocator's
+    /// size). Events wait for a slot rather than fail.
+    pub max_instances: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            cache_dir: None,
+            max_instances: 256,
+        }
+    }
+}
+
+/// One plugin: which component, which events, and how to run it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    pub name: String,
+    /// The component file; relative paths are relative to the config file.
+    pub path: PathBuf,
+    /// Streams to consume.
+    pub streams: Vec<String>,
+    /// Event names to handle (`*` suffix matches a prefix); empty means all.
+    /// Other events on the streams are acknowledged without a call.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Consumer group; defaults to the plugin's name, so each plugin gets
+    /// every event of its streams.
+    pub group: Option<String>,
+    #[serde(default)]
+    pub start: StartFrom,
+    /// Calls running at once. A permit is taken before an instance is.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Attempts before an event is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// Events a warm instance handles before it is replaced (1: a fresh
+    /// instance per event). A trap always discards the instance.
+    #[serde(default = "default_reuse")]
+    pub reuse_instance: u32,
+    /// Time limit of one call, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Linear memory an instance may grow to, in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u32,
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+fn default_concurrency() -> u32 {
+    4
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_reuse() -> u32 {
+    1000
+}
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+fn default_memory_mb() -> u32 {
+    64
+}
+
+/// Exponential backoff between attempts: `initial_ms * multiplier^(n-1)`,
+/// capped at `max_ms`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backoff {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    pub multiplier: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial_ms: 100,
+            max_ms: 30_000,
+            multiplier: 2.0,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after failed attempt number `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = self
+            .multiplier
+            .powi(attempt.saturating_sub(1).min(64) as i32);
+        let ms = (self.initial_ms as f64 * factor).min(self.max_ms as f64);
+        Duration::from_millis(ms as u64)
+    }
+}
+
+/// What a plugin may reach beyond the `host` interface. Nothing by default.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Grants {
+    /// The plugin's stdout and stderr go to the host's.
+    pub stdio: bool,
+    /// Environment variables passed through by name.
+    pub env: Vec<String>,
+    /// Host directories the plugin may open.
+    pub dirs: Vec<DirGrant>,
+    /// The real wall clock instead of one frozen at the event's time.
+    pub clock: bool,
+}
+
+/// A host directory made visible to a plugin.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    pub host: PathBuf,
+    pub guest: String,
+    #[serde(default)]
+    pub writable: bool,
+}
+
+impl PluginConfig {
+    /// The consumer group this plugin reads through.
+    pub fn group(&self) -> &str {
+        self.group.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Whether the plugin wants events of this name.
+    pub fn wants(&self, event_name: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|p| name_matches(p, event_name))
+    }
+}
+
+/// A configuration error: the file, the key and the reason.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a config file; plugin paths become absolute.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: String::new(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        let mut config = Config::parse(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for plugin in &mut config.plugins {
+            if plugin.path.is_relative() {
+                plugin.path = base.join(&plugin.path);
+            }
+            for dir in &mut plugin.grants.dirs {
+                if dir.host.is_relative() {
+                    dir.host = base.join(&dir.host);
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates config text; `file` only names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let line = e
+                .inner()
+                .span()
+                .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+            ConfigError {
+                file: file.to_path_buf(),
+                line,
+                key: e.path().to_string().replace('?', ""),
+                reason: e.inner().message().trim().to_string(),
+            }
+        })?;
+        config.validate().map_err(|(key, reason)| ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            key,
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let mut names = std::collections::HashSet::new();
+        if let Backend::Memory { capacity: 0 } = self.backend {
+            return Err(("backend.capacity".into(), "must be at least 1".into()));
+        }
+        if self.engine.max_instances == 0 {
+            return Err(("engine.max_instances".into(), "must be at least 1".into()));
+        }
+        if !self.dead_letter.contains("{stream}") {
+            return Err((
+                "dead_letter".into(),
+                "must contain {stream}, or every stream's failures would mix".into(),
+            ));
+        }
+        for (name, stream) in self.routes.iter() {
+            if stream.is_empty() {
+                return Err((format!("routes.{name}"), "stream name is empty".into()));
+            }
+        }
+        for (i, p) in self.plugins.iter().enumerate() {
+            let key = |field: &str| format!("plugin[{i}] ({}).{field}", p.name);
+            let at_least_one = |field: &str, v: u64| {
+                if v == 0 {
+                    Err((key(field), "must be at least 1".to_string()))
+                } else {
+                    Ok(())
+                }
+            };
+            if p.name.is_empty() {
+                return Err((format!("plugin[{i}].name"), "must not be empty".into()));
+            }
+            if !names.insert(p.name.clone()) {
+                return Err((key("name"), "another plugin has this name".into()));
+            }
+            if p.streams.is_empty() {
+                return Err((key("streams"), "name at least one stream".into()));
+            }
+            at_least_one("concurrency", p.concurrency.into())?;
+            at_least_one("max_attempts", p.max_attempts.into())?;
+            at_least_one("reuse_instance", p.reuse_instance.into())?;
+            at_least_one("timeout_ms", p.timeout_ms)?;
+            at_least_one("memory_mb", p.memory_mb.into())?;
+            if !(p.backoff.multiplier.is_finite() && p.backoff.multiplier >= 1.0) {
+                return Err((key("backoff.multiplier"), "must be a number ≥ 1".into()));
+            }
+            if p.backoff.initial_ms > p.backoff.max_ms {
+                return Err((key("backoff.initial_ms"), "is larger than max_ms".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The dead-letter stream of a source stream.
+    pub fn dead_letter_stream(&self, stream: &str) -> String {
+        self.dead_letter.replace("{stream}", stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("runnel.toml"))
+    }
+
+    const MINIMAL: &str = r#"
+[[plugin]]
+name = "p"
+path = "p.wasm"
+streams = ["s"]
+"#;
+
+    #[test]
+    fn defaults_fill_everything_but_the_plugin_essentials() {
+        let c = parse(MINIMAL).unwrap();
+        assert!(matches!(c.backend, Backend::Memory { capacity: 1024 }));
+        let p = &c.plugins[0];
+        assert_eq!((p.concurrency, p.max_attempts, p.group()), (4, 5, "p"));
+        assert!(!p.grants.stdio && p.grants.env.is_empty() && p.grants.dirs.is_empty());
+    }
+
+    #[test]
+    fn an_unknown_key_names_file_line_key_and_reason() {
+        let err = parse(&format!("{MINIMAL}concurency = 3\n")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("runnel.toml:"), "{text}");
+        assert!(text.contains("concurency"), "{text}");
+        assert_eq!(err.line, Some(6), "{text}");
+    }
+
+    #[test]
+    fn a_negative_number_is_refused_with_its_key() {
+        let err = parse(&format!("{MINIMAL}max_attempts = -1\n")).unwrap_err();
+        assert_eq!(err.key, "plugin[0].max_attempts", "{err}");
+        assert!(err.reason.contains("-1"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_limit_is_refused_by_validation() {
+        let err = parse(&format!("{MINIMAL}concurrency = 0\n")).unwrap_err();
+        assert_eq!(err.key, "plugin[0] (p).concurrency");
+        assert_eq!(err.reason, "must be at least 1");
+    }
+
+    #[test]
+    fn routes_prefer_the_longest_matching_pattern() {
+        let c = parse(
+            r#"
+[routes]
+"order.*" = "orders"
+"order.enriched" = "enriched"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.routes.route("order.enriched"), Some("enriched"));
+        assert_eq!(c.routes.route("order.created"), Some("orders"));
+        assert_eq!(c.routes.route("user.created"), None);
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_up_to_its_cap() {
+        let b = Backoff {
+            initial_ms: 100,
+            max_ms: 350,
+            multiplier: 2.0,
+        };
+        let delays: Vec<_> = (1..=4).map(|n| b.delay(n).as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 350, 350]);
+    }
+}

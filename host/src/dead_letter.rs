@@ -1,0 +1,105 @@
+//! Dead letters: entries that will not be handled, kept with why.
+//!
+//! The first field is `event`, holding the original entry's first field
+//! unchanged, so a dead-letter stream reads like any event stream (a Go
+//! consumer, or `runnel dlq replay`, gets the original envelope back). The
+//! other fields say what happened.
+
+use crate::broker::{Entry, Field, EVENT_FIELD};
+use crate::event::{format_rfc3339_nano, now_utc};
+use crate::handler::FailureKind;
+
+/// Why and where an entry was given up on.
+#[derive(Clone, Debug)]
+pub struct DeadLetter<'a> {
+    pub source_stream: &'a str,
+    pub entry: &'a Entry,
+    pub plugin: &'a str,
+    pub kind: FailureKind,
+    pub reason: &'a str,
+    pub attempts: u32,
+}
+
+impl DeadLetter<'_> {
+    /// The fields of the dead-letter entry.
+    pub fn fields(&self) -> Vec<Field> {
+        let original = self
+            .entry
+            .fields
+            .first()
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default();
+        let mut fields = vec![
+            (EVENT_FIELD.to_string(), original),
+            ("reason".to_string(), self.reason.as_bytes().to_vec()),
+            ("kind".to_string(), self.kind.as_str().as_bytes().to_vec()),
+            ("plugin".to_string(), self.plugin.as_bytes().to_vec()),
+            (
+                "attempts".to_string(),
+                self.attempts.to_string().into_bytes(),
+            ),
+            ("stream".to_string(), self.source_stream.as_bytes().to_vec()),
+            ("entry_id".to_string(), self.entry.id.as_bytes().to_vec()),
+            (
+                "failed_at".to_string(),
+                format_rfc3339_nano(now_utc()).into_bytes(),
+            ),
+        ];
+        // An entry that did not decode may not even have an `event` field:
+        // keep all of it, as it was.
+        if self.kind == FailureKind::Decode {
+            let raw: serde_json::Map<String, serde_json::Value> = self
+                .entry
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned().into()))
+                .collect();
+            fields.push((
+                "raw_fields".to_string(),
+                serde_json::Value::Object(raw).to_string().into_bytes(),
+            ));
+        }
+        fields
+    }
+}
+
+/// A dead-letter entry read back, for `runnel dlq list` and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetterRecord {
+    pub id: String,
+    pub event: Vec<u8>,
+    pub reason: String,
+    pub kind: String,
+    pub plugin: String,
+    pub attempts: u32,
+    pub stream: String,
+    pub failed_at: String,
+}
+
+impl DeadLetterRecord {
+    pub fn from_entry(entry: &Entry) -> Self {
+        let field = |name: &str| {
+            entry
+                .fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        DeadLetterRecord {
+            id: entry.id.clone(),
+            event: entry
+                .fields
+                .iter()
+                .find(|(k, _)| k == EVENT_FIELD)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+            reason: field("reason"),
+            kind: field("kind"),
+            plugin: field("plugin"),
+            attempts: field("attempts").parse().unwrap_or(0),
+            stream: field("stream"),
+            failed_at: field("failed_at"),
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The event envelope and its JSON wire format.
+//!
+//! The format is the Go `pubsub` library's, byte for byte, so that Go services
+//! and Runnel plugins read each other's events: keys in the order
+//! `id, name, meta{created_at_utc, correlation_id, attempts, is_dry_run}, payload`,
+//! the payload as standard base64 with padding, the time as RFC 3339 in UTC
+//! with trailing zeros of the fraction trimmed (Go's `RFC3339Nano`).
+
+use std::fmt;
+
+use base64::Engine as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
+
+/// One event: what happened, with enough context to handle it exactly once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique per event; handlers use it for idempotency.
+    pub id: String,
+    /// The event type; also what routes an emitted event to a stream.
+    pub name: String,
+    pub meta: Meta,
+    /// Opaque bytes (JSON by convention). A JSON `null` reads as empty.
+    #[serde(with = "payload_base64")]
+    pub payload: Vec<u8>,
+}
+
+/// Contextual information that travels with an event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    #[serde(with = "rfc3339_utc")]
+    pub created_at_utc: OffsetDateTime,
+    /// Shared by every event caused by one request; empty when none.
+    pub correlation_id: String,
+    /// How many times the event has been handed to a handler. Producers write 0.
+    pub attempts: u32,
+    /// A dry run must cause no side effects outside the event system.
+    pub is_dry_run: bool,
+}
+
+impl Event {
+    /// A new event as a producer writes it: a random UUID v4, the current time,
+    /// no correlation, zero attempts.
+    pub fn new(name: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Event {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: name.into(),
+            meta: Meta {
+                created_at_utc: now_utc(),
+                correlation_id: String::new(),
+                attempts: 0,
+                is_dry_run: false,
+            },
+            payload: payload.into(),
+        }
+    }
+
+    /// An event caused by `self`: it inherits the correlation id and the
+    /// dry-run flag, as the seed library passes them on through its context.
+    pub fn caused(&self, name: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        let mut child = Event::new(name, payload);
+        child.meta.correlation_id = self.meta.correlation_id.clone();
+        child.meta.is_dry_run = self.meta.is_dry_run;
+        child
+    }
+
+    /// Encodes the envelope as the wire's JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain strings, integers and bools cannot fail.
+        serde_json::to_vec(self).expect("an event always serialises")
+    }
+
+    /// Decodes an envelope, with an error that says what is wrong with it.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
+        serde_json::from_slice(bytes).map_err(|e| DecodeError(e.to_string()))
+    }
+}
+
+/// Why bytes are not an event envelope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not an event envelope: {}", self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// The current time in UTC, truncated to what the wire carries (nanoseconds).
+pub fn now_utc() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// Formats a time the way Go's `time.RFC3339Nano` does for a UTC time.
+pub fn format_rfc3339_nano(t: OffsetDateTime) -> String {
+    let t = t.to_offset(UtcOffset::UTC);
+    let mut out = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    let nanos = t.nanosecond();
+    if nanos != 0 {
+        let fraction = format!("{nanos:09}");
+        out.push('.');
+        out.push_str(fraction.trim_end_matches('0'));
+    }
+    out.push('Z');
+    out
+}
+
+/// Parses any valid RFC 3339 time, as the Go reader accepts any.
+pub fn parse_rfc3339(s: &str) -> Result<OffsetDateTime, time::error::Parse> {
+    OffsetDateTime::parse(s, &Rfc3339).map(|t| t.to_offset(UtcOffset::UTC))
+}
+
+mod rfc3339_utc {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_rfc3339_nano(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        parse_rfc3339(&text).map_err(|e| {
+            serde::de::Error::custom(format!("created_at_utc {text:?} is not RFC 3339: {e}"))
+        })
+    }
+}
+
+mod payload_base64 {
+    use super::*;
+
+    const STANDARD: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+        match text {
+            None => Ok(Vec::new()),
+            Some(text) => STANDARD.decode(text.as_bytes()).map_err(|e| {
+                serde::de::Error::custom(format!("payload is not standard base64: {e}"))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample envelope of `shared/reference/wire-format.md`.
+    const GOLDEN: &str = r#"{"id":"2f1c7a3e-6b0d-4c1e-9a55-0c2b9d7e8f10","name":"user.created","meta":{"created_at_utc":"2023-02-12T18:00:59.123456789Z","correlation_id":"","attempts":0,"is_dry_run":false},"payload":"eyJoZWxsbyI6IndvcmxkIn0="}"#;
+
+    #[test]
+    fn golden_envelope_round_trips_byte_for_byte() {
+        let event = Event::from_json(GOLDEN.as_bytes()).unwrap();
+        assert_eq!(event.id, "2f1c7a3e-6b0d-4c1e-9a55-0c2b9d7e8f10");
+        assert_eq!(event.name, "user.created");
+        assert_eq!(event.payload, br#"{"hello":"world"}"#);
+        assert_eq!(event.meta.created_at_utc.nanosecond(), 123_456_789);
+        assert_eq!(String::from_utf8(event.to_json()).unwrap(), GOLDEN);
+    }
+
+    #[test]
+    fn time_trims_trailing_zeros_and_drops_a_zero_fraction() {
+        let whole = parse_rfc3339("2023-02-12T18:00:59Z").unwrap();
+        assert_eq!(format_rfc3339_nano(whole), "2023-02-12T18:00:59Z");
+        let tenth = parse_rfc3339("2023-02-12T18:00:59.100000000Z").unwrap();
+        assert_eq!(format_rfc3339_nano(tenth), "2023-02-12T18:00:59.1Z");
+    }
+
+    #[test]
+    fn any_rfc3339_offset_is_read_and_written_as_utc() {
+        let t = parse_rfc3339("2023-02-12T20:00:59.5+02:00").unwrap();
+        assert_eq!(format_rfc3339_nano(t), "2023-02-12T18:00:59.5Z");
+    }
+
+    #[test]
+    fn null_payload_reads_as_empty_and_empty_writes_as_empty_string() {
+        let json = GOLDEN.replace(r#""eyJoZWxsbyI6IndvcmxkIn0=""#, "null");
+        let event = Event::from_json(json.as_bytes()).unwrap();
+        assert!(event.payload.is_empty());
+        assert!(String::from_utf8(event.to_json())
+            .unwrap()
+            .ends_with(r#""payload":""}"#));
+    }
+
+    #[test]
+    fn bad_envelopes_say_what_is_wrong() {
+        let err = Event::from_json(b"not json").unwrap_err();
+        assert!(
+            err.to_string().starts_with("not an event envelope"),
+            "{err}"
+        );
+        let bad_b64 = GOLDEN.replace("eyJoZWxsbyI6IndvcmxkIn0=", "***");
+        let err = Event::from_json(bad_b64.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("base64"), "{err}");
+        let bad_time = GOLDEN.replace("2023-02-12T18:00:59.123456789Z", "yesterday");
+        let err = Event::from_json(bad_time.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn caused_events_inherit_correlation_and_dry_run() {
+        let mut parent = Event::new("a", b"x".to_vec());
+        parent.meta.correlation_id = "corr-1".into();
+        parent.meta.is_dry_run = true;
+        parent.meta.attempts = 3;
+        let child = parent.caused("b", Vec::new());
+        assert_eq!(child.meta.correlation_id, "corr-1");
+        assert!(child.meta.is_dry_run);
+        assert_eq!(child.meta.attempts, 0);
+        assert_ne!(child.id, parent.id);
+    }
+}

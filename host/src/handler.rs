@@ -1,0 +1,112 @@
+//! What a subscriber calls: a plugin, or native Rust code.
+//!
+//! The seed library's `Handler` and `ErrorHandler`, as one trait, so that a
+//! WebAssembly plugin and a native handler (the benchmark's baseline, and
+//! embedders' own code) run through exactly the same delivery path.
+
+use async_trait::async_trait;
+
+use crate::event::Event;
+
+/// How a call to `handle` ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Handled: publish what it emitted, then acknowledge.
+    Done,
+    /// Transient failure: try again after backoff while attempts remain.
+    Retry(String),
+    /// Permanent failure: dead-letter now.
+    Reject(String),
+    /// The plugin trapped; the instance was discarded.
+    Trap(String),
+    /// The call ran past its time limit.
+    Timeout(String),
+}
+
+impl Verdict {
+    /// The failure this verdict reports, if it is one.
+    pub fn failure_kind(&self) -> Option<(FailureKind, &str)> {
+        match self {
+            Verdict::Done => None,
+            Verdict::Retry(m) => Some((FailureKind::HandlerError, m)),
+            Verdict::Reject(m) => Some((FailureKind::Rejected, m)),
+            Verdict::Trap(m) => Some((FailureKind::Trap, m)),
+            Verdict::Timeout(m) => Some((FailureKind::Timeout, m)),
+        }
+    }
+}
+
+/// Severity of a plugin's log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// The result of one call: the verdict, the events to publish if it is
+/// [`Verdict::Done`], and what the plugin logged.
+#[derive(Clone, Debug)]
+pub struct Handled {
+    pub verdict: Verdict,
+    /// Emitted events, each with the stream it is routed to.
+    pub emitted: Vec<(String, Event)>,
+    pub logs: Vec<(Level, String)>,
+}
+
+impl Handled {
+    /// A verdict with nothing emitted or logged.
+    pub fn verdict(verdict: Verdict) -> Self {
+        Handled {
+            verdict,
+            emitted: Vec::new(),
+            logs: Vec::new(),
+        }
+    }
+}
+
+/// Kinds of failure reported to `handle_error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    HandlerError,
+    Rejected,
+    Trap,
+    Timeout,
+    Decode,
+}
+
+impl FailureKind {
+    /// The kind's name in logs and dead letters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::HandlerError => "handler-error",
+            FailureKind::Rejected => "rejected",
+            FailureKind::Trap => "trap",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Decode => "decode",
+        }
+    }
+}
+
+/// A failed attempt, as the error handler sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub message: String,
+    pub kind: FailureKind,
+    pub attempt: u32,
+    pub is_last_attempt: bool,
+}
+
+/// An event handler with its error handler.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one event; `event.meta.attempts` already counts this call.
+    async fn handle(&self, event: &Event) -> Handled;
+
+    /// Told about a failed attempt; gets the event only on the last one. An
+    /// `Err` means the error handler itself failed (trapped): it is logged and
+    /// counted, and delivery goes on.
+    async fn handle_error(&self, failure: &Failure, event: Option<&Event>) -> Result<(), String>;
+}

@@ -1,0 +1,309 @@
+//! WebAssembly plugins: load a component, keep warm instances, call it.
+//!
+//! A [`WasmPlugin`] is compiled once into an `InstancePre` (imports resolved
+//! and type-checked up front), then instantiated on demand from wasmtime's
+//! pooling allocator. Instances are reused for up to `reuse_instance` events
+//! and always discarded after a trap, because a trapped instance's memory is
+//! in an unknown state.
+
+mod bindings;
+pub mod engine;
+mod sandbox;
+mod state;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
+
+use crate::config::Grants;
+use crate::event::Event;
+use crate::handler::{Failure, FailureKind, Handled, Handler, Verdict};
+use crate::routes::Routes;
+use bindings::{wit, HandlerPre};
+pub use engine::PluginEngine;
+use state::{to_wit, HostState};
+
+/// How a plugin runs: limits and grants from its config.
+#[derive(Clone, Debug)]
+pub struct PluginSettings {
+    pub reuse_instance: u32,
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+    pub grants: Grants,
+}
+
+/// What a component imports and exports, as `runnel check` prints it.
+#[derive(Clone, Debug)]
+pub struct Interface {
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+}
+
+/// A loaded plugin, ready to handle events.
+pub struct WasmPlugin {
+    name: Arc<str>,
+    sha256: String,
+    pre: HandlerPre<HostState>,
+    settings: PluginSettings,
+    routes: Arc<Routes>,
+    warm: Mutex<Vec<Warm>>,
+    alive: Arc<AtomicUsize>,
+}
+
+struct Warm {
+    store: Store<HostState>,
+    instance: bindings::Handler,
+    uses: u32,
+    _alive: AliveGuard,
+}
+
+/// Counts live instances; dropping one decrements.
+struct AliveGuard(Arc<AtomicUsize>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+impl WasmPlugin {
+    /// Loads a component file: reads, compiles (or loads from cache), links
+    /// and checks it against the `handler` world. Every error names the file.
+    pub fn load(
+        engine: &PluginEngine,
+        name: &str,
+        path: &Path,
+        settings: PluginSettings,
+        routes: Arc<Routes>,
+    ) -> anyhow::Result<WasmPlugin> {
+        let compiled = engine.compile_file(path)?;
+        let pre = link(engine, &compiled.component).with_context(|| path.display().to_string())?;
+        Ok(WasmPlugin {
+            name: name.into(),
+            sha256: compiled.sha256,
+            pre,
+            settings,
+            routes,
+            warm: Mutex::new(Vec::new()),
+            alive: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// SHA-256 of the component file: the plugin's version.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Instances alive now, warm or running.
+    pub fn instances_alive(&self) -> usize {
+        self.alive.load(Relaxed)
+    }
+
+    fn new_store(&self) -> anyhow::Result<Store<HostState>> {
+        let clock = sandbox::EventClock::default();
+        let state = HostState {
+            plugin: self.name.clone(),
+            routes: self.routes.clone(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.settings.memory_bytes)
+                .build(),
+            wasi: sandbox::wasi_context(&self.settings.grants, &clock)?,
+            table: ResourceTable::new(),
+            clock,
+            call: Default::default(),
+            deadline: None,
+        };
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        // At every epoch tick: past the deadline, trap; otherwise yield the
+        // thread so that a long call cannot starve other events.
+        store.epoch_deadline_callback(|ctx| match ctx.data().deadline {
+            Some(deadline) if Instant::now() >= deadline => Ok(UpdateDeadline::Interrupt),
+            _ => Ok(UpdateDeadline::Yield(1)),
+        });
+        Ok(store)
+    }
+
+    async fn take_instance(&self) -> anyhow::Result<Warm> {
+        if let Some(warm) = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(warm);
+        }
+        let mut store = self.new_store()?;
+        store.data_mut().deadline = Some(Instant::now() + self.settings.timeout);
+        store.set_epoch_deadline(1);
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| anyhow::anyhow!("instantiating: {}", describe_trap(&e)))?;
+        self.alive.fetch_add(1, Relaxed);
+        Ok(Warm {
+            store,
+            instance,
+            uses: 0,
+            _alive: AliveGuard(self.alive.clone()),
+        })
+    }
+
+    fn give_back(&self, mut warm: Warm) {
+        warm.uses += 1;
+        if warm.uses < self.settings.reuse_instance {
+            self.warm
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(warm);
+        }
+    }
+
+    fn arm(&self, warm: &mut Warm, event: Option<&Event>, may_emit: bool) {
+        let state = warm.store.data_mut();
+        state.begin(event, may_emit);
+        state.deadline = Some(Instant::now() + self.settings.timeout);
+        warm.store.set_epoch_deadline(1);
+    }
+}
+
+#[async_trait]
+impl Handler for WasmPlugin {
+    async fn handle(&self, event: &Event) -> Handled {
+        let mut warm = match self.take_instance().await {
+            Ok(w) => w,
+            Err(e) => return Handled::verdict(Verdict::Trap(format!("{e:#}"))),
+        };
+        self.arm(&mut warm, Some(event), true);
+        let result = warm
+            .instance
+            .call_handle(&mut warm.store, &to_wit(event))
+            .await;
+        let call = warm.store.data_mut().finish();
+        let verdict = match result {
+            Ok(Ok(())) => Verdict::Done,
+            Ok(Err(wit::Refusal::Retry(m))) => Verdict::Retry(m),
+            Ok(Err(wit::Refusal::Reject(m))) => Verdict::Reject(m),
+            Err(trap) => trap_verdict(&trap, self.settings.timeout),
+        };
+        let trapped = matches!(verdict, Verdict::Trap(_) | Verdict::Timeout(_));
+        if !trapped {
+            self.give_back(warm);
+        }
+        Handled {
+            emitted: if verdict == Verdict::Done {
+                call.emitted
+            } else {
+                Vec::new()
+            },
+            verdict,
+            logs: call.logs,
+        }
+    }
+
+    async fn handle_error(&self, failure: &Failure, event: Option<&Event>) -> Result<(), String> {
+        let mut warm = self.take_instance().await.map_err(|e| format!("{e:#}"))?;
+        self.arm(&mut warm, event, false);
+        let wit_failure = wit::Failure {
+            message: failure.message.clone(),
+            kind: match failure.kind {
+                FailureKind::HandlerError => wit::FailureKind::HandlerError,
+                FailureKind::Rejected => wit::FailureKind::Rejected,
+                FailureKind::Trap => wit::FailureKind::Trap,
+                FailureKind::Timeout => wit::FailureKind::Timeout,
+                FailureKind::Decode => wit::FailureKind::Decode,
+            },
+            attempt: failure.attempt,
+            is_last_attempt: failure.is_last_attempt,
+        };
+        let wit_event = event.map(to_wit);
+        let result = warm
+            .instance
+            .call_handle_error(&mut warm.store, &wit_failure, wit_event.as_ref())
+            .await;
+        warm.store.data_mut().finish();
+        match result {
+            Ok(()) => {
+                self.give_back(warm);
+                Ok(())
+            }
+            Err(trap) => Err(format!("handle-error {}", describe_trap(&trap))),
+        }
+    }
+}
+
+/// Resolves a component's imports (WASI only if it asks for it) and checks
+/// its exports against the `handler` world.
+fn link(
+    engine: &PluginEngine,
+    component: &wasmtime::component::Component,
+) -> anyhow::Result<HandlerPre<HostState>> {
+    let mut linker: Linker<HostState> = Linker::new(engine.engine());
+    bindings::Handler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+    let wants_wasi = inspect(engine, component)
+        .imports
+        .iter()
+        .any(|name| name.starts_with("wasi:"));
+    if wants_wasi {
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    }
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| anyhow::anyhow!("imports something the host does not provide: {e}"))?;
+    HandlerPre::new(pre)
+        .map_err(|e| anyhow::anyhow!("does not implement the runnel:plugin/handler world: {e}"))
+}
+
+/// Lists a component's imports and exports by name.
+pub fn inspect(engine: &PluginEngine, component: &wasmtime::component::Component) -> Interface {
+    let ty = component.component_type();
+    Interface {
+        imports: ty
+            .imports(engine.engine())
+            .map(|(name, _)| name.to_string())
+            .collect(),
+        exports: ty
+            .exports(engine.engine())
+            .map(|(name, _)| name.to_string())
+            .collect(),
+    }
+}
+
+/// Loads a component and checks it the way `runnel run` would, returning
+/// what it imports and exports.
+pub fn check(engine: &PluginEngine, path: &Path) -> anyhow::Result<Interface> {
+    let compiled = engine.compile_file(path)?;
+    link(engine, &compiled.component).with_context(|| path.display().to_string())?;
+    Ok(inspect(engine, &compiled.component))
+}
+
+fn trap_verdict(error: &wasmtime::Error, timeout: Duration) -> Verdict {
+    if matches!(
+        error.downcast_ref::<wasmtime::Trap>(),
+        Some(wasmtime::Trap::Interrupt)
+    ) {
+        Verdict::Timeout(format!("ran past its time limit of {timeout:?}"))
+    } else {
+        Verdict::Trap(describe_trap(error))
+    }
+}
+
+/// A trap in one line: its code and the innermost guest frame when known.
+fn describe_trap(error: &wasmtime::Error) -> String {
+    let mut text = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("trapped: {trap}"),
+        None => format!("failed: {}", error.root_cause()),
+    };
+    if let Some(bt) = error.downcast_ref::<wasmtime::WasmBacktrace>() {
+        if let Some(name) = bt.frames().first().and_then(|f| f.func_name()) {
+            text.push_str(&format!(" in {name}"));
+        }
+    }
+    text
+}

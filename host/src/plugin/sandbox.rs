@@ -1,0 +1,79 @@
+//! What a plugin can reach: nothing but the `host` interface unless granted.
+//!
+//! Components built for `wasm32-wasip2` (Rust's std, Python, JavaScript
+//! runtimes) import WASI interfaces even when they never use them, so those
+//! imports are satisfied, but by a context that denies by default: no
+//! preopened directories, no environment, no sockets, stdio to nowhere, and a
+//! wall clock frozen at the time of the event being handled. Each grant in the
+//! config opens one of these, no more.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx};
+
+use crate::config::Grants;
+
+/// The time a plugin without the `clock` grant sees: the current event's
+/// creation time, in nanoseconds since the Unix epoch.
+#[derive(Clone, Default)]
+pub struct EventClock(Arc<AtomicU64>);
+
+impl EventClock {
+    pub fn set(&self, unix_nanos: u64) {
+        self.0.store(unix_nanos, Relaxed);
+    }
+}
+
+impl HostWallClock for EventClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_nanos(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Relaxed))
+    }
+}
+
+/// A monotonic clock that tells nothing about real time: it advances by one
+/// nanosecond per reading, enough for code that measures intervals.
+#[derive(Default)]
+struct CountingClock(AtomicU64);
+
+impl HostMonotonicClock for CountingClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+    fn now(&self) -> u64 {
+        self.0.fetch_add(1, Relaxed)
+    }
+}
+
+/// Builds the WASI context a plugin's instance gets from its grants.
+pub fn wasi_context(grants: &Grants, clock: &EventClock) -> anyhow::Result<WasiCtx> {
+    let mut b = WasiCtx::builder();
+    if grants.stdio {
+        b.inherit_stdout().inherit_stderr();
+    }
+    for name in &grants.env {
+        if let Ok(value) = std::env::var(name) {
+            b.env(name, value);
+        }
+    }
+    for dir in &grants.dirs {
+        let perms = if dir.writable {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        b.preopened_dir(&dir.host, &dir.guest, perms)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("granting directory {}", dir.host.display()))?;
+    }
+    if !grants.clock {
+        b.wall_clock(clock.clone());
+        b.monotonic_clock(CountingClock::default());
+    }
+    Ok(b.build())
+}

@@ -1,0 +1,149 @@
+//! The per-instance state behind a plugin's imports: what `log` and `emit`
+//! do, and the context of the call in progress.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::StoreLimits;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::runnel::plugin::{host, types};
+use super::bindings::wit;
+use super::sandbox::EventClock;
+use crate::event::Event;
+use crate::handler::Level;
+use crate::routes::Routes;
+
+/// Most events one call may emit; a plugin in a loop is stopped here.
+pub const MAX_EMITS_PER_CALL: usize = 10_000;
+/// Most log lines kept per call for tools that show them (`runnel test`);
+/// all of them still reach the host log.
+const MAX_LOGS_KEPT: usize = 1_000;
+/// Longest log line, in bytes; the rest is cut.
+const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// Everything a store carries.
+pub struct HostState {
+    pub plugin: Arc<str>,
+    pub routes: Arc<Routes>,
+    pub limits: StoreLimits,
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub clock: EventClock,
+    pub call: Call,
+    /// When the running call must stop; checked at every epoch tick.
+    pub deadline: Option<Instant>,
+}
+
+/// The event being handled and what the call has produced so far.
+#[derive(Default)]
+pub struct Call {
+    pub event: Option<Event>,
+    /// Only `handle` may emit: what `handle-error` would emit has no
+    /// successful call to be published with.
+    pub may_emit: bool,
+    pub emitted: Vec<(String, Event)>,
+    pub logs: Vec<(Level, String)>,
+}
+
+impl HostState {
+    /// Starts a call on `event`: new output, the plugin's clock set to the
+    /// event's time.
+    pub fn begin(&mut self, event: Option<&Event>, may_emit: bool) {
+        if let Some(e) = event {
+            let nanos = e.meta.created_at_utc.unix_timestamp_nanos();
+            self.clock.set(u64::try_from(nanos).unwrap_or_default());
+        }
+        self.call = Call {
+            event: event.cloned(),
+            may_emit,
+            ..Call::default()
+        };
+    }
+
+    /// Ends the call and hands back its output.
+    pub fn finish(&mut self) -> Call {
+        self.deadline = None;
+        std::mem::take(&mut self.call)
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: wit::Level, mut message: String) {
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("… (cut)");
+        }
+        let (event_id, correlation_id) = match &self.call.event {
+            Some(e) => (e.id.as_str(), e.meta.correlation_id.as_str()),
+            None => ("", ""),
+        };
+        let plugin = &*self.plugin;
+        let level = match level {
+            wit::Level::Trace => Level::Trace,
+            wit::Level::Debug => Level::Debug,
+            wit::Level::Info => Level::Info,
+            wit::Level::Warn => Level::Warn,
+            wit::Level::Error => Level::Error,
+        };
+        match level {
+            Level::Trace => tracing::trace!(plugin, event_id, correlation_id, "{message}"),
+            Level::Debug => tracing::debug!(plugin, event_id, correlation_id, "{message}"),
+            Level::Info => tracing::info!(plugin, event_id, correlation_id, "{message}"),
+            Level::Warn => tracing::warn!(plugin, event_id, correlation_id, "{message}"),
+            Level::Error => tracing::error!(plugin, event_id, correlation_id, "{message}"),
+        }
+        if self.call.logs.len() < MAX_LOGS_KEPT {
+            self.call.logs.push((level, message));
+        }
+    }
+
+    fn emit(&mut self, events: Vec<wit::NewEvent>) -> Result<(), String> {
+        let Some(cause) = self.call.event.as_ref().filter(|_| self.call.may_emit) else {
+            return Err("emit is only possible in handle, not in handle-error".into());
+        };
+        if self.call.emitted.len() + events.len() > MAX_EMITS_PER_CALL {
+            return Err(format!(
+                "too many events emitted in one call (limit {MAX_EMITS_PER_CALL})"
+            ));
+        }
+        let mut routed = Vec::with_capacity(events.len());
+        for new in events {
+            let stream = self.routes.require(&new.name)?;
+            routed.push((stream.to_string(), cause.caused(new.name, new.payload)));
+        }
+        self.call.emitted.extend(routed);
+        Ok(())
+    }
+}
+
+/// The guest's view of an event.
+pub fn to_wit(event: &Event) -> wit::Event {
+    wit::Event {
+        id: event.id.clone(),
+        name: event.name.clone(),
+        meta: wit::Meta {
+            created_at_utc: crate::event::format_rfc3339_nano(event.meta.created_at_utc),
+            correlation_id: event.meta.correlation_id.clone(),
+            attempts: event.meta.attempts,
+            is_dry_run: event.meta.is_dry_run,
+        },
+        payload: event.payload.clone(),
+    }
+}

@@ -1,0 +1,200 @@
+//! Wires a [`Config`] into running subscribers: one broker, one engine, one
+//! subscriber per plugin, all stopped by one cancellation token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::memory::MemoryBroker;
+use crate::broker::Broker;
+use crate::config::{Backend, Config, PluginConfig};
+use crate::handler::Handler;
+use crate::plugin::{PluginEngine, PluginSettings, WasmPlugin};
+use crate::publisher::Publisher;
+use crate::routes::Routes;
+use crate::stats::{Snapshot, Stats};
+use crate::subscriber::{Subscriber, Subscription};
+
+/// Entries read at once per subscriber.
+const READ_COUNT: usize = 64;
+/// How long an idle read waits before the subscriber looks around again.
+const READ_BLOCK: Duration = Duration::from_secs(1);
+
+/// A plugin as the runtime runs it.
+pub struct RunningPlugin {
+    pub config: PluginConfig,
+    pub handler: Arc<dyn Handler>,
+    pub stats: Arc<Stats>,
+}
+
+/// Everything a running host is made of.
+pub struct Runtime {
+    pub config: Config,
+    pub broker: Arc<dyn Broker>,
+    pub publisher: Publisher,
+    pub plugins: Vec<RunningPlugin>,
+    consumer: String,
+    _engine: Option<Arc<PluginEngine>>,
+}
+
+impl Runtime {
+    /// Connects the backend and loads every plugin. Fails, naming the plugin
+    /// and file, if one does not load: a service should not start half-way.
+    pub async fn from_config(config: Config) -> anyhow::Result<Runtime> {
+        let broker = connect(&config.backend);
+        let engine = Arc::new(PluginEngine::new(&config.engine)?);
+        let routes = Arc::new(config.routes.clone());
+        let mut plugins = Vec::new();
+        for p in &config.plugins {
+            let plugin = WasmPlugin::load(&engine, &p.name, &p.path, settings(p), routes.clone())
+                .with_context(|| format!("plugin {:?}", p.name))?;
+            tracing::info!(plugin = %p.name, sha256 = %&plugin.sha256()[..12], "loaded");
+            plugins.push(RunningPlugin {
+                config: p.clone(),
+                handler: Arc::new(plugin),
+                stats: Arc::default(),
+            });
+        }
+        let mut runtime = Runtime::with_handlers(config, broker, routes, Vec::new());
+        runtime.plugins = plugins;
+        runtime._engine = Some(engine);
+        Ok(runtime)
+    }
+
+    /// A runtime over given handlers (native or preloaded), for embedding,
+    /// tests and benchmarks.
+    pub fn with_handlers(
+        config: Config,
+        broker: Arc<dyn Broker>,
+        routes: Arc<Routes>,
+        plugins: Vec<RunningPlugin>,
+    ) -> Runtime {
+        Runtime {
+            publisher: Publisher::new(broker.clone(), routes),
+            broker,
+            plugins,
+            consumer: consumer_name(),
+            config,
+            _engine: None,
+        }
+    }
+
+    /// Creates the consumer groups and starts one subscriber per plugin.
+    /// They run until `shutdown` is cancelled; the returned set finishes when
+    /// they have drained.
+    pub async fn start(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<JoinSet<anyhow::Result<()>>> {
+        let mut tasks = JoinSet::new();
+        for p in &self.plugins {
+            for stream in &p.config.streams {
+                self.broker
+                    .create_group(stream, p.config.group(), p.config.start)
+                    .await
+                    .with_context(|| {
+                        format!("creating group {:?} on {stream:?}", p.config.group())
+                    })?;
+            }
+            let subscriber = Subscriber::new(
+                self.broker.clone(),
+                self.publisher.clone(),
+                self.subscription(&p.config),
+                p.stats.clone(),
+            );
+            tasks.spawn(subscriber.consume(p.handler.clone(), shutdown.clone()));
+        }
+        Ok(tasks)
+    }
+
+    fn subscription(&self, p: &PluginConfig) -> Subscription {
+        let timeout = Duration::from_millis(p.timeout_ms);
+        Subscription {
+            plugin: p.name.clone(),
+            group: p.group().to_string(),
+            consumer: self.consumer.clone(),
+            streams: p.streams.clone(),
+            events: p.events.clone(),
+            concurrency: p.concurrency as usize,
+            max_attempts: p.max_attempts,
+            backoff: p.backoff,
+            read_count: READ_COUNT,
+            block: READ_BLOCK,
+            // In-flight entries are kept fresh every third of this, so it only
+            // has to outlast a missed keep-alive, not the handling itself.
+            claim_min_idle: (timeout * 2).max(Duration::from_secs(30)),
+            dead_letter: self.config.dead_letter.clone(),
+        }
+    }
+
+    /// Whether every plugin has finished every entry of its streams.
+    pub async fn is_idle(&self) -> anyhow::Result<bool> {
+        for p in &self.plugins {
+            for stream in &p.config.streams {
+                if self.broker.backlog(stream, p.config.group()).await? > 0 {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Waits until [`Runtime::is_idle`], polling.
+    pub async fn wait_idle(&self) -> anyhow::Result<()> {
+        while !self.is_idle().await? {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// Counters per plugin, in config order.
+    pub fn summary(&self) -> Vec<(String, Snapshot)> {
+        self.plugins
+            .iter()
+            .map(|p| (p.config.name.clone(), p.stats.snapshot()))
+            .collect()
+    }
+}
+
+fn connect(backend: &Backend) -> Arc<dyn Broker> {
+    match backend {
+        Backend::Memory { capacity } => MemoryBroker::new(*capacity),
+    }
+}
+
+/// How a plugin's config maps to its runtime settings.
+pub fn settings(p: &PluginConfig) -> PluginSettings {
+    PluginSettings {
+        reuse_instance: p.reuse_instance,
+        timeout: Duration::from_millis(p.timeout_ms),
+        memory_bytes: (p.memory_mb as usize) << 20,
+        grants: p.grants.clone(),
+    }
+}
+
+/// One consumer name per process: host, pid and a random suffix, so that a
+/// restarted process never inherits a dead one's pending entries by name.
+fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[..8])
+}
+
+/// Renders the per-plugin summary as an aligned table.
+pub fn summary_table(rows: &[(String, Snapshot)]) -> String {
+    let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0).max(6);
+    let mut out = format!(
+        "{:<width$}  {:>8}  {:>8}  {:>8}  {:>13}  {:>8}\n",
+        "plugin", "handled", "retried", "failed", "dead-lettered", "skipped"
+    );
+    for (name, s) in rows {
+        out.push_str(&format!(
+            "{:<width$}  {:>8}  {:>8}  {:>8}  {:>13}  {:>8}\n",
+            name, s.handled, s.retried, s.failed, s.dead_lettered, s.skipped
+        ));
+    }
+    out
+}

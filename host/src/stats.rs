@@ -1,0 +1,52 @@
+//! Counters per plugin: what the summary table and, later, metrics report.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Monotonic counters, updated lock-free from every delivery task.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Events handled successfully.
+    pub handled: AtomicU64,
+    /// Failed attempts that were scheduled for another try.
+    pub retried: AtomicU64,
+    /// Failed attempts of any kind (a dead-lettered event counts its last one).
+    pub failed: AtomicU64,
+    /// Events moved to a dead-letter stream.
+    pub dead_lettered: AtomicU64,
+    /// Events on the plugin's streams whose name it does not handle.
+    pub skipped: AtomicU64,
+    /// Traps, in `handle` or `handle-error`.
+    pub traps: AtomicU64,
+    /// Calls to `handle-error` that trapped.
+    pub error_handler_failures: AtomicU64,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub handled: u64,
+    pub retried: u64,
+    pub failed: u64,
+    pub dead_lettered: u64,
+    pub skipped: u64,
+    pub traps: u64,
+    pub error_handler_failures: u64,
+}
+
+impl Stats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            handled: self.handled.load(Relaxed),
+            retried: self.retried.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            dead_lettered: self.dead_lettered.load(Relaxed),
+            skipped: self.skipped.load(Relaxed),
+            traps: self.traps.load(Relaxed),
+            error_handler_failures: self.error_handler_failures.load(Relaxed),
+        }
+    }
+}
