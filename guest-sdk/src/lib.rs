@@ -29,6 +29,7 @@
 //! contract (`wit/`), which stay available in [`bindings`].
 
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)] // generated code
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",

@@ -13,7 +13,7 @@ use crate::broker::memory::MemoryBroker;
 use crate::broker::{Append, Broker, StartFrom};
 use crate::config::{Backoff, EngineConfig, Grants};
 use crate::event::Event;
-use crate::handler::{Failure, Handled, Handler, Verdict};
+use crate::handler::{ErrorHandled, Failure, Handled, Handler, Verdict};
 use crate::plugin::{PluginEngine, PluginSettings, WasmPlugin};
 use crate::publisher::{event_fields, Publisher};
 use crate::routes::Routes;
@@ -43,8 +43,8 @@ impl Handler for NativeNoop {
         std::hint::black_box(event);
         Handled::verdict(Verdict::Done)
     }
-    async fn handle_error(&self, _: &Failure, _: Option<&Event>) -> Result<(), String> {
-        Ok(())
+    async fn handle_error(&self, _: &Failure, _: Option<&Event>) -> ErrorHandled {
+        Ok(Vec::new())
     }
 }
 

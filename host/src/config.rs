@@ -260,7 +260,7 @@ impl Config {
             let line = e
                 .inner()
                 .span()
-                .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
             ConfigError {
                 file: file.to_path_buf(),
                 line,

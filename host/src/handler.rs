@@ -67,6 +67,9 @@ impl Handled {
     }
 }
 
+/// The result of a call to `handle_error`: what it logged, or why it failed.
+pub type ErrorHandled = Result<Vec<(Level, String)>, String>;
+
 /// Kinds of failure reported to `handle_error`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FailureKind {
@@ -105,8 +108,8 @@ pub trait Handler: Send + Sync + 'static {
     /// Handles one event; `event.meta.attempts` already counts this call.
     async fn handle(&self, event: &Event) -> Handled;
 
-    /// Told about a failed attempt; gets the event only on the last one. An
-    /// `Err` means the error handler itself failed (trapped): it is logged and
-    /// counted, and delivery goes on.
-    async fn handle_error(&self, failure: &Failure, event: Option<&Event>) -> Result<(), String>;
+    /// Told about a failed attempt; gets the event only on the last one.
+    /// Returns what it logged. An `Err` means the error handler itself failed
+    /// (trapped): it is logged and counted, and delivery goes on.
+    async fn handle_error(&self, failure: &Failure, event: Option<&Event>) -> ErrorHandled;
 }

@@ -2,24 +2,30 @@
 //!
 //! # Layout
 //!
-//! - [`event`]: the event envelope and its JSON wire format (the Go seed's).
-//! - [`broker`]: the backend seam, shaped like Redis Streams;
-//!   [`broker::memory`] is the embedded backend.
-//! - [`publisher`] and [`routes`]: emitting events onto the streams their
-//!   names route to.
-//! - [`subscriber`]: delivery semantics, once for every backend: attempts,
+//! An event's path, in module order:
+//!
+//! - [`input`] turns NDJSON lines into events to inject (`runnel run --input`).
+//! - [`publisher`] appends events to the streams that [`routes`] pick by name.
+//! - [`broker`] is the backend seam, shaped like Redis Streams; the in-memory
+//!   backend is [`broker::memory`].
+//! - [`subscriber`] owns delivery semantics, once for every backend: attempts,
 //!   retries with backoff, the error handler, dead letters, batched acks.
-//! - [`handler`]: what a subscriber calls, a plugin or native code.
-//! - [`plugin`]: WebAssembly components: engine, artifact cache, sandbox,
+//! - [`handler`] is what a subscriber calls: a wasm plugin or native code.
+//! - [`plugin`] runs WebAssembly components: engine, artifact cache, sandbox,
 //!   warm instances, and the host side of the WIT contract.
-//! - [`dead_letter`]: what a dead-letter entry holds.
-//! - [`config`]: `runnel.toml`.
-//! - [`runtime`]: wires a config into running subscribers.
-//! - [`input`]: events to inject, from NDJSON.
-//! - [`stats`]: counters per plugin.
+//! - [`dead_letter`] defines what a dead-letter entry holds.
+//!
+//! Around them:
+//!
+//! - [`event`] is the envelope and its JSON wire format (the Go seed's).
+//! - [`config`] reads and checks `runnel.toml`.
+//! - [`runtime`] wires a config into running subscribers.
+//! - [`stats`] counts outcomes per plugin.
+//! - [`cli`] is the `runnel` command; [`bench`] is `runnel bench`.
 
 pub mod bench;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod dead_letter;
 pub mod event;

@@ -1,1 +1,179 @@
+//! Helpers for the end-to-end tests: where the compiled plugins are, a
+//! recording wrapper around a handler, and a runtime built from TOML.
 
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use runnel::config::Config;
+use runnel::event::Event;
+use runnel::handler::{ErrorHandled, Failure, Handled, Handler};
+use runnel::runtime::Runtime;
+use tokio_util::sync::CancellationToken;
+
+/// The compiled `.wasm` of a plugin in `plugins/rust` (crate name with `_`).
+pub fn plugin(name: &str) -> PathBuf {
+    PathBuf::from(env!("RUNNEL_PLUGIN_DIR")).join(format!("{name}.wasm"))
+}
+
+/// The repository's root, for examples.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// One call a [`Recorder`] saw.
+#[derive(Clone, Debug)]
+pub enum Call {
+    Handle {
+        event: Event,
+        result: Handled,
+    },
+    HandleError {
+        failure: Failure,
+        event: Option<Event>,
+        result: ErrorHandled,
+    },
+}
+
+/// Wraps a handler and records every call and its result.
+pub struct Recorder {
+    inner: Arc<dyn Handler>,
+    pub calls: Mutex<Vec<Call>>,
+}
+
+impl Recorder {
+    pub fn new(inner: Arc<dyn Handler>) -> Arc<Self> {
+        Arc::new(Recorder {
+            inner,
+            calls: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Handler for Recorder {
+    async fn handle(&self, event: &Event) -> Handled {
+        let result = self.inner.handle(event).await;
+        self.calls.lock().unwrap().push(Call::Handle {
+            event: event.clone(),
+            result: result.clone(),
+        });
+        result
+    }
+
+    async fn handle_error(&self, failure: &Failure, event: Option<&Event>) -> ErrorHandled {
+        let result = self.inner.handle_error(failure, event).await;
+        self.calls.lock().unwrap().push(Call::HandleError {
+            failure: failure.clone(),
+            event: event.cloned(),
+            result: result.clone(),
+        });
+        result
+    }
+}
+
+/// A started runtime whose plugins are wrapped in recorders.
+pub struct Running {
+    pub runtime: Runtime,
+    pub recorders: Vec<Arc<Recorder>>,
+    pub shutdown: CancellationToken,
+    tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+}
+
+/// Loads a config from TOML text (plugin paths `@name` are replaced by the
+/// compiled plugin's path) and starts it.
+pub async fn start(toml: &str) -> anyhow::Result<Running> {
+    let text = expand_plugins(toml);
+    let config = Config::parse(&text, std::path::Path::new("test.toml"))?;
+    let mut runtime = Runtime::from_config(config).await?;
+    let mut recorders = Vec::new();
+    for p in &mut runtime.plugins {
+        let recorder = Recorder::new(p.handler.clone());
+        p.handler = recorder.clone();
+        recorders.push(recorder);
+    }
+    let shutdown = CancellationToken::new();
+    let tasks = runtime.start(&shutdown).await?;
+    Ok(Running {
+        runtime,
+        recorders,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Replaces `@name` in `path = "@name"` with the compiled plugin's path.
+pub fn expand_plugins(toml: &str) -> String {
+    let mut out = String::new();
+    for line in toml.lines() {
+        match line.trim().strip_prefix("path = \"@") {
+            Some(rest) => {
+                let name = rest.trim_end_matches('"');
+                out.push_str(&format!(
+                    "path = {:?}\n",
+                    plugin(name).display().to_string()
+                ));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+impl Running {
+    /// Emits events to a stream, bypassing routes.
+    pub async fn inject(&self, stream: &str, events: Vec<Event>) -> anyhow::Result<()> {
+        let routed: Vec<_> = events
+            .into_iter()
+            .map(|e| (stream.to_string(), e))
+            .collect();
+        self.runtime.publisher.publish(&routed).await
+    }
+
+    /// Waits until everything is handled, failing after `limit`.
+    pub async fn idle_within(&self, limit: Duration) -> anyhow::Result<()> {
+        tokio::time::timeout(limit, self.runtime.wait_idle())
+            .await
+            .map_err(|_| anyhow::anyhow!("not idle after {limit:?}"))?
+    }
+
+    /// Stops the subscribers and waits for them to drain.
+    pub async fn stop(mut self) -> anyhow::Result<Runtime> {
+        self.shutdown.cancel();
+        while let Some(done) = self.tasks.join_next().await {
+            done??;
+        }
+        Ok(self.runtime)
+    }
+
+    /// The entries of a stream, decoded as events.
+    pub async fn events_on(&self, stream: &str) -> Vec<Event> {
+        self.runtime
+            .broker
+            .range(stream, None, None, usize::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| Event::from_json(&e.fields[0].1).unwrap())
+            .collect()
+    }
+}
+
+/// The log lines of a handle-error call result.
+pub fn logs(result: &ErrorHandled) -> Vec<String> {
+    result
+        .as_ref()
+        .map(|logs| logs.iter().map(|(_, m)| m.clone()).collect())
+        .unwrap_or_default()
+}

@@ -1,9 +1,10 @@
 //! The embedded backend: Redis Streams semantics inside one process.
 //!
-//! Streams are bounded: while the slowest consumer group of a stream holds
-//! `capacity` unfinished entries, appending waits (backpressure) instead of
-//! dropping. A stream with no group keeps its newest `capacity` entries, as
-//! `XADD ... MAXLEN` would: nobody is subscribed to lose them.
+//! A stream keeps at most `capacity` entries, as `XADD ... MAXLEN` would, and
+//! trims the oldest to make room, but only entries every consumer group has
+//! finished with: while the slowest group holds `capacity` unfinished
+//! entries, appending waits (backpressure) instead of dropping. A stream with
+//! no group (a dead-letter stream) just keeps its newest `capacity` entries.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -73,7 +74,8 @@ impl MemoryBroker {
         if s.next_seq == 0 {
             s.next_seq = 1;
         }
-        if !s.groups.is_empty() && s.entries.len() >= self.capacity {
+        s.make_room(self.capacity);
+        if s.entries.len() >= self.capacity {
             return None;
         }
         let seq = s.next_seq;
@@ -91,17 +93,16 @@ impl MemoryBroker {
                 fields: Arc::new(fields.to_vec()),
             },
         });
-        s.trim(self.capacity);
         Some(id)
     }
 }
 
 impl Stream {
-    /// Drops entries every group has finished with; with no group, keeps the
-    /// newest `capacity`.
-    fn trim(&mut self, capacity: usize) {
-        let keep_from = if self.groups.is_empty() {
-            self.next_seq.saturating_sub(capacity as u64)
+    /// Drops the oldest entries until one more fits in `capacity`, sparing
+    /// entries some group has not finished with.
+    fn make_room(&mut self, capacity: usize) {
+        let finished_below = if self.groups.is_empty() {
+            u64::MAX
         } else {
             self.groups
                 .values()
@@ -116,7 +117,9 @@ impl Stream {
                 .min()
                 .unwrap_or(0)
         };
-        while self.entries.front().is_some_and(|e| e.seq < keep_from) {
+        while self.entries.len() >= capacity
+            && self.entries.front().is_some_and(|e| e.seq < finished_below)
+        {
             self.entries.pop_front();
         }
     }
@@ -264,7 +267,6 @@ impl Broker for MemoryBroker {
             for id in ids {
                 g.pending.remove(&seq_of(id)?);
             }
-            s.trim(self.capacity);
         }
         self.changed.notify_waiters();
         Ok(())
@@ -438,6 +440,13 @@ mod tests {
         b.ack("g", "s", &[got[0].entry.id.clone()]).await.unwrap();
         writer.await.unwrap().unwrap();
         assert_eq!(b.backlog("s", "g").await.unwrap(), 2);
+        let kept = b.range("s", None, None, 10).await.unwrap();
+        assert_eq!(
+            kept.len(),
+            2,
+            "the finished entry made room for the new one"
+        );
+        assert_eq!(kept[0].id, got[1].entry.id);
     }
 
     #[tokio::test]
@@ -473,6 +482,17 @@ mod tests {
         b.append(vec![append("s", "late")]).await.unwrap();
         let got = reader.await.unwrap().unwrap();
         assert_eq!(got.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn finished_entries_stay_readable_until_room_is_needed() {
+        let b = MemoryBroker::new(10);
+        b.create_group("s", "g", StartFrom::New).await.unwrap();
+        b.append(vec![append("s", "done")]).await.unwrap();
+        let got = b.read("g", "c", &["s".to_string()], 1, NOW).await.unwrap();
+        b.ack("g", "s", &[got[0].entry.id.clone()]).await.unwrap();
+        assert_eq!(b.backlog("s", "g").await.unwrap(), 0);
+        assert_eq!(b.range("s", None, None, 10).await.unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -6,4 +6,4 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use runnel::plugin::types as wit;
+pub use self::runnel::plugin::types as wit;

@@ -23,7 +23,7 @@ use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 
 use crate::config::Grants;
 use crate::event::Event;
-use crate::handler::{Failure, FailureKind, Handled, Handler, Verdict};
+use crate::handler::{ErrorHandled, Failure, FailureKind, Handled, Handler, Verdict};
 use crate::routes::Routes;
 use bindings::{wit, HandlerPre};
 pub use engine::PluginEngine;
@@ -207,7 +207,7 @@ impl Handler for WasmPlugin {
         }
     }
 
-    async fn handle_error(&self, failure: &Failure, event: Option<&Event>) -> Result<(), String> {
+    async fn handle_error(&self, failure: &Failure, event: Option<&Event>) -> ErrorHandled {
         let mut warm = self.take_instance().await.map_err(|e| format!("{e:#}"))?;
         self.arm(&mut warm, event, false);
         let wit_failure = wit::Failure {
@@ -227,11 +227,11 @@ impl Handler for WasmPlugin {
             .instance
             .call_handle_error(&mut warm.store, &wit_failure, wit_event.as_ref())
             .await;
-        warm.store.data_mut().finish();
+        let call = warm.store.data_mut().finish();
         match result {
             Ok(()) => {
                 self.give_back(warm);
-                Ok(())
+                Ok(call.logs)
             }
             Err(trap) => Err(format!("handle-error {}", describe_trap(&trap))),
         }

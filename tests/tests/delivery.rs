@@ -1,0 +1,402 @@
+//! End to end on the in-memory backend through compiled wasm plugins:
+//! success, emit chains, retries, rejects, traps, decode failures and
+//! backpressure.
+
+use std::time::Duration;
+
+use runnel::broker::Append;
+use runnel::dead_letter::DeadLetterRecord;
+use runnel::event::Event;
+use runnel::handler::{FailureKind, Verdict};
+use runnel_tests::{logs, start, Call};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn order(id: &str, sku: &str) -> Event {
+    Event::new(
+        "order.created",
+        format!(r#"{{"order_id":"{id}","sku":"{sku}","quantity":3,"unit_cents":500}}"#),
+    )
+}
+
+const PIPELINE: &str = r#"
+[engine]
+max_instances = 16
+
+[routes]
+"order.enriched" = "enriched"
+
+[[plugin]]
+name = "enricher"
+path = "@order_enricher"
+streams = ["orders"]
+events = ["order.*"]
+max_attempts = 3
+backoff = { initial_ms = 1, max_ms = 5 }
+
+[[plugin]]
+name = "logger"
+path = "@logger"
+streams = ["enriched"]
+"#;
+
+#[tokio::test]
+async fn an_order_is_enriched_and_the_follow_up_is_handled_downstream() {
+    let run = start(PIPELINE).await.unwrap();
+    run.inject("orders", vec![order("o-1", "A-1")])
+        .await
+        .unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+
+    let enriched = run.events_on("enriched").await;
+    assert_eq!(enriched.len(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&enriched[0].payload).unwrap();
+    assert_eq!(body["order_id"], "o-1");
+    assert_eq!(body["total_cents"], 1500);
+    let logger_calls = run.recorders[1].calls();
+    assert!(
+        matches!(&logger_calls[..], [Call::Handle { event, result }] if event.id == enriched[0].id && result.verdict == Verdict::Done),
+        "{logger_calls:?}"
+    );
+    let runtime = run.stop().await.unwrap();
+    let summary = runtime.summary();
+    assert_eq!(summary[0].1.handled, 1);
+    assert_eq!(summary[1].1.handled, 1);
+}
+
+#[tokio::test]
+async fn emitted_events_inherit_correlation_id_and_dry_run() {
+    let run = start(PIPELINE).await.unwrap();
+    let mut source = order("o-2", "A-1");
+    source.meta.correlation_id = "corr-42".into();
+    source.meta.is_dry_run = true;
+    run.inject("orders", vec![source.clone()]).await.unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+
+    let enriched = run.events_on("enriched").await;
+    assert_eq!(enriched.len(), 1);
+    let child = &enriched[0];
+    assert_eq!(child.meta.correlation_id, "corr-42");
+    assert!(child.meta.is_dry_run);
+    assert_eq!(child.meta.attempts, 0, "producers write 0 attempts");
+    assert_ne!(child.id, source.id);
+    assert_eq!(child.name, "order.enriched");
+    run.stop().await.unwrap();
+}
+
+const FLAKY: &str = r#"
+[engine]
+max_instances = 16
+
+[[plugin]]
+name = "flaky"
+path = "@flaky"
+streams = ["work"]
+max_attempts = 4
+backoff = { initial_ms = 1, max_ms = 2 }
+"#;
+
+fn flaky(fail_times: u32) -> Event {
+    Event::new("job", format!(r#"{{"fail_times":{fail_times}}}"#))
+}
+
+#[tokio::test]
+async fn a_flaky_event_is_retried_exactly_until_it_succeeds() {
+    let run = start(FLAKY).await.unwrap();
+    let event = flaky(2);
+    run.inject("work", vec![event.clone()]).await.unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+
+    let calls = run.recorders[0].calls();
+    let attempts: Vec<u32> = calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::Handle { event, .. } => Some(event.meta.attempts),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        vec![1, 2, 3],
+        "attempts count from 1, incremented before each call"
+    );
+    let errors: Vec<_> = calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::HandleError {
+                failure,
+                event,
+                result,
+            } => Some((failure.clone(), event.is_some(), logs(result))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 2);
+    for (i, (failure, has_event, logs)) in errors.iter().enumerate() {
+        assert_eq!(failure.attempt, i as u32 + 1);
+        assert!(!failure.is_last_attempt);
+        assert_eq!(failure.kind, FailureKind::HandlerError);
+        assert!(
+            !has_event,
+            "the event goes to handle-error only on the last attempt"
+        );
+        assert_eq!(
+            logs,
+            &vec![format!(
+                "handle-error attempt={} last=false kind=FailureKind::HandlerError event=none",
+                i + 1
+            )]
+        );
+    }
+    let runtime = run.stop().await.unwrap();
+    let s = runtime.summary()[0].1;
+    assert_eq!(
+        (s.handled, s.retried, s.failed, s.dead_lettered),
+        (1, 2, 2, 0)
+    );
+}
+
+#[tokio::test]
+async fn after_max_attempts_the_event_reaches_handle_error_and_the_dead_letter_stream() {
+    let run = start(FLAKY).await.unwrap();
+    let event = flaky(100);
+    run.inject("work", vec![event.clone()]).await.unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+
+    let calls = run.recorders[0].calls();
+    let handles = calls
+        .iter()
+        .filter(|c| matches!(c, Call::Handle { .. }))
+        .count();
+    assert_eq!(handles, 4, "exactly max_attempts calls");
+    let last = calls.last().unwrap();
+    match last {
+        Call::HandleError {
+            failure,
+            event: Some(e),
+            result,
+        } => {
+            assert!(failure.is_last_attempt);
+            assert_eq!(failure.attempt, 4);
+            assert_eq!(e.id, event.id);
+            assert_eq!(
+                logs(result),
+                vec![format!(
+                    "handle-error attempt=4 last=true kind=FailureKind::HandlerError event={}",
+                    event.id
+                )],
+                "the plugin itself received the event"
+            );
+        }
+        other => panic!("last call should be handle-error with the event: {other:?}"),
+    }
+    let dead = run
+        .runtime
+        .broker
+        .range("work.dead", None, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    let record = DeadLetterRecord::from_entry(&dead[0]);
+    assert_eq!(record.attempts, 4);
+    assert_eq!(record.kind, "handler-error");
+    assert_eq!(record.plugin, "flaky");
+    assert_eq!(record.stream, "work");
+    assert!(record.reason.contains("failing attempt 4"), "{record:?}");
+    let original = Event::from_json(&record.event).unwrap();
+    assert_eq!(original, event, "the original envelope is kept as it was");
+    let runtime = run.stop().await.unwrap();
+    let s = runtime.summary()[0].1;
+    assert_eq!(
+        (s.handled, s.retried, s.failed, s.dead_lettered),
+        (0, 3, 4, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_event_is_dead_lettered_at_once() {
+    let run = start(
+        r#"
+[[plugin]]
+name = "rejecter"
+path = "@rejecter"
+streams = ["in"]
+max_attempts = 5
+"#,
+    )
+    .await
+    .unwrap();
+    run.inject("in", vec![Event::new("thing", "x")])
+        .await
+        .unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+    let calls = run.recorders[0].calls();
+    assert_eq!(calls.len(), 2, "one handle, one handle-error: {calls:?}");
+    assert!(
+        matches!(&calls[1], Call::HandleError { failure, event: Some(_), .. } if failure.kind == FailureKind::Rejected && failure.is_last_attempt && failure.attempt == 1)
+    );
+    let dead = run
+        .runtime
+        .broker
+        .range("in.dead", None, None, 10)
+        .await
+        .unwrap();
+    let record = DeadLetterRecord::from_entry(&dead[0]);
+    assert_eq!((record.kind.as_str(), record.attempts), ("rejected", 1));
+    assert_eq!(record.reason, "thing is never acceptable");
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_trap_is_contained_and_the_next_event_is_handled() {
+    let run = start(
+        r#"
+[[plugin]]
+name = "trapper"
+path = "@trapper"
+streams = ["in"]
+max_attempts = 2
+concurrency = 1
+backoff = { initial_ms = 1, max_ms = 1 }
+"#,
+    )
+    .await
+    .unwrap();
+    let bad = Event::new("x", "trap");
+    let good = Event::new("x", "fine");
+    run.inject("in", vec![bad.clone(), good.clone()])
+        .await
+        .unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+
+    let calls = run.recorders[0].calls();
+    let verdict_of = |id: &str| -> Vec<Verdict> {
+        calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Handle { event, result } if event.id == id => Some(result.verdict.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let bad_verdicts = verdict_of(&bad.id);
+    assert_eq!(bad_verdicts.len(), 2);
+    assert!(
+        bad_verdicts
+            .iter()
+            .all(|v| matches!(v, Verdict::Trap(m) if m.contains("trapped"))),
+        "{bad_verdicts:?}"
+    );
+    assert_eq!(verdict_of(&good.id), vec![Verdict::Done]);
+    let dead = run
+        .runtime
+        .broker
+        .range("in.dead", None, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(DeadLetterRecord::from_entry(&dead[0]).kind, "trap");
+    let runtime = run.stop().await.unwrap();
+    let s = runtime.summary()[0].1;
+    assert_eq!((s.handled, s.traps, s.dead_lettered), (1, 2, 1));
+}
+
+#[tokio::test]
+async fn an_entry_that_is_not_an_event_is_dead_lettered_with_its_raw_fields() {
+    let run = start(FLAKY).await.unwrap();
+    run.runtime
+        .broker
+        .append(vec![Append {
+            stream: "work".into(),
+            fields: vec![
+                ("event".into(), b"{not json".to_vec()),
+                ("extra".into(), b"kept".to_vec()),
+            ],
+        }])
+        .await
+        .unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+    let calls = run.recorders[0].calls();
+    assert!(
+        matches!(&calls[..], [Call::HandleError { failure, event: None, .. }] if failure.kind == FailureKind::Decode && failure.is_last_attempt),
+        "decode failures go to handle-error with no event: {calls:?}"
+    );
+    let dead = run
+        .runtime
+        .broker
+        .range("work.dead", None, None, 10)
+        .await
+        .unwrap();
+    let fields = &dead[0].fields;
+    assert_eq!(fields[0], ("event".to_string(), b"{not json".to_vec()));
+    let raw = fields.iter().find(|(k, _)| k == "raw_fields").unwrap();
+    let raw: serde_json::Value = serde_json::from_slice(&raw.1).unwrap();
+    assert_eq!(raw["extra"], "kept");
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_of_other_names_are_skipped_without_a_call() {
+    let run = start(PIPELINE).await.unwrap();
+    run.inject(
+        "orders",
+        vec![Event::new("invoice.paid", "{}"), order("o-3", "A-1")],
+    )
+    .await
+    .unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+    let handled: Vec<String> = run.recorders[0]
+        .calls()
+        .iter()
+        .filter_map(|c| match c {
+            Call::Handle { event, .. } => Some(event.name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(handled, vec!["order.created"]);
+    let runtime = run.stop().await.unwrap();
+    assert_eq!(runtime.summary()[0].1.skipped, 1);
+}
+
+#[tokio::test]
+async fn a_slow_plugin_makes_emit_wait_and_nothing_is_lost() {
+    const CAPACITY: u64 = 8;
+    const EVENTS: usize = 200;
+    let run = start(&format!(
+        r#"
+[backend]
+kind = "memory"
+capacity = {CAPACITY}
+
+[[plugin]]
+name = "spin"
+path = "@spin"
+streams = ["slow"]
+concurrency = 2
+"#
+    ))
+    .await
+    .unwrap();
+    let mut max_backlog = 0;
+    for _ in 0..EVENTS {
+        run.inject("slow", vec![Event::new("work", r#"{"iterations":20000}"#)])
+            .await
+            .unwrap();
+        let backlog = run.runtime.broker.backlog("slow", "spin").await.unwrap();
+        max_backlog = max_backlog.max(backlog);
+    }
+    assert!(
+        max_backlog <= CAPACITY,
+        "emit must wait while the stream is full: backlog reached {max_backlog}"
+    );
+    assert!(
+        max_backlog >= CAPACITY - 2,
+        "the producer outran the slow plugin, so it must have waited: max backlog {max_backlog}"
+    );
+    run.idle_within(LIMIT).await.unwrap();
+    let runtime = run.stop().await.unwrap();
+    assert_eq!(
+        runtime.summary()[0].1.handled,
+        EVENTS as u64,
+        "N in = N handled"
+    );
+}
