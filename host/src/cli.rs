@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, EngineConfig};
+use crate::dead_letter::DeadLetterRecord;
 use crate::plugin::{self, PluginEngine};
 use crate::runtime::{summary_table, Runtime};
 
@@ -150,7 +151,38 @@ async fn run(
         done??;
     }
     print!("{}", summary_table(&runtime.summary()));
+    if exit_when_idle {
+        print_dead_letters(&runtime).await?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lists what was dead-lettered on the plugins' streams: with the in-memory
+/// backend, the last chance to see it.
+async fn print_dead_letters(runtime: &Runtime) -> anyhow::Result<()> {
+    let mut streams: Vec<String> = runtime
+        .plugins
+        .iter()
+        .flat_map(|p| p.config.streams.iter())
+        .map(|s| runtime.config.dead_letter_stream(s))
+        .collect();
+    streams.sort();
+    streams.dedup();
+    for stream in streams {
+        let entries = runtime.broker.range(&stream, None, None, 100).await?;
+        if entries.is_empty() {
+            continue;
+        }
+        println!("\ndead letters on {stream}:");
+        for entry in &entries {
+            let r = DeadLetterRecord::from_entry(entry);
+            println!(
+                "  {} plugin={} kind={} attempts={}: {}",
+                r.id, r.plugin, r.kind, r.attempts, r.reason
+            );
+        }
+    }
+    Ok(())
 }
 
 /// First SIGINT/SIGTERM: stop taking events and drain. Second: exit now.

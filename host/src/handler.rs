@@ -100,6 +100,11 @@ pub struct Failure {
     pub kind: FailureKind,
     pub attempt: u32,
     pub is_last_attempt: bool,
+    /// Id and correlation id of the failed event, for the host's logs: the
+    /// plugin itself gets the event only on the last attempt. Empty when the
+    /// entry did not decode.
+    pub event_id: String,
+    pub correlation_id: String,
 }
 
 /// An event handler with its error handler.

@@ -234,6 +234,8 @@ impl Shared {
                     kind: FailureKind::Decode,
                     attempt: delivery.deliveries,
                     is_last_attempt: true,
+                    event_id: String::new(),
+                    correlation_id: String::new(),
                 };
                 tracing::warn!(plugin = %self.sub.plugin, stream = %delivery.stream, entry = %delivery.entry.id, "{reason}");
                 Stats::bump(&stats.failed);
@@ -261,6 +263,8 @@ impl Shared {
                 kind: FailureKind::HandlerError,
                 attempt: attempts,
                 is_last_attempt: true,
+                event_id: event.id.clone(),
+                correlation_id: event.meta.correlation_id.clone(),
             };
             Stats::bump(&stats.failed);
             self.report(&failure, Some(&event)).await;
@@ -300,6 +304,8 @@ impl Shared {
                 kind,
                 attempt: attempts,
                 is_last_attempt: last,
+                event_id: event.id.clone(),
+                correlation_id: event.meta.correlation_id.clone(),
             };
             self.report(&failure, last.then_some(&event)).await;
             if last {

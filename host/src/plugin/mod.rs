@@ -210,6 +210,9 @@ impl Handler for WasmPlugin {
     async fn handle_error(&self, failure: &Failure, event: Option<&Event>) -> ErrorHandled {
         let mut warm = self.take_instance().await.map_err(|e| format!("{e:#}"))?;
         self.arm(&mut warm, event, false);
+        let call = &mut warm.store.data_mut().call;
+        call.event_id.clone_from(&failure.event_id);
+        call.correlation_id.clone_from(&failure.correlation_id);
         let wit_failure = wit::Failure {
             message: failure.message.clone(),
             kind: match failure.kind {

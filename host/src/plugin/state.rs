@@ -40,6 +40,10 @@ pub struct HostState {
 #[derive(Default)]
 pub struct Call {
     pub event: Option<Event>,
+    /// Id and correlation id that log lines carry, even when the plugin is
+    /// not given the event (`handle-error` before the last attempt).
+    pub event_id: String,
+    pub correlation_id: String,
     /// Only `handle` may emit: what `handle-error` would emit has no
     /// successful call to be published with.
     pub may_emit: bool,
@@ -57,6 +61,10 @@ impl HostState {
         }
         self.call = Call {
             event: event.cloned(),
+            event_id: event.map(|e| e.id.clone()).unwrap_or_default(),
+            correlation_id: event
+                .map(|e| e.meta.correlation_id.clone())
+                .unwrap_or_default(),
             may_emit,
             ..Call::default()
         };
@@ -90,10 +98,7 @@ impl host::Host for HostState {
             message.truncate(cut);
             message.push_str("… (cut)");
         }
-        let (event_id, correlation_id) = match &self.call.event {
-            Some(e) => (e.id.as_str(), e.meta.correlation_id.as_str()),
-            None => ("", ""),
-        };
+        let (event_id, correlation_id) = (&*self.call.event_id, &*self.call.correlation_id);
         let plugin = &*self.plugin;
         let level = match level {
             wit::Level::Trace => Level::Trace,
@@ -103,11 +108,21 @@ impl host::Host for HostState {
             wit::Level::Error => Level::Error,
         };
         match level {
-            Level::Trace => tracing::trace!(plugin, event_id, correlation_id, "{message}"),
-            Level::Debug => tracing::debug!(plugin, event_id, correlation_id, "{message}"),
-            Level::Info => tracing::info!(plugin, event_id, correlation_id, "{message}"),
-            Level::Warn => tracing::warn!(plugin, event_id, correlation_id, "{message}"),
-            Level::Error => tracing::error!(plugin, event_id, correlation_id, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "plugin", plugin, event_id, correlation_id, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "plugin", plugin, event_id, correlation_id, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "plugin", plugin, event_id, correlation_id, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "plugin", plugin, event_id, correlation_id, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "plugin", plugin, event_id, correlation_id, "{message}")
+            }
         }
         if self.call.logs.len() < MAX_LOGS_KEPT {
             self.call.logs.push((level, message));

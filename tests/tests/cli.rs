@@ -1,0 +1,165 @@
+//! The `runnel` command: the demo end to end, `check`, and one-line errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use runnel_tests::{plugin, repo_root};
+
+fn runnel(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
+        .args(args)
+        .env("RUNNEL_LOG", "warn")
+        .output()
+        .expect("running the CLI")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A scratch directory of this test process.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("runnel-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Asserts a failure printed as exactly one line naming `path` and `reason`.
+fn assert_one_line_error(out: &Output, path: &Path, reason: &str) {
+    assert!(!out.status.success(), "should fail");
+    let stderr = text(&out.stderr);
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, no backtrace: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(
+        lines[0].contains(&path.display().to_string()),
+        "names the file: {stderr}"
+    );
+    assert!(lines[0].contains(reason), "says {reason:?}: {stderr}");
+}
+
+#[test]
+fn the_demo_runs_the_order_pipeline_and_prints_its_summary() {
+    let root = repo_root();
+    let out = runnel(&[
+        "run",
+        "--config",
+        root.join("examples/orders/runnel.toml").to_str().unwrap(),
+        "--input",
+        root.join("examples/orders/events.ndjson").to_str().unwrap(),
+        "--exit-when-idle",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let row = |name: &str| -> Vec<u64> {
+        let line = stdout.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace()
+            .skip(1)
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    // handled, retried, failed, dead-lettered, skipped
+    assert_eq!(row("order-enricher"), vec![3, 2, 4, 2, 0], "{stdout}");
+    assert_eq!(row("logger"), vec![3, 0, 0, 0, 0], "{stdout}");
+    assert!(
+        stdout.contains("kind=handler-error attempts=3: inventory has no stock for order o-1003"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("kind=rejected attempts=1"), "{stdout}");
+}
+
+#[test]
+fn check_lists_what_a_plugin_exports_and_imports() {
+    let path = plugin("order_enricher");
+    let out = runnel(&["check", path.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("exports: handle, handle-error"), "{stdout}");
+    assert!(stdout.contains("runnel:plugin/host@0.1.0"), "{stdout}");
+}
+
+#[test]
+fn check_refuses_a_file_that_is_not_wasm() {
+    let path = scratch("garbage").join("garbage.wasm");
+    std::fs::write(&path, b"this is not webassembly at all").unwrap();
+    assert_one_line_error(
+        &runnel(&["check", path.to_str().unwrap()]),
+        &path,
+        "not a WebAssembly file",
+    );
+}
+
+#[test]
+fn check_refuses_a_truncated_component() {
+    let whole = std::fs::read(plugin("order_enricher")).unwrap();
+    let path = scratch("truncated").join("truncated.wasm");
+    std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+    assert_one_line_error(
+        &runnel(&["check", path.to_str().unwrap()]),
+        &path,
+        "invalid component",
+    );
+}
+
+#[test]
+fn check_refuses_a_core_module() {
+    let path = scratch("core").join("core.wasm");
+    std::fs::write(&path, b"\0asm\x01\0\0\0").unwrap();
+    assert_one_line_error(
+        &runnel(&["check", path.to_str().unwrap()]),
+        &path,
+        "not a component",
+    );
+}
+
+#[test]
+fn check_refuses_a_component_of_another_world() {
+    // The smallest valid component: it exports nothing.
+    let path = scratch("empty").join("empty.wasm");
+    std::fs::write(&path, b"\0asm\x0d\0\x01\0").unwrap();
+    assert_one_line_error(
+        &runnel(&["check", path.to_str().unwrap()]),
+        &path,
+        "does not implement the runnel:plugin/handler world",
+    );
+}
+
+#[test]
+fn a_missing_plugin_file_is_named() {
+    let path = scratch("missing").join("nowhere.wasm");
+    assert_one_line_error(
+        &runnel(&["check", path.to_str().unwrap()]),
+        &path,
+        "cannot read",
+    );
+}
+
+#[test]
+fn a_bad_config_names_file_line_key_and_reason() {
+    let path = scratch("config").join("runnel.toml");
+    std::fs::write(
+        &path,
+        "[[plugin]]\nname = \"p\"\npath = \"p.wasm\"\nstreams = [\"s\"]\nmax_attempts = -3\n",
+    )
+    .unwrap();
+    let out = runnel(&["run", "--config", path.to_str().unwrap()]);
+    assert_one_line_error(
+        &out,
+        &path,
+        ":5: plugin[0].max_attempts: invalid value: integer `-3`",
+    );
+}
+
+#[test]
+fn a_plugin_that_fails_to_load_stops_the_service_with_its_name() {
+    let dir = scratch("badplugin");
+    std::fs::write(dir.join("broken.wasm"), b"\0asm\x0d\0\x01\0garbage").unwrap();
+    let config = dir.join("runnel.toml");
+    std::fs::write(
+        &config,
+        "[[plugin]]\nname = \"broken\"\npath = \"broken.wasm\"\nstreams = [\"s\"]\n",
+    )
+    .unwrap();
+    let out = runnel(&["run", "--config", config.to_str().unwrap()]);
+    assert_one_line_error(&out, &dir.join("broken.wasm"), "plugin \"broken\"");
+}
