@@ -32,6 +32,13 @@ pub struct BenchArgs {
     /// The no-op plugin.
     #[arg(long, default_value = "plugins/target/wasm32-wasip2/release/noop.wasm")]
     pub plugin: PathBuf,
+    /// Runs of each case; the median is reported. Cases take turns, so
+    /// that a noisy moment of the machine does not hit one case only.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Only the cases whose name contains this text (the baseline always runs).
+    #[arg(long)]
+    pub only: Option<String>,
 }
 
 /// The baseline: the same no-op, compiled into the host.
@@ -80,17 +87,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         ("wasm, reuse 10".into(), wasm(10)?),
         ("wasm, fresh instance per event".into(), wasm(1)?),
     ];
-    let mut rows = Vec::new();
-    for (name, handler) in cases {
-        // Warm-up: code paths, allocator, the instance pool.
-        measure(handler.clone(), args.events / 20 + 1, args.concurrency).await?;
-        let rate = measure(handler, args.events, args.concurrency).await?;
-        rows.push((name, rate));
+    let cases: Vec<_> = cases
+        .into_iter()
+        .enumerate()
+        .filter(|(i, (name, _))| *i == 0 || args.only.as_ref().is_none_or(|o| name.contains(o)))
+        .map(|(_, case)| case)
+        .collect();
+    // Warm-up: code paths, allocator, the instance pool.
+    for (_, handler) in &cases {
+        measure(handler.clone(), args.events / 10 + 1, args.concurrency).await?;
     }
+    let mut rates = vec![Vec::new(); cases.len()];
+    for _ in 0..args.rounds.max(1) {
+        for (i, (_, handler)) in cases.iter().enumerate() {
+            rates[i].push(measure(handler.clone(), args.events, args.concurrency).await?);
+        }
+    }
+    let rows: Vec<(String, f64)> = cases
+        .into_iter()
+        .zip(rates)
+        .map(|((name, _), mut r)| {
+            r.sort_by(f64::total_cmp);
+            (name, r[r.len() / 2])
+        })
+        .collect();
     let baseline = rows[0].1;
     let mut out = format!(
-        "in-memory backend, no-op handler, {} events per case, concurrency {}\n\n{:<34} {:>12} {:>10}\n",
-        args.events, args.concurrency, "case", "events/s", "vs native"
+        "in-memory backend, no-op handler, {} events per case, concurrency {}, median of {} rounds\n\n{:<34} {:>12} {:>10}\n",
+        args.events, args.concurrency, args.rounds.max(1), "case", "events/s", "vs native"
     );
     for (name, rate) in rows {
         out.push_str(&format!(

@@ -50,6 +50,9 @@ pub struct WasmPlugin {
     name: Arc<str>,
     sha256: String,
     pre: HandlerPre<HostState>,
+    /// Whether the component imports WASI (then it gets a deny-by-default
+    /// context; otherwise none is built at all).
+    uses_wasi: bool,
     settings: PluginSettings,
     routes: Arc<Routes>,
     warm: Mutex<Vec<Warm>>,
@@ -83,11 +86,13 @@ impl WasmPlugin {
         routes: Arc<Routes>,
     ) -> anyhow::Result<WasmPlugin> {
         let compiled = engine.compile_file(path)?;
-        let pre = link(engine, &compiled.component).with_context(|| path.display().to_string())?;
+        let (pre, uses_wasi) =
+            link(engine, &compiled.component).with_context(|| path.display().to_string())?;
         Ok(WasmPlugin {
             name: name.into(),
             sha256: compiled.sha256,
             pre,
+            uses_wasi,
             settings,
             routes,
             warm: Mutex::new(Vec::new()),
@@ -117,7 +122,11 @@ impl WasmPlugin {
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.settings.memory_bytes)
                 .build(),
-            wasi: sandbox::wasi_context(&self.settings.grants, &clock)?,
+            wasi: if self.uses_wasi {
+                Some(sandbox::wasi_context(&self.settings.grants, &clock)?)
+            } else {
+                None
+            },
             table: ResourceTable::new(),
             clock,
             call: Default::default(),
@@ -242,11 +251,11 @@ impl Handler for WasmPlugin {
 }
 
 /// Resolves a component's imports (WASI only if it asks for it) and checks
-/// its exports against the `handler` world.
+/// its exports against the `handler` world. Also says whether WASI was linked.
 fn link(
     engine: &PluginEngine,
     component: &wasmtime::component::Component,
-) -> anyhow::Result<HandlerPre<HostState>> {
+) -> anyhow::Result<(HandlerPre<HostState>, bool)> {
     let mut linker: Linker<HostState> = Linker::new(engine.engine());
     bindings::Handler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
     let wants_wasi = inspect(engine, component)
@@ -259,8 +268,9 @@ fn link(
     let pre = linker
         .instantiate_pre(component)
         .map_err(|e| anyhow::anyhow!("imports something the host does not provide: {e}"))?;
-    HandlerPre::new(pre)
-        .map_err(|e| anyhow::anyhow!("does not implement the runnel:plugin/handler world: {e}"))
+    let pre = HandlerPre::new(pre)
+        .map_err(|e| anyhow::anyhow!("does not implement the runnel:plugin/handler world: {e}"))?;
+    Ok((pre, wants_wasi))
 }
 
 /// Lists a component's imports and exports by name.

@@ -28,7 +28,8 @@ pub struct HostState {
     pub plugin: Arc<str>,
     pub routes: Arc<Routes>,
     pub limits: StoreLimits,
-    pub wasi: WasiCtx,
+    /// Present only for components that import WASI.
+    pub wasi: Option<WasiCtx>,
     pub table: ResourceTable,
     pub clock: EventClock,
     pub call: Call,
@@ -39,11 +40,12 @@ pub struct HostState {
 /// The event being handled and what the call has produced so far.
 #[derive(Default)]
 pub struct Call {
-    pub event: Option<Event>,
     /// Id and correlation id that log lines carry, even when the plugin is
     /// not given the event (`handle-error` before the last attempt).
     pub event_id: String,
     pub correlation_id: String,
+    /// Inherited by emitted events, with the correlation id.
+    pub is_dry_run: bool,
     /// Only `handle` may emit: what `handle-error` would emit has no
     /// successful call to be published with.
     pub may_emit: bool,
@@ -60,12 +62,12 @@ impl HostState {
             self.clock.set(u64::try_from(nanos).unwrap_or_default());
         }
         self.call = Call {
-            event: event.cloned(),
             event_id: event.map(|e| e.id.clone()).unwrap_or_default(),
             correlation_id: event
                 .map(|e| e.meta.correlation_id.clone())
                 .unwrap_or_default(),
-            may_emit,
+            is_dry_run: event.is_some_and(|e| e.meta.is_dry_run),
+            may_emit: may_emit && event.is_some(),
             ..Call::default()
         };
     }
@@ -80,7 +82,10 @@ impl HostState {
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self
+                .wasi
+                .as_mut()
+                .expect("WASI is linked only for plugins that import it, and those get a context"),
             table: &mut self.table,
         }
     }
@@ -130,9 +135,9 @@ impl host::Host for HostState {
     }
 
     fn emit(&mut self, events: Vec<wit::NewEvent>) -> Result<(), String> {
-        let Some(cause) = self.call.event.as_ref().filter(|_| self.call.may_emit) else {
+        if !self.call.may_emit {
             return Err("emit is only possible in handle, not in handle-error".into());
-        };
+        }
         if self.call.emitted.len() + events.len() > MAX_EMITS_PER_CALL {
             return Err(format!(
                 "too many events emitted in one call (limit {MAX_EMITS_PER_CALL})"
@@ -141,7 +146,10 @@ impl host::Host for HostState {
         let mut routed = Vec::with_capacity(events.len());
         for new in events {
             let stream = self.routes.require(&new.name)?;
-            routed.push((stream.to_string(), cause.caused(new.name, new.payload)));
+            let mut event = Event::new(new.name, new.payload);
+            event.meta.correlation_id.clone_from(&self.call.correlation_id);
+            event.meta.is_dry_run = self.call.is_dry_run;
+            routed.push((stream.to_string(), event));
         }
         self.call.emitted.extend(routed);
         Ok(())
