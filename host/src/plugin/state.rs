@@ -147,7 +147,10 @@ impl host::Host for HostState {
         for new in events {
             let stream = self.routes.require(&new.name)?;
             let mut event = Event::new(new.name, new.payload);
-            event.meta.correlation_id.clone_from(&self.call.correlation_id);
+            event
+                .meta
+                .correlation_id
+                .clone_from(&self.call.correlation_id);
             event.meta.is_dry_run = self.call.is_dry_run;
             routed.push((stream.to_string(), event));
         }
