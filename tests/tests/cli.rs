@@ -69,6 +69,42 @@ fn the_demo_runs_the_order_pipeline_and_prints_its_summary() {
 }
 
 #[test]
+fn sigterm_drains_and_exits_zero_with_a_summary() {
+    use std::io::{BufRead, BufReader};
+    let root = repo_root();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
+        .args(["run", "--config"])
+        .arg(root.join("examples/orders/runnel.toml"))
+        .arg("--input")
+        .arg(root.join("examples/orders/events.ndjson"))
+        .env("RUNNEL_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the service has taken its input, then ask it to stop.
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("injected 5 events") {
+            break;
+        }
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    std::thread::spawn(move || lines.for_each(drop));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "exit code {:?}", out.status.code());
+    assert!(
+        text(&out.stdout).contains("order-enricher"),
+        "the summary is printed"
+    );
+}
+
+#[test]
 fn check_lists_what_a_plugin_exports_and_imports() {
     let path = plugin("order_enricher");
     let out = runnel(&["check", path.to_str().unwrap()]);

@@ -301,6 +301,47 @@ backoff = { initial_ms = 1, max_ms = 1 }
 }
 
 #[tokio::test]
+async fn a_trap_in_handle_error_is_counted_and_delivery_goes_on() {
+    let run = start(
+        r#"
+[[plugin]]
+name = "trapper"
+path = "@trapper"
+streams = ["in"]
+concurrency = 1
+"#,
+    )
+    .await
+    .unwrap();
+    let bad = Event::new("x", "reject-then-trap");
+    let good = Event::new("x", "fine");
+    run.inject("in", vec![bad.clone(), good]).await.unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+    let calls = run.recorders[0].calls();
+    let trapped = calls.iter().any(|c| {
+        matches!(c, Call::HandleError { event: Some(e), result: Err(m), .. } if e.id == bad.id && m.contains("trapped"))
+    });
+    assert!(trapped, "{calls:?}");
+    let dead = run
+        .runtime
+        .broker
+        .range("in.dead", None, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        dead.len(),
+        1,
+        "the rejected event is dead-lettered all the same"
+    );
+    let runtime = run.stop().await.unwrap();
+    let s = runtime.summary()[0].1;
+    assert_eq!(
+        (s.handled, s.dead_lettered, s.error_handler_failures),
+        (1, 1, 1)
+    );
+}
+
+#[tokio::test]
 async fn an_entry_that_is_not_an_event_is_dead_lettered_with_its_raw_fields() {
     let run = start(FLAKY).await.unwrap();
     run.runtime
