@@ -47,6 +47,58 @@ pub enum Backend {
         #[serde(default = "default_capacity")]
         capacity: usize,
     },
+    /// Redis Streams: several processes share the work through groups.
+    Redis(RedisConfig),
+}
+
+/// How to use Redis Streams.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// This process's consumer name in every group; by default host, pid and
+    /// a random suffix, unique per process as consumer groups need.
+    pub consumer: Option<String>,
+    /// Prefix of the plugins' default group names (`{group}.{plugin}`), so
+    /// that several deployments can read the same streams independently.
+    pub group: Option<String>,
+    /// Entries per `XREADGROUP` (`COUNT`).
+    #[serde(default = "default_count")]
+    pub count: usize,
+    /// How long an `XREADGROUP` waits for entries (`BLOCK`), in ms.
+    #[serde(default = "default_block_ms")]
+    pub block_ms: u64,
+    /// Entries pending this long are taken over from their consumer,
+    /// presumed dead. Running handlers keep theirs fresh, so this only has to
+    /// outlast a few keep-alive rounds (a third of it each), not a handler.
+    #[serde(default = "default_claim_min_idle_ms")]
+    pub claim_min_idle_ms: u64,
+    /// `MAXLEN` of every stream Runnel appends to.
+    #[serde(default = "default_max_len")]
+    pub max_len: u64,
+    /// Per-stream `MAXLEN` overrides.
+    #[serde(default)]
+    pub max_len_per_stream: std::collections::HashMap<String, u64>,
+    /// `MAXLEN ~` (cheap, trims whole nodes) rather than exact trimming.
+    #[serde(default = "default_true")]
+    pub approximate_trim: bool,
+}
+
+fn default_count() -> usize {
+    128
+}
+fn default_block_ms() -> u64 {
+    2_000
+}
+fn default_claim_min_idle_ms() -> u64 {
+    60_000
+}
+fn default_max_len() -> u64 {
+    1_000_000
+}
+fn default_true() -> bool {
+    true
 }
 
 fn default_capacity() -> usize {
@@ -194,11 +246,6 @@ pub struct DirGrant {
 }
 
 impl PluginConfig {
-    /// The consumer group this plugin reads through.
-    pub fn group(&self) -> &str {
-        self.group.as_deref().unwrap_or(&self.name)
-    }
-
     /// Whether the plugin wants events of this name.
     pub fn wants(&self, event_name: &str) -> bool {
         self.events.is_empty() || self.events.iter().any(|p| name_matches(p, event_name))
@@ -282,6 +329,26 @@ impl Config {
         if let Backend::Memory { capacity: 0 } = self.backend {
             return Err(("backend.capacity".into(), "must be at least 1".into()));
         }
+        if let Backend::Redis(r) = &self.backend {
+            if r.count == 0 {
+                return Err(("backend.count".into(), "must be at least 1".into()));
+            }
+            if r.block_ms == 0 {
+                return Err(("backend.block_ms".into(), "must be at least 1".into()));
+            }
+            if r.max_len == 0 {
+                return Err(("backend.max_len".into(), "must be at least 1".into()));
+            }
+            if r.claim_min_idle_ms < 3 * r.block_ms {
+                return Err((
+                    "backend.claim_min_idle_ms".into(),
+                    format!(
+                        "must be at least 3 × block_ms ({}): a consumer busy in a read must not look dead",
+                        3 * r.block_ms
+                    ),
+                ));
+            }
+        }
         if self.engine.max_instances == 0 {
             return Err(("engine.max_instances".into(), "must be at least 1".into()));
         }
@@ -329,6 +396,24 @@ impl Config {
         Ok(())
     }
 
+    /// The consumer group a plugin reads through: its own `group`, else
+    /// `{backend group}.{plugin}`, else the plugin's name.
+    pub fn group_of(&self, plugin: &PluginConfig) -> String {
+        match (&plugin.group, &self.backend) {
+            (Some(group), _) => group.clone(),
+            (
+                None,
+                Backend::Redis(RedisConfig {
+                    group: Some(prefix),
+                    ..
+                }),
+            ) => {
+                format!("{prefix}.{}", plugin.name)
+            }
+            _ => plugin.name.clone(),
+        }
+    }
+
     /// The dead-letter stream of a source stream.
     pub fn dead_letter_stream(&self, stream: &str) -> String {
         self.dead_letter.replace("{stream}", stream)
@@ -355,7 +440,8 @@ streams = ["s"]
         let c = parse(MINIMAL).unwrap();
         assert!(matches!(c.backend, Backend::Memory { capacity: 1024 }));
         let p = &c.plugins[0];
-        assert_eq!((p.concurrency, p.max_attempts, p.group()), (4, 5, "p"));
+        assert_eq!((p.concurrency, p.max_attempts), (4, 5));
+        assert_eq!(c.group_of(p), "p");
         assert!(!p.grants.stdio && p.grants.env.is_empty() && p.grants.dirs.is_empty());
     }
 
@@ -380,6 +466,20 @@ streams = ["s"]
         let err = parse(&format!("{MINIMAL}concurrency = 0\n")).unwrap_err();
         assert_eq!(err.key, "plugin[0] (p).concurrency");
         assert_eq!(err.reason, "must be at least 1");
+    }
+
+    #[test]
+    fn redis_settings_are_checked_against_each_other() {
+        let c = parse(&format!(
+            "[backend]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\ngroup = \"billing\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.group_of(&c.plugins[0]), "billing.p");
+        let err = parse(
+            "[backend]\nkind = \"redis\"\nurl = \"redis://x\"\nblock_ms = 5000\nclaim_min_idle_ms = 6000\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "backend.claim_min_idle_ms", "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::{RedisBroker, Trimming};
 use crate::broker::Broker;
 use crate::config::{Backend, Config, PluginConfig};
 use crate::handler::Handler;
@@ -18,9 +19,9 @@ use crate::routes::Routes;
 use crate::stats::{Snapshot, Stats};
 use crate::subscriber::{Subscriber, Subscription};
 
-/// Entries read at once per subscriber.
+/// Entries read at once per subscriber on the in-memory backend.
 const READ_COUNT: usize = 64;
-/// How long an idle read waits before the subscriber looks around again.
+/// How long an idle in-memory read waits before the subscriber looks around.
 const READ_BLOCK: Duration = Duration::from_secs(1);
 
 /// A plugin as the runtime runs it.
@@ -44,7 +45,7 @@ impl Runtime {
     /// Connects the backend and loads every plugin. Fails, naming the plugin
     /// and file, if one does not load: a service should not start half-way.
     pub async fn from_config(config: Config) -> anyhow::Result<Runtime> {
-        let broker = connect(&config.backend);
+        let broker = connect(&config.backend).await?;
         let engine = Arc::new(PluginEngine::new(&config.engine)?);
         let routes = Arc::new(config.routes.clone());
         let mut plugins = Vec::new();
@@ -76,7 +77,10 @@ impl Runtime {
             publisher: Publisher::new(broker.clone(), routes),
             broker,
             plugins,
-            consumer: consumer_name(),
+            consumer: match &config.backend {
+                Backend::Redis(r) => r.consumer.clone().unwrap_or_else(consumer_name),
+                Backend::Memory { .. } => consumer_name(),
+            },
             config,
             _engine: None,
         }
@@ -92,12 +96,11 @@ impl Runtime {
         let mut tasks = JoinSet::new();
         for p in &self.plugins {
             for stream in &p.config.streams {
+                let group = self.config.group_of(&p.config);
                 self.broker
-                    .create_group(stream, p.config.group(), p.config.start)
+                    .create_group(stream, &group, p.config.start)
                     .await
-                    .with_context(|| {
-                        format!("creating group {:?} on {stream:?}", p.config.group())
-                    })?;
+                    .with_context(|| format!("creating group {group:?} on {stream:?}"))?;
             }
             let subscriber = Subscriber::new(
                 self.broker.clone(),
@@ -112,20 +115,32 @@ impl Runtime {
 
     fn subscription(&self, p: &PluginConfig) -> Subscription {
         let timeout = Duration::from_millis(p.timeout_ms);
+        let (read_count, block, claim_min_idle) = match &self.config.backend {
+            Backend::Redis(r) => (
+                r.count,
+                Duration::from_millis(r.block_ms),
+                Duration::from_millis(r.claim_min_idle_ms),
+            ),
+            // In one process nobody dies alone; reclaiming only matters if a
+            // delivery task was lost, so it can wait.
+            Backend::Memory { .. } => (
+                READ_COUNT,
+                READ_BLOCK,
+                (timeout * 2).max(Duration::from_secs(30)),
+            ),
+        };
         Subscription {
             plugin: p.name.clone(),
-            group: p.group().to_string(),
+            group: self.config.group_of(p),
             consumer: self.consumer.clone(),
             streams: p.streams.clone(),
             events: p.events.clone(),
             concurrency: p.concurrency as usize,
             max_attempts: p.max_attempts,
             backoff: p.backoff,
-            read_count: READ_COUNT,
-            block: READ_BLOCK,
-            // In-flight entries are kept fresh every third of this, so it only
-            // has to outlast a missed keep-alive, not the handling itself.
-            claim_min_idle: (timeout * 2).max(Duration::from_secs(30)),
+            read_count,
+            block,
+            claim_min_idle,
             dead_letter: self.config.dead_letter.clone(),
         }
     }
@@ -134,7 +149,12 @@ impl Runtime {
     pub async fn is_idle(&self) -> anyhow::Result<bool> {
         for p in &self.plugins {
             for stream in &p.config.streams {
-                if self.broker.backlog(stream, p.config.group()).await? > 0 {
+                if self
+                    .broker
+                    .backlog(stream, &self.config.group_of(&p.config))
+                    .await?
+                    > 0
+                {
                     return Ok(false);
                 }
             }
@@ -159,10 +179,22 @@ impl Runtime {
     }
 }
 
-fn connect(backend: &Backend) -> Arc<dyn Broker> {
-    match backend {
+/// Connects the configured backend.
+pub async fn connect(backend: &Backend) -> anyhow::Result<Arc<dyn Broker>> {
+    Ok(match backend {
         Backend::Memory { capacity } => MemoryBroker::new(*capacity),
-    }
+        Backend::Redis(r) => {
+            RedisBroker::connect(
+                &r.url,
+                Trimming {
+                    max_len: r.max_len,
+                    per_stream: r.max_len_per_stream.clone(),
+                    approximate: r.approximate_trim,
+                },
+            )
+            .await?
+        }
+    })
 }
 
 /// How a plugin's config maps to its runtime settings.

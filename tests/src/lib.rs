@@ -170,6 +170,29 @@ impl Running {
     }
 }
 
+/// A name no other test (or earlier run) uses, for streams and groups on the
+/// shared Redis server.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// The Redis every test uses (the machine's own), overridable for other setups.
+pub fn redis_url() -> String {
+    std::env::var("RUNNEL_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A connection for talking to Redis directly, as another program would.
+pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis must answer on 127.0.0.1:6379 (scripts/setup.sh starts it)")
+}
+
 /// The log lines of a handle-error call result.
 pub fn logs(result: &ErrorHandled) -> Vec<String> {
     result

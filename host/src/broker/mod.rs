@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub mod memory;
+pub mod redis;
 
 /// One field of a stream entry. The first field of an event entry is named
 /// `event` and holds the JSON envelope.

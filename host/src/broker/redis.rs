@@ -1,0 +1,522 @@
+//! Redis Streams: how Runnel runs across processes and machines.
+//!
+//! Entries are written as the Go library writes them (`XADD <stream> MAXLEN ~
+//! <cap> * event <json>`), consumer groups share the work, `XACK` comes after
+//! the final outcome, and `XAUTOCLAIM` takes over what a dead consumer left
+//! pending. Commands go through a [`ConnectionManager`], which reconnects after
+//! Redis restarts or drops the connection; each blocking `XREADGROUP` gets a
+//! connection of its own, because a blocked connection serves nobody else,
+//! with a response timeout longer than its `BLOCK`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, Value};
+use tokio::sync::Mutex;
+
+use super::{Append, Broker, Delivery, Entry, Field, StartFrom};
+
+/// How streams are trimmed on append.
+#[derive(Clone, Debug)]
+pub struct Trimming {
+    /// `MAXLEN` for streams without an entry in `per_stream`.
+    pub max_len: u64,
+    pub per_stream: HashMap<String, u64>,
+    /// `MAXLEN ~` (whole macro nodes, cheap) rather than `MAXLEN =`.
+    pub approximate: bool,
+}
+
+impl Default for Trimming {
+    fn default() -> Self {
+        Trimming {
+            max_len: 1_000_000,
+            per_stream: HashMap::new(),
+            approximate: true,
+        }
+    }
+}
+
+/// The Redis Streams broker.
+pub struct RedisBroker {
+    client: Client,
+    /// The URL without its password, for messages.
+    address: String,
+    commands: ConnectionManager,
+    /// One dedicated connection per blocking reader (group and consumer).
+    readers: Mutex<HashMap<(String, String), MultiplexedConnection>>,
+    trimming: Trimming,
+    reconnects: AtomicU64,
+}
+
+/// Time for a connection attempt before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time for a non-blocking command's answer.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl RedisBroker {
+    /// Connects to `url` (`redis://[user:pass@]host:port[/db]`).
+    pub async fn connect(url: &str, trimming: Trimming) -> anyhow::Result<Arc<Self>> {
+        let address = redact(url);
+        let client = Client::open(url).with_context(|| format!("redis URL {address}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let commands = client
+            .get_connection_manager_with_config(config)
+            .await
+            .with_context(|| format!("cannot connect to redis at {address}"))?;
+        Ok(Arc::new(RedisBroker {
+            client,
+            address,
+            commands,
+            readers: Mutex::new(HashMap::new()),
+            trimming,
+            reconnects: AtomicU64::new(0),
+        }))
+    }
+
+    /// The server's address, without credentials.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// How many times a blocking reader had to reconnect.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Relaxed)
+    }
+
+    /// A fresh connection to run commands on, for tools and tests.
+    pub fn commands(&self) -> ConnectionManager {
+        self.commands.clone()
+    }
+
+    fn max_len(&self, stream: &str) -> u64 {
+        self.trimming
+            .per_stream
+            .get(stream)
+            .copied()
+            .unwrap_or(self.trimming.max_len)
+    }
+
+    async fn reader(
+        &self,
+        key: &(String, String),
+        block: Duration,
+    ) -> anyhow::Result<MultiplexedConnection> {
+        if let Some(conn) = self.readers.lock().await.get(key) {
+            return Ok(conn.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .with_context(|| format!("cannot connect to redis at {}", self.address))?;
+        self.readers.lock().await.insert(key.clone(), conn.clone());
+        Ok(conn)
+    }
+
+    /// The delivery counters of entries pending for `consumer`.
+    async fn delivery_counts(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        ids: &[String],
+    ) -> anyhow::Result<HashMap<String, u32>> {
+        let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
+            return Ok(HashMap::new());
+        };
+        let reply: Value = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .arg(first)
+            .arg(last)
+            .arg(ids.len() * 2 + 10)
+            .arg(consumer)
+            .query_async(&mut self.commands.clone())
+            .await?;
+        let mut counts = HashMap::new();
+        for row in array(reply) {
+            let row = array(row);
+            if let (Some(id), Some(count)) = (row.first().and_then(text), row.get(3).and_then(int))
+            {
+                counts.insert(id, count as u32);
+            }
+        }
+        Ok(counts)
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn append(&self, entries: Vec<Append>) -> anyhow::Result<Vec<String>> {
+        let mut pipe = redis::pipe();
+        for e in &entries {
+            let cmd = pipe.cmd("XADD").arg(&e.stream).arg("MAXLEN");
+            if self.trimming.approximate {
+                cmd.arg("~");
+            }
+            cmd.arg(self.max_len(&e.stream)).arg("*");
+            for (field, value) in &e.fields {
+                cmd.arg(field).arg(value);
+            }
+        }
+        let ids: Vec<String> = pipe
+            .query_async(&mut self.commands.clone())
+            .await
+            .with_context(|| format!("XADD to redis at {}", self.address))?;
+        Ok(ids)
+    }
+
+    async fn create_group(
+        &self,
+        stream: &str,
+        group: &str,
+        start: StartFrom,
+    ) -> anyhow::Result<()> {
+        let from = match start {
+            StartFrom::New => "$",
+            StartFrom::Beginning => "0",
+        };
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(group)
+            .arg(from)
+            .arg("MKSTREAM")
+            .query_async(&mut self.commands.clone())
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(anyhow!(e).context(format!(
+                "XGROUP CREATE {stream} {group} on redis at {}",
+                self.address
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    async fn read(
+        &self,
+        group: &str,
+        consumer: &str,
+        streams: &[String],
+        count: usize,
+        block: Duration,
+    ) -> anyhow::Result<Vec<Delivery>> {
+        let key = (group.to_string(), consumer.to_string());
+        let mut conn = self.reader(&key, block).await?;
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(streams);
+        for _ in streams {
+            cmd.arg(">");
+        }
+        let reply: Value = match cmd.query_async(&mut conn).await {
+            Ok(v) => v,
+            Err(e) => {
+                // The connection may be dead (restart, CLIENT KILL): the next
+                // read opens a new one.
+                self.readers.lock().await.remove(&key);
+                self.reconnects.fetch_add(1, Relaxed);
+                return Err(anyhow!(e).context(format!("XREADGROUP on redis at {}", self.address)));
+            }
+        };
+        if let Value::ServerError(e) = &reply {
+            return Err(anyhow!("XREADGROUP on redis at {}: {e:?}", self.address));
+        }
+        Ok(stream_entries(reply)
+            .into_iter()
+            .flat_map(|(stream, entries)| {
+                entries.into_iter().map(move |entry| Delivery {
+                    stream: stream.clone(),
+                    entry,
+                    deliveries: 1,
+                })
+            })
+            .collect())
+    }
+
+    async fn ack(&self, group: &str, stream: &str, ids: &[String]) -> anyhow::Result<()> {
+        let _: u64 = redis::cmd("XACK")
+            .arg(stream)
+            .arg(group)
+            .arg(ids)
+            .query_async(&mut self.commands.clone())
+            .await
+            .with_context(|| format!("XACK {stream} {group} on redis at {}", self.address))?;
+        Ok(())
+    }
+
+    async fn claim_idle(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> anyhow::Result<Vec<Delivery>> {
+        let mut claimed = Vec::new();
+        let mut cursor = "0-0".to_string();
+        // Follow the cursor to the end of the pending list (the Go library
+        // stops after one batch), or until `count` entries are ours.
+        loop {
+            let reply: Value = redis::cmd("XAUTOCLAIM")
+                .arg(stream)
+                .arg(group)
+                .arg(consumer)
+                .arg(min_idle.as_millis() as u64)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(count - claimed.len())
+                .query_async(&mut self.commands.clone())
+                .await
+                .with_context(|| {
+                    format!("XAUTOCLAIM {stream} {group} on redis at {}", self.address)
+                })?;
+            let mut parts = array(reply).into_iter();
+            let next = parts
+                .next()
+                .and_then(|v| text(&v))
+                .unwrap_or_else(|| "0-0".into());
+            claimed.extend(entries(parts.next().unwrap_or(Value::Nil)));
+            if next == "0-0" || claimed.len() >= count {
+                break;
+            }
+            cursor = next;
+        }
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids: Vec<String> = claimed.iter().map(|e| e.id.clone()).collect();
+        ids.sort_by_key(|id| parse_id(id));
+        let counts = self.delivery_counts(stream, group, consumer, &ids).await?;
+        Ok(claimed
+            .into_iter()
+            .map(|entry| Delivery {
+                stream: stream.to_string(),
+                deliveries: counts.get(&entry.id).copied().unwrap_or(2),
+                entry,
+            })
+            .collect())
+    }
+
+    async fn touch(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        ids: &[String],
+    ) -> anyhow::Result<()> {
+        // XCLAIM to ourselves with JUSTID resets the idle time without
+        // counting a delivery.
+        let _: Value = redis::cmd("XCLAIM")
+            .arg(stream)
+            .arg(group)
+            .arg(consumer)
+            .arg(0)
+            .arg(ids)
+            .arg("JUSTID")
+            .query_async(&mut self.commands.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "XCLAIM JUSTID {stream} {group} on redis at {}",
+                    self.address
+                )
+            })?;
+        Ok(())
+    }
+
+    async fn range(
+        &self,
+        stream: &str,
+        from: Option<&str>,
+        to: Option<&str>,
+        count: usize,
+    ) -> anyhow::Result<Vec<Entry>> {
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(from.unwrap_or("-"))
+            .arg(to.unwrap_or("+"))
+            .arg("COUNT")
+            .arg(count.min(i64::MAX as usize))
+            .query_async(&mut self.commands.clone())
+            .await
+            .with_context(|| format!("XRANGE {stream} on redis at {}", self.address))?;
+        Ok(entries(reply))
+    }
+
+    async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64> {
+        let reply: redis::RedisResult<Value> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut self.commands.clone())
+            .await;
+        let reply = match reply {
+            Ok(v) => v,
+            // No stream, no backlog.
+            Err(e) if e.to_string().contains("no such key") => return Ok(0),
+            Err(e) => return Err(anyhow!(e).context(format!("XINFO GROUPS {stream}"))),
+        };
+        for info in array(reply) {
+            let fields = pairs(info);
+            if fields.get("name").and_then(text).as_deref() != Some(group) {
+                continue;
+            }
+            let pending = fields.get("pending").and_then(int).unwrap_or(0);
+            // `lag` is nil when Redis cannot tell (after deletions): count
+            // the group as behind until it can.
+            let lag = fields.get("lag").and_then(int).unwrap_or(1);
+            return Ok((pending + lag).max(0) as u64);
+        }
+        Ok(0)
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let auth = &url[scheme + 3..at];
+            match auth.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+fn array(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) | Value::Set(items) => items,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+fn pairs(v: Value) -> HashMap<String, Value> {
+    let mut out = HashMap::new();
+    let mut items = array(v).into_iter();
+    while let (Some(k), Some(v)) = (items.next(), items.next()) {
+        if let Some(k) = text(&k) {
+            out.insert(k, v);
+        }
+    }
+    out
+}
+
+/// `[[id, [field, value, ...]], ...]`, keeping field order (the first field
+/// is the event). Entries deleted while pending come back with no fields and
+/// are skipped.
+fn entries(v: Value) -> Vec<Entry> {
+    array(v)
+        .into_iter()
+        .filter_map(|item| {
+            let mut parts = array(item).into_iter();
+            let id = text(&parts.next()?)?;
+            let raw = array(parts.next()?);
+            if raw.is_empty() {
+                return None;
+            }
+            let mut fields: Vec<Field> = Vec::with_capacity(raw.len() / 2);
+            let mut raw = raw.into_iter();
+            while let (Some(k), Some(v)) = (raw.next(), raw.next()) {
+                let value = match v {
+                    Value::BulkString(b) => b,
+                    other => text(&other).unwrap_or_default().into_bytes(),
+                };
+                fields.push((text(&k).unwrap_or_default(), value));
+            }
+            Some(Entry {
+                id,
+                fields: Arc::new(fields),
+            })
+        })
+        .collect()
+}
+
+/// An `XREADGROUP` reply: per stream, its entries.
+fn stream_entries(v: Value) -> Vec<(String, Vec<Entry>)> {
+    match v {
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .filter_map(|(k, v)| Some((text(&k)?, entries(v))))
+            .collect(),
+        other => array(other)
+            .into_iter()
+            .filter_map(|s| {
+                let mut parts = array(s).into_iter();
+                Some((text(&parts.next()?)?, entries(parts.next()?)))
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("redis://u:secret@h:6379/0"),
+            "redis://u:***@h:6379/0"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn entries_keep_their_field_order() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            Value::BulkString(b"1-1".to_vec()),
+            Value::Array(vec![
+                Value::BulkString(b"zeta".to_vec()),
+                Value::BulkString(b"first".to_vec()),
+                Value::BulkString(b"alpha".to_vec()),
+                Value::BulkString(b"second".to_vec()),
+            ]),
+        ])]);
+        let e = entries(reply);
+        assert_eq!(e[0].fields[0], ("zeta".to_string(), b"first".to_vec()));
+        assert_eq!(e[0].fields[1].0, "alpha");
+    }
+}
