@@ -9,8 +9,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::redis::{RedisBroker, Trimming};
 use crate::config::{Config, EngineConfig};
 use crate::dead_letter::DeadLetterRecord;
+use crate::event::Event;
+use crate::input::InputEvent;
 use crate::plugin::{self, PluginEngine};
 use crate::runtime::{summary_table, Runtime};
 
@@ -51,6 +54,74 @@ enum Command {
     /// Measures events/s through the dispatcher: native Rust, wasm with warm
     /// instances, wasm with a fresh instance per event.
     Bench(crate::bench::BenchArgs),
+    /// Publishes events to Redis: one from --name/--payload, or NDJSON on stdin.
+    Emit {
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// Stream to append to (lines of NDJSON may name their own).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Event name; without it, events are read as NDJSON from stdin.
+        #[arg(long)]
+        name: Option<String>,
+        /// JSON payload.
+        #[arg(long, conflicts_with = "payload_file")]
+        payload: Option<String>,
+        /// File whose bytes are the payload.
+        #[arg(long)]
+        payload_file: Option<PathBuf>,
+        #[arg(long, default_value = "")]
+        correlation_id: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Inspects and replays dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Runs a plugin over a range of a stream in dry-run mode: prints each
+    /// event's verdict, what it would emit and its logs. Publishes and acks
+    /// nothing.
+    Replay {
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        #[arg(long)]
+        stream: String,
+        /// First entry id (inclusive); default the oldest.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last entry id (inclusive); default the newest.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        plugin: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Lists the entries of a dead-letter stream.
+    List {
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// The dead-letter stream (by default `<stream>.dead`).
+        #[arg(long)]
+        stream: String,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+    },
+    /// Puts dead letters back on their source streams and removes them here.
+    Replay {
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        #[arg(long)]
+        stream: String,
+        /// Entry ids to replay; all of them when none is given.
+        #[arg(long = "id")]
+        ids: Vec<String>,
+    },
 }
 
 /// Parses the process arguments and runs the command; errors are printed as
@@ -98,6 +169,89 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check { plugin } => check(plugin),
         Command::Bench(args) => {
             print!("{}", crate::bench::run(args).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Emit {
+            redis,
+            stream,
+            name,
+            payload,
+            payload_file,
+            correlation_id,
+            dry_run,
+        } => {
+            let events = match name {
+                Some(name) => {
+                    let bytes = match (payload, payload_file) {
+                        (Some(json), _) => {
+                            serde_json::from_str::<serde_json::Value>(&json)
+                                .context("--payload is not JSON")?;
+                            json.into_bytes()
+                        }
+                        (None, Some(file)) => std::fs::read(&file)
+                            .with_context(|| format!("{}: cannot read", file.display()))?,
+                        (None, None) => Vec::new(),
+                    };
+                    let mut event = Event::new(name, bytes);
+                    event.meta.correlation_id = correlation_id;
+                    event.meta.is_dry_run = dry_run;
+                    vec![InputEvent {
+                        stream: None,
+                        event,
+                    }]
+                }
+                None => {
+                    let mut text = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut text)
+                        .context("reading NDJSON events from stdin")?;
+                    crate::input::parse(&text).context("stdin")?
+                }
+            };
+            let broker = RedisBroker::connect(&redis, Trimming::default()).await?;
+            let n = crate::tools::emit(&*broker, stream.as_deref(), events).await?;
+            println!("emitted {n} events");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { command } => match command {
+            DlqCommand::List {
+                redis,
+                stream,
+                count,
+            } => {
+                let broker = RedisBroker::connect(&redis, Trimming::default()).await?;
+                print!(
+                    "{}",
+                    crate::tools::dlq_list(&*broker, &stream, count).await?
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            DlqCommand::Replay { redis, stream, ids } => {
+                let broker = RedisBroker::connect(&redis, Trimming::default()).await?;
+                let n = crate::tools::dlq_replay(&*broker, &stream, &ids).await?;
+                println!("replayed {n} dead letters from {stream}");
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        Command::Replay {
+            redis,
+            stream,
+            from,
+            to,
+            count,
+            plugin,
+        } => {
+            let broker = RedisBroker::connect(&redis, Trimming::default()).await?;
+            let report = crate::tools::replay(
+                &*broker,
+                &stream,
+                from.as_deref(),
+                to.as_deref(),
+                count,
+                &plugin,
+            )
+            .await?;
+            print!("{report}");
             Ok(ExitCode::SUCCESS)
         }
     }

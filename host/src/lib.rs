@@ -37,3 +37,4 @@ pub mod routes;
 pub mod runtime;
 pub mod stats;
 pub mod subscriber;
+pub mod tools;

@@ -38,6 +38,9 @@ struct Stored {
     seq: u64,
     ms: u64,
     entry: Entry,
+    /// Deleted entries keep their place so that positions stay arithmetic;
+    /// nobody reads them again (as in Redis).
+    deleted: bool,
 }
 
 struct Group {
@@ -92,6 +95,7 @@ impl MemoryBroker {
                 id: id.clone(),
                 fields: Arc::new(fields.to_vec()),
             },
+            deleted: false,
         });
         Some(id)
     }
@@ -219,14 +223,18 @@ impl Broker for MemoryBroker {
                         .ok_or_else(|| anyhow!("no consumer group {group:?} on stream {name:?}"))?;
                     let mut seq = (g.cursor + 1).max(first);
                     let mut taken = Vec::new();
+                    let mut cursor = g.cursor;
                     while seq <= last && out.len() + taken.len() < count {
                         let stored = s.stored(seq).expect("unfinished entries are retained");
-                        taken.push((seq, stored.entry.clone()));
+                        if !stored.deleted {
+                            taken.push((seq, stored.entry.clone()));
+                        }
+                        cursor = seq;
                         seq += 1;
                     }
                     let g = s.groups.get_mut(group).expect("checked above");
+                    g.cursor = g.cursor.max(cursor);
                     for (seq, entry) in taken {
-                        g.cursor = seq;
                         g.pending.insert(
                             seq,
                             Pending {
@@ -303,7 +311,7 @@ impl Broker for MemoryBroker {
         Ok(claimed
             .into_iter()
             .filter_map(|(seq, deliveries)| {
-                s.stored(seq).map(|stored| Delivery {
+                s.stored(seq).filter(|e| !e.deleted).map(|stored| Delivery {
                     stream: stream.to_string(),
                     entry: stored.entry.clone(),
                     deliveries,
@@ -355,10 +363,23 @@ impl Broker for MemoryBroker {
         };
         Ok(s.entries
             .iter()
-            .filter(|e| (e.ms, e.seq) >= from && (e.ms, e.seq) <= to)
+            .filter(|e| !e.deleted && (e.ms, e.seq) >= from && (e.ms, e.seq) <= to)
             .take(count)
             .map(|e| e.entry.clone())
             .collect())
+    }
+
+    async fn delete(&self, stream: &str, ids: &[String]) -> anyhow::Result<()> {
+        let seqs = ids
+            .iter()
+            .map(|id| seq_of(id))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if let Some(s) = self.lock().get_mut(stream) {
+            for e in s.entries.iter_mut().filter(|e| seqs.contains(&e.seq)) {
+                e.deleted = true;
+            }
+        }
+        Ok(())
     }
 
     async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64> {

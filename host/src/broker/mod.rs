@@ -118,6 +118,9 @@ pub trait Broker: Send + Sync + 'static {
         count: usize,
     ) -> anyhow::Result<Vec<Entry>>;
 
+    /// Deletes entries from a stream (dead letters that were replayed).
+    async fn delete(&self, stream: &str, ids: &[String]) -> anyhow::Result<()>;
+
     /// Entries of `stream` that `group` has not finished: not yet delivered
     /// plus delivered but unacknowledged.
     async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64>;

@@ -363,6 +363,19 @@ impl Broker for RedisBroker {
         Ok(entries(reply))
     }
 
+    async fn delete(&self, stream: &str, ids: &[String]) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _: u64 = redis::cmd("XDEL")
+            .arg(stream)
+            .arg(ids)
+            .query_async(&mut self.commands.clone())
+            .await
+            .with_context(|| format!("XDEL {stream} on redis at {}", self.address))?;
+        Ok(())
+    }
+
     async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64> {
         let reply: redis::RedisResult<Value> = redis::cmd("XINFO")
             .arg("GROUPS")
