@@ -150,8 +150,10 @@ fn fail(e: anyhow::Error) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUNNEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -267,6 +269,7 @@ async fn run(
     let shutdown = CancellationToken::new();
     let mut tasks = runtime.start(&shutdown).await?;
     tokio::spawn(stop_on_signals(shutdown.clone()));
+    tracing::info!(plugins = runtime.plugins.len(), "consuming");
 
     if let Some(input) = input {
         let text = if input == "-" {
@@ -294,13 +297,35 @@ async fn run(
         }
         tracing::info!("injected {count} events from {input}");
     }
-    if exit_when_idle {
-        tokio::select! {
-            r = runtime.wait_idle() => r?,
-            _ = shutdown.cancelled() => {}
+    // Until asked to stop (or idle, if asked to exit then), watch the
+    // subscribers: one that ends early has failed, and a service that has
+    // silently stopped consuming is worse than one that exits.
+    let idle = async {
+        if exit_when_idle {
+            runtime.wait_idle().await
+        } else {
+            std::future::pending().await
         }
-        shutdown.cancel();
+    };
+    tokio::select! {
+        r = idle => r?,
+        _ = shutdown.cancelled() => {}
+        Some(ended) = tasks.join_next() => {
+            if shutdown.is_cancelled() {
+                // Not early: a signal arrived and this one drained first.
+                ended??;
+            } else {
+                shutdown.cancel();
+                let reason = match ended {
+                Ok(Ok(())) => "stopped".to_string(),
+                Ok(Err(e)) => format!("{e:#}"),
+                    Err(e) => format!("panicked: {e}"),
+                };
+                anyhow::bail!("a subscriber ended unexpectedly: {reason}");
+            }
+        }
     }
+    shutdown.cancel();
     while let Some(done) = tasks.join_next().await {
         done??;
     }

@@ -190,7 +190,13 @@ impl Subscriber {
                 }
             }
             for delivery in deliveries {
-                let permit = permits.pop().expect("never more deliveries than permits");
+                // A backend may hand over more than asked (Redis applies
+                // COUNT per stream): those entries are ours now, so wait for
+                // room rather than drop them.
+                let permit = match permits.pop() {
+                    Some(p) => p,
+                    None => slots.clone().acquire_owned().await.expect("never closed"),
+                };
                 let shared = shared.clone();
                 tasks.spawn(async move { shared.deliver(delivery, permit).await });
             }

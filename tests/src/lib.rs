@@ -200,3 +200,104 @@ pub fn logs(result: &ErrorHandled) -> Vec<String> {
         .map(|logs| logs.iter().map(|(_, m)| m.clone()).collect())
         .unwrap_or_default()
 }
+
+/// A `runnel` process under test, its stderr read line by line.
+pub struct Process {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every stderr line seen so far, for failure messages.
+    pub seen: Vec<String>,
+}
+
+impl Process {
+    /// Starts `runnel run --config <config>` with the given log filter.
+    pub fn run(bin: &std::path::Path, config: &std::path::Path, log: &str) -> Process {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUNNEL_LOG", log)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting runnel");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Process {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle`; panics after `limit`.
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {needle:?} within {limit:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no draining, no acks.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for exit; returns (success, stdout).
+    pub fn terminate(mut self) -> (bool, String) {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let mut stdout = String::new();
+        use std::io::Read;
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        (status.success(), stdout)
+    }
+}
+
+/// The `handled` column of a summary table row.
+pub fn handled_in_summary(summary: &str, plugin: &str) -> u64 {
+    summary
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(plugin))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no row for {plugin} in:\n{summary}"))
+}

@@ -70,7 +70,8 @@ pub trait Broker: Send + Sync + 'static {
     async fn create_group(&self, stream: &str, group: &str, start: StartFrom)
         -> anyhow::Result<()>;
 
-    /// Reads up to `count` new entries for `consumer` across `streams`,
+    /// Reads about `count` new entries for `consumer` across `streams`
+    /// (Redis may return a few more when several streams have entries),
     /// waiting up to `block` for the first one. Entries read become pending
     /// for that consumer until acknowledged.
     async fn read(

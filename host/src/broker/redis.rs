@@ -215,12 +215,15 @@ impl Broker for RedisBroker {
     ) -> anyhow::Result<Vec<Delivery>> {
         let key = (group.to_string(), consumer.to_string());
         let mut conn = self.reader(&key, block).await?;
+        // COUNT applies to each stream: share it out, so that the reply stays
+        // near what the caller has room for.
+        let per_stream = count.div_ceil(streams.len().max(1)).max(1);
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(group)
             .arg(consumer)
             .arg("COUNT")
-            .arg(count)
+            .arg(per_stream)
             .arg("BLOCK")
             .arg(block.as_millis() as u64)
             .arg("STREAMS")

@@ -1,0 +1,25 @@
+//! Burns CPU for `{"iterations": N}` rounds, then emits `worked` whose
+//! payload is the handled event's id: tests count these to prove that every
+//! event was handled, even by processes that were killed afterwards.
+use runnel_guest::{emit, export_plugin, Event, Outcome, Plugin};
+
+#[derive(serde::Deserialize)]
+struct Spec {
+    iterations: u64,
+}
+
+struct Worker;
+
+impl Plugin for Worker {
+    fn handle(event: Event) -> Outcome {
+        let spec: Spec = event.json()?;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..spec.iterations {
+            x = std::hint::black_box(x.rotate_left(5) ^ i).wrapping_mul(0x100_0000_01b3);
+        }
+        std::hint::black_box(x);
+        emit("worked", event.id.into_bytes())
+    }
+}
+
+export_plugin!(Worker);

@@ -1,0 +1,408 @@
+//! Several `runnel` processes on the real Redis: sharing a group, one killed
+//! with SIGKILL mid-run, connections killed and Redis restarted under them,
+//! and a poison event across process restarts. Nothing may be lost.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runnel::broker::redis::{RedisBroker, Trimming};
+use runnel::broker::{Append, Broker};
+use runnel::dead_letter::DeadLetterRecord;
+use runnel::event::Event;
+use runnel::publisher::event_fields;
+use runnel_tests::{handled_in_summary, plugin, redis_url, unique, Process};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_runnel-under-test"))
+}
+
+struct Setup {
+    dir: PathBuf,
+    url: String,
+}
+
+impl Setup {
+    fn new(name: &str, url: &str) -> Setup {
+        let dir = std::env::temp_dir().join(unique(name));
+        std::fs::create_dir_all(&dir).unwrap();
+        Setup {
+            dir,
+            url: url.to_string(),
+        }
+    }
+
+    /// A config for one process: its consumer name, and the plugin section.
+    fn config(&self, consumer: &str, backend_extra: &str, rest: &str) -> PathBuf {
+        let path = self.dir.join(format!("{consumer}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[backend]\nkind = \"redis\"\nurl = \"{}\"\nconsumer = \"{consumer}\"\n{backend_extra}\n{rest}",
+                self.url
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
+
+async fn broker(url: &str) -> Arc<RedisBroker> {
+    RedisBroker::connect(url, Trimming::default())
+        .await
+        .unwrap()
+}
+
+async fn fill(broker: &RedisBroker, streams: &[String], per_stream: usize, payload: &str) {
+    for stream in streams {
+        let appends = (0..per_stream)
+            .map(|_| Append {
+                stream: stream.clone(),
+                fields: event_fields(&Event::new("work", payload)),
+            })
+            .collect();
+        broker.append(appends).await.unwrap();
+    }
+}
+
+/// Polls until `done` holds, failing after `limit`.
+async fn until<F, Fut>(limit: Duration, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn total_backlog(broker: &RedisBroker, streams: &[String], group: &str) -> u64 {
+    let mut total = 0;
+    for s in streams {
+        total += broker.backlog(s, group).await.unwrap();
+    }
+    total
+}
+
+/// The ids carried by `worked` events: what was handled, duplicates included.
+/// Empty while Redis cannot be reached (the tests kill connections).
+async fn worked_ids(broker: &RedisBroker, stream: &str) -> Vec<String> {
+    broker
+        .range(stream, None, None, usize::MAX)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|e| String::from_utf8(Event::from_json(&e.fields[0].1).unwrap().payload).unwrap())
+        .collect()
+}
+
+fn worker_plugin(group: &str, streams: &[String], extra: &str) -> String {
+    format!(
+        "[[plugin]]\nname = \"worker\"\npath = {:?}\ngroup = \"{group}\"\nstreams = {streams:?}\nstart = \"beginning\"\n{extra}\n",
+        plugin("worker").display().to_string()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_in_one_group_share_every_event_exactly_once() {
+    const PER_STREAM: usize = 1000;
+    let setup = Setup::new("share", &redis_url());
+    let streams: Vec<String> = (1..=3).map(|i| unique(&format!("share{i}"))).collect();
+    let group = unique("g");
+    let section = format!(
+        "[[plugin]]\nname = \"noop\"\npath = {:?}\ngroup = \"{group}\"\nstreams = {streams:?}\nstart = \"beginning\"\n",
+        plugin("noop").display().to_string()
+    );
+    let backend = "block_ms = 100\ncount = 64";
+    let mut a = Process::run(&bin(), &setup.config("a", backend, &section), "info");
+    let mut b = Process::run(&bin(), &setup.config("b", backend, &section), "info");
+    a.wait_for("consuming", LIMIT);
+    b.wait_for("consuming", LIMIT);
+
+    let redis = broker(&setup.url).await;
+    fill(&redis, &streams, PER_STREAM, "{}").await;
+    until(LIMIT, "both processes to drain the streams", || async {
+        total_backlog(&redis, &streams, &group).await == 0
+    })
+    .await;
+
+    let (ok_a, out_a) = a.terminate();
+    let (ok_b, out_b) = b.terminate();
+    assert!(ok_a && ok_b, "both exit 0 on SIGTERM");
+    let (handled_a, handled_b) = (
+        handled_in_summary(&out_a, "noop"),
+        handled_in_summary(&out_b, "noop"),
+    );
+    assert_eq!(
+        handled_a + handled_b,
+        3 * PER_STREAM as u64,
+        "every event once, none twice:\n{out_a}\n{out_b}"
+    );
+    assert!(
+        handled_a > 0 && handled_b > 0,
+        "the work is split: a={handled_a} b={handled_b}"
+    );
+    println!("split: a handled {handled_a}, b handled {handled_b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_mid_run_leaves_its_events_to_the_other() {
+    const EVENTS: usize = 400;
+    let setup = Setup::new("kill9", &redis_url());
+    let streams = vec![unique("kill9")];
+    let done = unique("worked");
+    let group = unique("g");
+    let section = format!(
+        "[routes]\n\"worked\" = \"{done}\"\n\n{}",
+        worker_plugin(&group, &streams, "concurrency = 2")
+    );
+    let backend = "block_ms = 100\nclaim_min_idle_ms = 1500\ncount = 16";
+    let mut a = Process::run(&bin(), &setup.config("a", backend, &section), "info");
+    let mut b = Process::run(&bin(), &setup.config("b", backend, &section), "info");
+    a.wait_for("consuming", LIMIT);
+    b.wait_for("consuming", LIMIT);
+
+    let redis = broker(&setup.url).await;
+    fill(&redis, &streams, EVENTS, r#"{"iterations":3000000}"#).await;
+    until(LIMIT, "some events to be handled", || async {
+        worked_ids(&redis, &done).await.len() >= EVENTS / 8
+    })
+    .await;
+    a.kill9();
+    // What the dead process held: delivered to it, never acknowledged.
+    let mut conn = runnel_tests::redis_conn().await;
+    let held: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(&streams[0])
+        .arg(&group)
+        .arg("-")
+        .arg("+")
+        .arg(10_000)
+        .arg("a")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    until(
+        LIMIT,
+        "the survivor to reclaim and finish everything",
+        || async { total_backlog(&redis, &streams, &group).await == 0 },
+    )
+    .await;
+
+    let ids = worked_ids(&redis, &done).await;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in &ids {
+        *counts.entry(id).or_default() += 1;
+    }
+    assert_eq!(counts.len(), EVENTS, "every event handled");
+    let duplicates = ids.len() - counts.len();
+    assert!(
+        duplicates <= held.len(),
+        "duplicates ({duplicates}) only among what the dead process held ({})",
+        held.len()
+    );
+    let (ok, _) = b.terminate();
+    assert!(ok);
+    println!(
+        "killed a holding {} entries; {duplicates} handled twice",
+        held.len()
+    );
+}
+
+/// A Redis server of the test's own, with an append-only file so that a
+/// restart keeps the streams.
+struct OwnRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start(dir: &Path) -> OwnRedis {
+        let port = 20_000 + (std::process::id() % 20_000) as u16;
+        let mut server = OwnRedis {
+            port,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn launch(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "own redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn restart(&mut self) {
+        let _ = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "shutdown"])
+            .status();
+        if let Some(mut child) = self.child.take() {
+            child.wait().unwrap();
+        }
+        self.launch();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connections_and_a_redis_restart_lose_nothing() {
+    const EVENTS: usize = 300;
+    let setup = Setup::new("restart", "");
+    let mut server = OwnRedis::start(&setup.dir);
+    let setup = Setup {
+        url: server.url(),
+        ..setup
+    };
+    let streams = vec![unique("restart")];
+    let done = unique("worked");
+    let group = unique("g");
+    let section = format!(
+        "[routes]\n\"worked\" = \"{done}\"\n\n{}",
+        worker_plugin(&group, &streams, "concurrency = 2")
+    );
+    let backend = "block_ms = 100\nclaim_min_idle_ms = 1500\ncount = 8";
+    let mut p = Process::run(&bin(), &setup.config("p", backend, &section), "info");
+    p.wait_for("consuming", LIMIT);
+    let redis = broker(&setup.url).await;
+    fill(&redis, &streams, EVENTS, r#"{"iterations":2000000}"#).await;
+
+    until(LIMIT, "a first third to be handled", || async {
+        worked_ids(&redis, &done).await.len() >= EVENTS / 3
+    })
+    .await;
+    let mut conn = redis::Client::open(setup.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "the consumer's connections were killed");
+
+    until(LIMIT, "two thirds to be handled", || async {
+        worked_ids(&redis, &done).await.len() >= 2 * EVENTS / 3
+    })
+    .await;
+    server.restart();
+    let redis = broker(&setup.url).await;
+    until(
+        LIMIT,
+        "everything to be handled after the restart",
+        || async { redis.backlog(&streams[0], &group).await.unwrap_or(1) == 0 },
+    )
+    .await;
+    let ids = worked_ids(&redis, &done).await;
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        EVENTS,
+        "nothing lost across CLIENT KILL and a restart"
+    );
+    let (ok, _) = p.terminate();
+    assert!(ok);
+    println!("{} handled, {} distinct", ids.len(), distinct.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_is_dead_lettered_after_max_attempts_across_restarts() {
+    let setup = Setup::new("poison", &redis_url());
+    let stream = unique("poison");
+    let group = unique("g");
+    let section = format!(
+        "[[plugin]]\nname = \"trapper\"\npath = {:?}\ngroup = \"{group}\"\nstreams = [\"{stream}\"]\nstart = \"beginning\"\nmax_attempts = 3\nbackoff = {{ initial_ms = 60000, max_ms = 60000 }}\n",
+        plugin("trapper").display().to_string()
+    );
+    // Short enough to reclaim quickly from the previous (stopped) process.
+    let backend = "block_ms = 100\nclaim_min_idle_ms = 600";
+    let redis = broker(&redis_url()).await;
+    redis
+        .append(vec![Append {
+            stream: stream.clone(),
+            fields: event_fields(&Event::new("x", "trap")),
+        }])
+        .await
+        .unwrap();
+
+    // Each process makes one attempt, traps, and is stopped while it waits
+    // out its (long) backoff, so the entry stays pending for the next one.
+    for round in 1..=2 {
+        let mut p = Process::run(
+            &bin(),
+            &setup.config(&format!("c{round}"), backend, &section),
+            "runnel=debug",
+        );
+        p.wait_for(&format!("attempt={round}"), LIMIT);
+        let (ok, _) = p.terminate();
+        assert!(ok);
+    }
+    let mut last = Process::run(
+        &bin(),
+        &setup.config("c3", backend, &section),
+        "runnel=debug",
+    );
+    last.wait_for("dead-lettered", LIMIT);
+    let (ok, out) = last.terminate();
+    assert!(ok);
+
+    let dead = redis
+        .range(&format!("{stream}.dead"), None, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    let record = DeadLetterRecord::from_entry(&dead[0]);
+    assert_eq!(
+        (record.attempts, record.kind.as_str()),
+        (3, "trap"),
+        "{record:?}"
+    );
+    assert_eq!(
+        redis.backlog(&stream, &group).await.unwrap(),
+        0,
+        "acked: no more deliveries"
+    );
+    assert!(out.contains("trapper"), "{out}");
+}
