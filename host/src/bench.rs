@@ -1,6 +1,7 @@
-//! `runnel bench`: events/s through the real subscriber on the in-memory
-//! backend, for a native Rust handler (the baseline) and for a wasm plugin
-//! under several instance-reuse settings, all measured in one run.
+//! `runnel bench`: events/s through the real subscriber, for a native Rust
+//! handler (the baseline) and for a wasm plugin under several instance-reuse
+//! settings, all measured in one run; with `--redis`, also end to end on
+//! Redis Streams beside `redis-benchmark`'s XADD rate on the same server.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::{RedisBroker, Trimming};
 use crate::broker::{Append, Broker, StartFrom};
 use crate::config::{Backoff, EngineConfig, Grants};
 use crate::event::Event;
@@ -36,9 +38,12 @@ pub struct BenchArgs {
     /// that a noisy moment of the machine does not hit one case only.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Only the cases whose name contains this text (the baseline always runs).
+    /// Only the cases whose name contains this text (baselines always run).
     #[arg(long)]
     pub only: Option<String>,
+    /// Also measure the Redis Streams path on this server.
+    #[arg(long)]
+    pub redis: Option<String>,
 }
 
 /// The baseline: the same no-op, compiled into the host.
@@ -55,7 +60,16 @@ impl Handler for NativeNoop {
     }
 }
 
-/// Runs every case and returns the table.
+/// Where a case runs.
+#[derive(Clone)]
+enum Backend {
+    Memory,
+    Redis(String),
+}
+
+type Case = (String, Arc<dyn Handler>);
+
+/// Runs every case and returns the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let engine = PluginEngine::new(&EngineConfig {
         max_instances: 64,
@@ -76,90 +90,151 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             Arc::new(Routes::default()),
         )?))
     };
-    let cases: Vec<(String, Arc<dyn Handler>)> = vec![
-        (
-            "native Rust handler (baseline)".into(),
-            Arc::new(NativeNoop),
-        ),
-        ("wasm, warm instances (reuse ∞)".into(), wasm(u32::MAX)?),
-        ("wasm, reuse 1000 (default)".into(), wasm(1000)?),
-        ("wasm, reuse 100".into(), wasm(100)?),
-        ("wasm, reuse 10".into(), wasm(10)?),
-        ("wasm, fresh instance per event".into(), wasm(1)?),
-    ];
-    let cases: Vec<_> = cases
-        .into_iter()
-        .enumerate()
-        .filter(|(i, (name, _))| *i == 0 || args.only.as_ref().is_none_or(|o| name.contains(o)))
-        .map(|(_, case)| case)
-        .collect();
-    // Warm-up: code paths, allocator, the instance pool.
-    for (_, handler) in &cases {
-        measure(handler.clone(), args.events / 10 + 1, args.concurrency).await?;
-    }
-    let mut rates = vec![Vec::new(); cases.len()];
-    for _ in 0..args.rounds.max(1) {
-        for (i, (_, handler)) in cases.iter().enumerate() {
-            rates[i].push(measure(handler.clone(), args.events, args.concurrency).await?);
-        }
-    }
-    let rows: Vec<(String, f64)> = cases
-        .into_iter()
-        .zip(rates)
-        .map(|((name, _), mut r)| {
-            r.sort_by(f64::total_cmp);
-            (name, r[r.len() / 2])
-        })
-        .collect();
-    let baseline = rows[0].1;
+    let native: Case = (
+        "native Rust handler (baseline)".into(),
+        Arc::new(NativeNoop),
+    );
+    let memory_cases = select(
+        &args,
+        vec![
+            native.clone(),
+            ("wasm, warm instances (reuse ∞)".into(), wasm(u32::MAX)?),
+            ("wasm, reuse 1000 (default)".into(), wasm(1000)?),
+            ("wasm, reuse 100".into(), wasm(100)?),
+            ("wasm, reuse 10".into(), wasm(10)?),
+            ("wasm, fresh instance per event".into(), wasm(1)?),
+        ],
+    );
+    let rows = measure_cases(&args, &Backend::Memory, &memory_cases).await?;
     let mut out = format!(
         "in-memory backend, no-op handler, {} events per case, concurrency {}, median of {} rounds\n\n{:<34} {:>12} {:>10}\n",
         args.events, args.concurrency, args.rounds.max(1), "case", "events/s", "vs native"
     );
-    for (name, rate) in rows {
+    for (name, rate) in &rows {
         out.push_str(&format!(
             "{name:<34} {rate:>12.0} {:>10.2}\n",
-            rate / baseline
+            rate / rows[0].1
+        ));
+    }
+
+    if let Some(url) = &args.redis {
+        let rss_before = rss_kib();
+        let ceiling = redis_benchmark_xadd(url)?;
+        let redis_cases = select(
+            &args,
+            vec![native, ("wasm, reuse 1000 (default)".into(), wasm(1000)?)],
+        );
+        let rows = measure_cases(&args, &Backend::Redis(url.clone()), &redis_cases).await?;
+        out.push_str(&format!(
+            "\nRedis Streams at {url}: consume, handle and ack a pre-filled stream, same events and rounds\n\n{:<34} {:>12} {:>10} {:>10}\n",
+            "case", "events/s", "vs XADD", "vs native"
+        ));
+        out.push_str(&format!(
+            "{:<34} {ceiling:>12.0} {:>10.2} {:>10}\n",
+            "redis-benchmark -P 16 XADD", 1.0, "-"
+        ));
+        for (name, rate) in &rows {
+            out.push_str(&format!(
+                "{name:<34} {rate:>12.0} {:>10.2} {:>10.2}\n",
+                rate / ceiling,
+                rate / rows[0].1
+            ));
+        }
+        out.push_str(&format!(
+            "\nresident memory of this process: {} MiB before the Redis cases, {} MiB after\n",
+            rss_before / 1024,
+            rss_kib() / 1024
         ));
     }
     Ok(out)
 }
 
+fn select(args: &BenchArgs, cases: Vec<Case>) -> Vec<Case> {
+    cases
+        .into_iter()
+        .enumerate()
+        .filter(|(i, (name, _))| *i == 0 || args.only.as_ref().is_none_or(|o| name.contains(o)))
+        .map(|(_, case)| case)
+        .collect()
+}
+
+/// Warms every case up, then measures them in turns; the median per case.
+async fn measure_cases(
+    args: &BenchArgs,
+    backend: &Backend,
+    cases: &[Case],
+) -> anyhow::Result<Vec<(String, f64)>> {
+    for (_, handler) in cases {
+        measure(
+            handler.clone(),
+            backend,
+            args.events / 10 + 1,
+            args.concurrency,
+        )
+        .await?;
+    }
+    let mut rates = vec![Vec::new(); cases.len()];
+    for _ in 0..args.rounds.max(1) {
+        for (i, (_, handler)) in cases.iter().enumerate() {
+            rates[i].push(measure(handler.clone(), backend, args.events, args.concurrency).await?);
+        }
+    }
+    Ok(cases
+        .iter()
+        .zip(rates)
+        .map(|((name, _), mut r)| {
+            r.sort_by(f64::total_cmp);
+            (name.clone(), r[r.len() / 2])
+        })
+        .collect())
+}
+
 /// Pre-fills a stream with `events`, then times a subscriber draining it.
 async fn measure(
     handler: Arc<dyn Handler>,
+    backend: &Backend,
     events: usize,
     concurrency: usize,
 ) -> anyhow::Result<f64> {
-    let broker = MemoryBroker::new(events);
+    let stream = format!("runnel-bench-{}", uuid::Uuid::new_v4().simple());
+    let (broker, read_count, block): (Arc<dyn Broker>, usize, Duration) = match backend {
+        Backend::Memory => (MemoryBroker::new(events), 256, Duration::from_millis(100)),
+        Backend::Redis(url) => (
+            RedisBroker::connect(url, Trimming::default()).await?,
+            512,
+            Duration::from_millis(100),
+        ),
+    };
     broker
-        .create_group("bench", "bench", StartFrom::Beginning)
+        .create_group(&stream, "bench", StartFrom::Beginning)
         .await?;
     let payload = br#"{"order_id":"o-1","sku":"A-1","quantity":2,"unit_cents":1999}"#.to_vec();
-    for chunk in (0..events).collect::<Vec<_>>().chunks(1000) {
-        let appends = chunk
-            .iter()
+    let mut left = events;
+    while left > 0 {
+        let n = left.min(1000);
+        left -= n;
+        let appends = (0..n)
             .map(|_| Append {
-                stream: "bench".into(),
+                stream: stream.clone(),
                 fields: event_fields(&Event::new("order.created", payload.clone())),
             })
             .collect();
         broker.append(appends).await?;
     }
-    let broker: Arc<dyn Broker> = broker;
     let subscription = Subscription {
         plugin: "bench".into(),
         group: "bench".into(),
         consumer: "bench".into(),
-        streams: vec!["bench".into()],
+        streams: vec![stream.clone()],
         events: Vec::new(),
         concurrency,
         max_attempts: 1,
         backoff: Backoff::default(),
-        read_count: 256,
-        block: Duration::from_millis(100),
+        read_count,
+        block,
         claim_min_idle: Duration::from_secs(600),
         dead_letter: "{stream}.dead".into(),
+        dedup_window: None,
     };
     let stats = Arc::new(Stats::default());
     let publisher = Publisher::new(broker.clone(), Arc::new(Routes::default()));
@@ -167,16 +242,92 @@ async fn measure(
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let task = tokio::spawn(subscriber.consume(handler, shutdown.clone()));
-    while broker.backlog("bench", "bench").await? > 0 {
-        tokio::time::sleep(Duration::from_micros(200)).await;
+    let poll = match backend {
+        Backend::Memory => Duration::from_micros(200),
+        Backend::Redis(_) => Duration::from_millis(2),
+    };
+    while broker.backlog(&stream, "bench").await? > 0 {
+        tokio::time::sleep(poll).await;
     }
     let elapsed = started.elapsed();
     shutdown.cancel();
     task.await??;
+    if let Backend::Redis(url) = backend {
+        let client = redis::Client::open(url.as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let _: () = redis::cmd("DEL")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await?;
+    }
     let handled = stats.snapshot().handled as usize;
     anyhow::ensure!(
         handled == events,
         "benchmark lost events: {handled} of {events} handled"
     );
     Ok(events as f64 / elapsed.as_secs_f64())
+}
+
+/// XADD requests per second that `redis-benchmark` reaches with 16-deep
+/// pipelining on the same server: the publish ceiling.
+fn redis_benchmark_xadd(url: &str) -> anyhow::Result<f64> {
+    let info = redis::Client::open(url)?.get_connection_info().clone();
+    let (host, port) = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+        other => anyhow::bail!("redis-benchmark needs a TCP address, not {other:?}"),
+    };
+    let key = format!("runnel-bench-xadd-{}", uuid::Uuid::new_v4().simple());
+    let envelope = String::from_utf8(
+        Event::new(
+            "order.created",
+            br#"{"order_id":"o-1","sku":"A-1","quantity":2,"unit_cents":1999}"#.to_vec(),
+        )
+        .to_json(),
+    )?;
+    let out = std::process::Command::new("redis-benchmark")
+        .args([
+            "-h",
+            &host,
+            "-p",
+            &port.to_string(),
+            "-P",
+            "16",
+            "-n",
+            "200000",
+            "-q",
+        ])
+        .args([
+            "XADD", &key, "MAXLEN", "~", "1000000", "*", "event", &envelope,
+        ])
+        .output()
+        .map_err(|e| anyhow::anyhow!("running redis-benchmark: {e}"))?;
+    let _ = std::process::Command::new("redis-cli")
+        .args(["-h", &host, "-p", &port.to_string(), "DEL", &key])
+        .output();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "XADD ...: 840336.12 requests per second, p50=..."
+    text.split(':')
+        .next_back()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .or_else(|| {
+            text.split_whitespace()
+                .zip(text.split_whitespace().skip(1))
+                .find(|(_, w)| *w == "requests")
+                .and_then(|(n, _)| n.parse().ok())
+        })
+        .ok_or_else(|| anyhow::anyhow!("cannot read redis-benchmark's output: {text}"))
+}
+
+/// Resident set size of this process, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
 }

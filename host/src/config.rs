@@ -172,6 +172,10 @@ pub struct PluginConfig {
     pub memory_mb: u32,
     #[serde(default)]
     pub grants: Grants,
+    /// Idempotency: an event id this plugin handled successfully within this
+    /// many milliseconds is acknowledged without a call (a redelivery after a
+    /// lost ack, a producer's retry). Off by default.
+    pub dedup_window_ms: Option<u64>,
 }
 
 fn default_concurrency() -> u32 {
@@ -386,6 +390,9 @@ impl Config {
             at_least_one("reuse_instance", p.reuse_instance.into())?;
             at_least_one("timeout_ms", p.timeout_ms)?;
             at_least_one("memory_mb", p.memory_mb.into())?;
+            if let Some(window) = p.dedup_window_ms {
+                at_least_one("dedup_window_ms", window)?;
+            }
             if !(p.backoff.multiplier.is_finite() && p.backoff.multiplier >= 1.0) {
                 return Err((key("backoff.multiplier"), "must be a number ≥ 1".into()));
             }

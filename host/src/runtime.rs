@@ -142,6 +142,7 @@ impl Runtime {
             block,
             claim_min_idle,
             dead_letter: self.config.dead_letter.clone(),
+            dedup_window: p.dedup_window_ms.map(Duration::from_millis),
         }
     }
 
@@ -219,13 +220,13 @@ fn consumer_name() -> String {
 pub fn summary_table(rows: &[(String, Snapshot)]) -> String {
     let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0).max(6);
     let mut out = format!(
-        "{:<width$}  {:>8}  {:>8}  {:>8}  {:>13}  {:>8}\n",
-        "plugin", "handled", "retried", "failed", "dead-lettered", "skipped"
+        "{:<width$}  {:>8}  {:>8}  {:>8}  {:>13}  {:>8}  {:>12}\n",
+        "plugin", "handled", "retried", "failed", "dead-lettered", "skipped", "deduplicated"
     );
     for (name, s) in rows {
         out.push_str(&format!(
-            "{:<width$}  {:>8}  {:>8}  {:>8}  {:>13}  {:>8}\n",
-            name, s.handled, s.retried, s.failed, s.dead_lettered, s.skipped
+            "{:<width$}  {:>8}  {:>8}  {:>8}  {:>13}  {:>8}  {:>12}\n",
+            name, s.handled, s.retried, s.failed, s.dead_lettered, s.skipped, s.deduplicated
         ));
     }
     out

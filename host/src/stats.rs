@@ -15,6 +15,8 @@ pub struct Stats {
     pub dead_lettered: AtomicU64,
     /// Events on the plugin's streams whose name it does not handle.
     pub skipped: AtomicU64,
+    /// Redeliveries of events already handled, acknowledged without a call.
+    pub deduplicated: AtomicU64,
     /// Traps, in `handle` or `handle-error`.
     pub traps: AtomicU64,
     /// Calls to `handle-error` that trapped.
@@ -29,6 +31,7 @@ pub struct Snapshot {
     pub failed: u64,
     pub dead_lettered: u64,
     pub skipped: u64,
+    pub deduplicated: u64,
     pub traps: u64,
     pub error_handler_failures: u64,
 }
@@ -45,6 +48,7 @@ impl Stats {
             failed: self.failed.load(Relaxed),
             dead_lettered: self.dead_lettered.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
+            deduplicated: self.deduplicated.load(Relaxed),
             traps: self.traps.load(Relaxed),
             error_handler_failures: self.error_handler_failures.load(Relaxed),
         }

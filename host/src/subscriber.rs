@@ -50,6 +50,9 @@ pub struct Subscription {
     pub claim_min_idle: Duration,
     /// Template of the dead-letter stream, `{stream}` being the source.
     pub dead_letter: String,
+    /// How long a successfully handled event id is remembered, so that a
+    /// redelivery of it is acknowledged without a call. `None`: off.
+    pub dedup_window: Option<Duration>,
 }
 
 impl Subscription {
@@ -58,9 +61,10 @@ impl Subscription {
     }
 
     /// Entries taken but not finished: running, waiting for a permit, or
-    /// waiting out a backoff. Bounded so that retries cannot pile up.
+    /// waiting out a backoff. Bounded so that retries cannot pile up, and
+    /// large enough for a full read on top of the calls running.
     fn max_in_flight(&self) -> usize {
-        (self.concurrency * 2).max(self.read_count)
+        self.read_count + self.concurrency * 2
     }
 }
 
@@ -129,6 +133,7 @@ impl Subscriber {
             shutdown: shutdown.clone(),
         });
         let slots = Arc::new(Semaphore::new(shared.sub.max_in_flight()));
+        let batch = (shared.sub.read_count / 2).clamp(1, shared.sub.max_in_flight()) as u32;
         let mut tasks = JoinSet::new();
         let mut read_failures = 0u32;
         let mut last_maintenance = Instant::now();
@@ -140,14 +145,16 @@ impl Subscriber {
                     tracing::error!(plugin = %shared.sub.plugin, "delivery task failed: {e}");
                 }
             }
-            let first = tokio::select! {
+            // Read in batches: wait until a good part of a batch has room
+            // (at once when idle), so that a busy consumer makes a few large
+            // reads rather than many reads of one entry.
+            let mut room = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+                permit = slots.clone().acquire_many_owned(batch) => permit.expect("never closed"),
             };
-            let mut permits = vec![first];
-            while permits.len() < shared.sub.read_count {
+            while room.num_permits() < shared.sub.read_count {
                 match slots.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
+                    Ok(p) => room.merge(p),
                     Err(_) => break,
                 }
             }
@@ -156,14 +163,14 @@ impl Subscriber {
             if last_maintenance.elapsed() >= maintenance_every {
                 last_maintenance = Instant::now();
                 shared.keep_in_flight_alive().await;
-                deliveries = shared.reclaim(permits.len()).await;
+                deliveries = shared.reclaim(room.num_permits()).await;
             }
             if deliveries.is_empty() {
                 let read = shared.broker.read(
                     &shared.sub.group,
                     &shared.sub.consumer,
                     &shared.sub.streams,
-                    permits.len(),
+                    room.num_permits(),
                     shared.sub.block.min(maintenance_every),
                 );
                 let result = tokio::select! {
@@ -193,7 +200,7 @@ impl Subscriber {
                 // A backend may hand over more than asked (Redis applies
                 // COUNT per stream): those entries are ours now, so wait for
                 // room rather than drop them.
-                let permit = match permits.pop() {
+                let permit = match room.split(1) {
                     Some(p) => p,
                     None => slots.clone().acquire_owned().await.expect("never closed"),
                 };
@@ -255,6 +262,24 @@ impl Shared {
             Stats::bump(&stats.skipped);
             return true;
         }
+        let dedup_key = self
+            .sub
+            .dedup_window
+            .map(|_| format!("runnel:handled:{}:{}", self.sub.group, event.id));
+        if let Some(key) = &dedup_key {
+            match self.broker.is_marked(key).await {
+                Ok(true) => {
+                    Stats::bump(&stats.deduplicated);
+                    tracing::debug!(plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id, "already handled within the dedup window: acked without a call");
+                    return true;
+                }
+                Ok(false) => {}
+                // Better a possible duplicate than a stalled stream.
+                Err(e) => {
+                    tracing::warn!(plugin = %self.sub.plugin, "dedup check failed, handling anyway: {e:#}")
+                }
+            }
+        }
         // Deliveries beyond the first are attempts a dead consumer made but
         // could not record: count them, so a poison event that kills its
         // process still reaches its last attempt.
@@ -290,6 +315,11 @@ impl Shared {
                 None => {
                     if !self.publish(&handled.emitted, &event).await {
                         return false;
+                    }
+                    if let (Some(key), Some(window)) = (&dedup_key, self.sub.dedup_window) {
+                        if let Err(e) = self.broker.mark(key, window).await {
+                            tracing::warn!(plugin = %self.sub.plugin, event_id = %event.id, "recording the event as handled failed: {e:#}");
+                        }
                     }
                     Stats::bump(&stats.handled);
                     return true;

@@ -58,9 +58,9 @@ fn the_demo_runs_the_order_pipeline_and_prints_its_summary() {
             .map(|n| n.parse().unwrap())
             .collect()
     };
-    // handled, retried, failed, dead-lettered, skipped
-    assert_eq!(row("order-enricher"), vec![3, 2, 4, 2, 0], "{stdout}");
-    assert_eq!(row("logger"), vec![3, 0, 0, 0, 0], "{stdout}");
+    // handled, retried, failed, dead-lettered, skipped, deduplicated
+    assert_eq!(row("order-enricher"), vec![3, 2, 4, 2, 0, 0], "{stdout}");
+    assert_eq!(row("logger"), vec![3, 0, 0, 0, 0, 0], "{stdout}");
     assert!(
         stdout.contains("kind=handler-error attempts=3: inventory has no stock for order o-1003"),
         "{stdout}"

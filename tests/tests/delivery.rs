@@ -441,3 +441,43 @@ concurrency = 2
         "N in = N handled"
     );
 }
+
+#[tokio::test]
+async fn a_redelivered_event_within_the_dedup_window_is_acked_without_a_call() {
+    let run = start(
+        r#"
+[[plugin]]
+name = "logger"
+path = "@logger"
+streams = ["in"]
+dedup_window_ms = 60000
+"#,
+    )
+    .await
+    .unwrap();
+    let event = Event::new("x", "once");
+    run.inject("in", vec![event.clone()]).await.unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+    // The same event again, as after a lost ack or a producer's retry.
+    run.inject("in", vec![event.clone(), Event::new("x", "other")])
+        .await
+        .unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+    let handled: Vec<String> = run.recorders[0]
+        .calls()
+        .iter()
+        .filter_map(|c| match c {
+            Call::Handle { event, .. } => Some(event.id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        handled.iter().filter(|id| **id == event.id).count(),
+        1,
+        "{handled:?}"
+    );
+    assert_eq!(handled.len(), 2);
+    let runtime = run.stop().await.unwrap();
+    let s = runtime.summary()[0].1;
+    assert_eq!((s.handled, s.deduplicated), (2, 1));
+}

@@ -209,3 +209,25 @@ async fn a_failing_event_is_retried_dead_lettered_and_acked_on_redis() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_dedup_window_lives_in_redis_and_skips_a_redelivered_id() {
+    let stream = unique("dedup");
+    let toml = format!(
+        "{}\n[[plugin]]\nname = \"logger\"\npath = \"@logger\"\ngroup = \"{stream}-g\"\nstreams = [\"{stream}\"]\ndedup_window_ms = 60000\n",
+        redis_backend()
+    );
+    let event = Event::new("x", "once");
+    let first = start(&toml).await.unwrap();
+    first.inject(&stream, vec![event.clone()]).await.unwrap();
+    first.idle_within(LIMIT).await.unwrap();
+    first.stop().await.unwrap();
+
+    // Another process (a restart) sees the same id again.
+    let second = start(&toml).await.unwrap();
+    second.inject(&stream, vec![event.clone()]).await.unwrap();
+    second.idle_within(LIMIT).await.unwrap();
+    assert!(second.recorders[0].calls().is_empty(), "not called again");
+    let runtime = second.stop().await.unwrap();
+    assert_eq!(runtime.summary()[0].1.deduplicated, 1);
+}

@@ -19,6 +19,8 @@ use super::{Append, Broker, Delivery, Entry, StartFrom};
 /// The in-memory broker. Cheap to share: clone the `Arc`.
 pub struct MemoryBroker {
     state: Mutex<HashMap<String, Stream>>,
+    /// Idempotency marks and when they expire.
+    marks: Mutex<HashMap<String, Instant>>,
     /// Woken on every append and every ack: readers wait for entries,
     /// writers for room. One signal keeps the logic simple; the waiters
     /// re-check their own condition.
@@ -60,6 +62,7 @@ impl MemoryBroker {
     pub fn new(capacity: usize) -> Arc<Self> {
         Arc::new(MemoryBroker {
             state: Mutex::new(HashMap::new()),
+            marks: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             capacity: capacity.max(1),
         })
@@ -367,6 +370,22 @@ impl Broker for MemoryBroker {
             .take(count)
             .map(|e| e.entry.clone())
             .collect())
+    }
+
+    async fn is_marked(&self, key: &str) -> anyhow::Result<bool> {
+        let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(marks.get(key).is_some_and(|until| *until > Instant::now()))
+    }
+
+    async fn mark(&self, key: &str, ttl: Duration) -> anyhow::Result<()> {
+        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        // Expired marks go when the map would otherwise grow.
+        if marks.len() >= 1024 && marks.len().is_power_of_two() {
+            marks.retain(|_, until| *until > now);
+        }
+        marks.entry(key.to_string()).or_insert(now + ttl);
+        Ok(())
     }
 
     async fn delete(&self, stream: &str, ids: &[String]) -> anyhow::Result<()> {

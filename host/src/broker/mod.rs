@@ -119,6 +119,13 @@ pub trait Broker: Send + Sync + 'static {
         count: usize,
     ) -> anyhow::Result<Vec<Entry>>;
 
+    /// Whether `key` was marked (and has not expired): the idempotency
+    /// window's question "was this event already handled?".
+    async fn is_marked(&self, key: &str) -> anyhow::Result<bool>;
+
+    /// Marks `key` for `ttl` (Redis `SET key 1 NX PX ttl`).
+    async fn mark(&self, key: &str, ttl: Duration) -> anyhow::Result<()>;
+
     /// Deletes entries from a stream (dead letters that were replayed).
     async fn delete(&self, stream: &str, ids: &[String]) -> anyhow::Result<()>;
 

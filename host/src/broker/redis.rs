@@ -366,6 +366,28 @@ impl Broker for RedisBroker {
         Ok(entries(reply))
     }
 
+    async fn is_marked(&self, key: &str) -> anyhow::Result<bool> {
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg(key)
+            .query_async(&mut self.commands.clone())
+            .await
+            .with_context(|| format!("EXISTS on redis at {}", self.address))?;
+        Ok(exists > 0)
+    }
+
+    async fn mark(&self, key: &str, ttl: Duration) -> anyhow::Result<()> {
+        let _: Value = redis::cmd("SET")
+            .arg(key)
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut self.commands.clone())
+            .await
+            .with_context(|| format!("SET NX on redis at {}", self.address))?;
+        Ok(())
+    }
+
     async fn delete(&self, stream: &str, ids: &[String]) -> anyhow::Result<()> {
         if ids.is_empty() {
             return Ok(());
