@@ -138,6 +138,24 @@ impl Subscriber {
         let mut read_failures = 0u32;
         let mut last_maintenance = Instant::now();
         let maintenance_every = (shared.sub.claim_min_idle / 3).max(Duration::from_millis(10));
+        // Keep-alives run on their own, not in the read loop: when every slot
+        // is taken by long handlers the loop waits for room, and that is
+        // exactly when in-flight entries must not look abandoned. They go on
+        // while draining, and stop once the last delivery has finished.
+        let drained = CancellationToken::new();
+        let keep_alive = tokio::spawn({
+            let (shared, drained) = (shared.clone(), drained.clone());
+            async move {
+                let mut tick = tokio::time::interval(maintenance_every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = drained.cancelled() => return,
+                        _ = tick.tick() => shared.keep_in_flight_alive().await,
+                    }
+                }
+            }
+        });
 
         loop {
             while let Some(done) = tasks.try_join_next() {
@@ -162,7 +180,6 @@ impl Subscriber {
             let mut deliveries = Vec::new();
             if last_maintenance.elapsed() >= maintenance_every {
                 last_maintenance = Instant::now();
-                shared.keep_in_flight_alive().await;
                 deliveries = shared.reclaim(room.num_permits()).await;
             }
             if deliveries.is_empty() {
@@ -214,6 +231,8 @@ impl Subscriber {
                 tracing::error!(plugin = %shared.sub.plugin, "delivery task failed: {e}");
             }
         }
+        drained.cancel();
+        keep_alive.await?;
         drop(shared);
         acker.await?;
         Ok(())
@@ -422,6 +441,9 @@ impl Shared {
 
     /// Keeps this consumer's in-flight entries from looking abandoned.
     async fn keep_in_flight_alive(&self) {
+        if self.lock_in_flight().is_empty() {
+            return;
+        }
         let mut by_stream: HashMap<String, Vec<String>> = HashMap::new();
         for (stream, id) in self.lock_in_flight().keys() {
             by_stream

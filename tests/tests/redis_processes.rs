@@ -406,3 +406,63 @@ async fn a_poison_event_is_dead_lettered_after_max_attempts_across_restarts() {
     );
     assert!(out.contains("trapper"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handling_longer_than_the_claim_idle_time_is_not_stolen() {
+    // With COUNT 1 and concurrency 1 a process holds at most 3 entries
+    // (one read's worth plus twice its concurrency), and then waits for room.
+    const EVENTS: usize = 3;
+    let setup = Setup::new("long", &redis_url());
+    let streams = vec![unique("long")];
+    let done = unique("worked");
+    let group = unique("g");
+    let section = format!(
+        "[routes]\n\"worked\" = \"{done}\"\n\n{}",
+        worker_plugin(&group, &streams, "concurrency = 1\ntimeout_ms = 20000")
+    );
+    // Each event takes far longer than the idle time after which a silent
+    // consumer's entries are taken over.
+    let backend = "block_ms = 100\nclaim_min_idle_ms = 300\ncount = 1";
+    let mut a = Process::run(&bin(), &setup.config("a", backend, &section), "info");
+    a.wait_for("consuming", LIMIT);
+    let redis = broker(&setup.url).await;
+    fill(&redis, &streams, EVENTS, r#"{"iterations":400000000}"#).await;
+    let conn = runnel_tests::redis_conn().await;
+    until(LIMIT, "the first process to hold every entry", || {
+        let mut conn = conn.clone();
+        let (stream, group) = (streams[0].clone(), group.clone());
+        async move {
+            let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg(&group)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            pending.0 == EVENTS as u64
+        }
+    })
+    .await;
+    // An idle second consumer, eager to reclaim anything idle for 300 ms.
+    let mut b = Process::run(&bin(), &setup.config("b", backend, &section), "info");
+    b.wait_for("consuming", LIMIT);
+    until(LIMIT, "all events to be handled", || async {
+        total_backlog(&redis, &streams, &group).await == 0
+    })
+    .await;
+    let ids = worked_ids(&redis, &done).await;
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), EVENTS);
+    assert_eq!(
+        ids.len(),
+        EVENTS,
+        "no entry was taken from a consumer still handling it"
+    );
+    let (ok_a, _) = a.terminate();
+    let (ok_b, out_b) = b.terminate();
+    assert!(ok_a && ok_b);
+    assert_eq!(
+        handled_in_summary(&out_b, "worker"),
+        0,
+        "the idle consumer stole nothing"
+    );
+}
