@@ -1,0 +1,65 @@
+//! Custody of entries on a shared group: keeping this consumer's in-flight
+//! entries fresh, and taking over those a dead consumer left behind.
+
+use std::collections::HashMap;
+
+use super::Shared;
+use crate::broker::Delivery;
+
+impl Shared {
+    /// Keeps this consumer's in-flight entries from looking abandoned.
+    pub(super) async fn keep_in_flight_alive(&self) {
+        if self.lock_in_flight().is_empty() {
+            return;
+        }
+        let mut by_stream: HashMap<String, Vec<String>> = HashMap::new();
+        for (stream, id) in self.lock_in_flight().keys() {
+            by_stream
+                .entry(stream.clone())
+                .or_default()
+                .push(id.clone());
+        }
+        for (stream, ids) in by_stream {
+            let touched = self
+                .broker
+                .touch(&stream, &self.sub.group, &self.sub.consumer, &ids)
+                .await;
+            if let Err(e) = touched {
+                tracing::warn!(plugin = %self.sub.plugin, "keeping in-flight entries: {e:#}");
+            }
+        }
+    }
+
+    /// Takes over entries abandoned by dead consumers of the group.
+    pub(super) async fn reclaim(&self, count: usize) -> Vec<Delivery> {
+        let mut claimed = Vec::new();
+        for stream in &self.sub.streams {
+            let left = count - claimed.len();
+            if left == 0 {
+                break;
+            }
+            match self
+                .broker
+                .claim_idle(
+                    stream,
+                    &self.sub.group,
+                    &self.sub.consumer,
+                    self.sub.claim_min_idle,
+                    left,
+                )
+                .await
+            {
+                Ok(d) => claimed.extend(d),
+                Err(e) => {
+                    tracing::warn!(plugin = %self.sub.plugin, "reclaiming from {stream}: {e:#}")
+                }
+            }
+        }
+        let busy = self.lock_in_flight();
+        claimed.retain(|d| !busy.contains_key(&(d.stream.clone(), d.entry.id.clone())));
+        if !claimed.is_empty() {
+            tracing::info!(plugin = %self.sub.plugin, count = claimed.len(), "reclaimed entries abandoned by another consumer");
+        }
+        claimed
+    }
+}

@@ -1,0 +1,244 @@
+//! The seed's Subscriber: delivery semantics, written once for every backend.
+//!
+//! One [`Subscriber`] consumes a plugin's streams through its consumer group
+//! and owns everything between "an entry arrived" and "it is acknowledged":
+//! decoding, the name filter, counting attempts, retries with backoff, the
+//! error handler, dead-lettering, publishing what a handler emitted, and
+//! batched acks. An entry is acknowledged only after its final outcome (done,
+//! dead-lettered or skipped), so a process that dies leaves it pending for
+//! another consumer to reclaim: at-least-once.
+
+mod acks;
+mod custody;
+mod delivery;
+
+pub use delivery::decode;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::config::Backoff;
+use crate::handler::Handler;
+use crate::publisher::Publisher;
+use crate::routes::name_matches;
+use crate::stats::Stats;
+
+/// What one subscriber consumes and how it treats failures.
+#[derive(Clone, Debug)]
+pub struct Subscription {
+    /// Names the subscriber in logs and dead letters (the plugin's name).
+    pub plugin: String,
+    pub group: String,
+    pub consumer: String,
+    pub streams: Vec<String>,
+    /// Event-name patterns to handle; empty means every event.
+    pub events: Vec<String>,
+    /// Handler calls running at once.
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// Entries taken per read (Redis `COUNT`).
+    pub read_count: usize,
+    /// How long a read waits for entries (Redis `BLOCK`).
+    pub block: Duration,
+    /// Entries pending longer than this in the group are presumed abandoned
+    /// by a dead consumer and reclaimed. Must exceed the longest handling
+    /// (time limit × attempts + backoff), which [`Subscriber`] keeps fresh for
+    /// its own in-flight entries anyway.
+    pub claim_min_idle: Duration,
+    /// Template of the dead-letter stream, `{stream}` being the source.
+    pub dead_letter: String,
+    /// How long a successfully handled event id is remembered, so that a
+    /// redelivery of it is acknowledged without a call. `None`: off.
+    pub dedup_window: Option<Duration>,
+}
+
+impl Subscription {
+    fn wants(&self, name: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|p| name_matches(p, name))
+    }
+
+    /// Entries taken but not finished: running, waiting for a permit, or
+    /// waiting out a backoff. Bounded so that retries cannot pile up, and
+    /// large enough for a full read on top of the calls running.
+    fn max_in_flight(&self) -> usize {
+        self.read_count + self.concurrency * 2
+    }
+}
+
+/// Consumes one subscription with one handler.
+pub struct Subscriber {
+    broker: Arc<dyn Broker>,
+    publisher: Publisher,
+    sub: Subscription,
+    stats: Arc<Stats>,
+}
+
+/// Where an entry lives, for acks and keep-alives.
+type EntryRef = (String, String);
+
+struct Shared {
+    broker: Arc<dyn Broker>,
+    publisher: Publisher,
+    sub: Subscription,
+    stats: Arc<Stats>,
+    handler: Arc<dyn Handler>,
+    /// Permits to call the handler, taken before an instance is.
+    calls: Semaphore,
+    acks: mpsc::UnboundedSender<EntryRef>,
+    in_flight: std::sync::Mutex<HashMap<EntryRef, ()>>,
+    shutdown: CancellationToken,
+}
+
+impl Subscriber {
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        publisher: Publisher,
+        sub: Subscription,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Subscriber {
+            broker,
+            publisher,
+            sub,
+            stats,
+        }
+    }
+
+    /// Consumes until `shutdown` is cancelled, then stops reading, lets
+    /// in-flight events finish, flushes acks and returns. An event caught in
+    /// a backoff wait at shutdown stays pending, to be delivered again.
+    pub async fn consume(
+        self,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let acker = tokio::spawn(acks::ack_loop(
+            self.broker.clone(),
+            self.sub.group.clone(),
+            ack_rx,
+        ));
+        let shared = Arc::new(Shared {
+            broker: self.broker,
+            publisher: self.publisher,
+            calls: Semaphore::new(self.sub.concurrency),
+            sub: self.sub,
+            stats: self.stats,
+            handler,
+            acks: ack_tx,
+            in_flight: Default::default(),
+            shutdown: shutdown.clone(),
+        });
+        let slots = Arc::new(Semaphore::new(shared.sub.max_in_flight()));
+        let batch = (shared.sub.read_count / 2).clamp(1, shared.sub.max_in_flight()) as u32;
+        let mut tasks = JoinSet::new();
+        let mut read_failures = 0u32;
+        let mut last_maintenance = Instant::now();
+        let maintenance_every = (shared.sub.claim_min_idle / 3).max(Duration::from_millis(10));
+        // Keep-alives run on their own, not in the read loop: when every slot
+        // is taken by long handlers the loop waits for room, and that is
+        // exactly when in-flight entries must not look abandoned. They go on
+        // while draining, and stop once the last delivery has finished.
+        let drained = CancellationToken::new();
+        let keep_alive = tokio::spawn({
+            let (shared, drained) = (shared.clone(), drained.clone());
+            async move {
+                let mut tick = tokio::time::interval(maintenance_every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = drained.cancelled() => return,
+                        _ = tick.tick() => shared.keep_in_flight_alive().await,
+                    }
+                }
+            }
+        });
+
+        loop {
+            while let Some(done) = tasks.try_join_next() {
+                if let Err(e) = done {
+                    tracing::error!(plugin = %shared.sub.plugin, "delivery task failed: {e}");
+                }
+            }
+            // Read in batches: wait until a good part of a batch has room
+            // (at once when idle), so that a busy consumer makes a few large
+            // reads rather than many reads of one entry.
+            let mut room = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = slots.clone().acquire_many_owned(batch) => permit.expect("never closed"),
+            };
+            while room.num_permits() < shared.sub.read_count {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => room.merge(p),
+                    Err(_) => break,
+                }
+            }
+
+            let mut deliveries = Vec::new();
+            if last_maintenance.elapsed() >= maintenance_every {
+                last_maintenance = Instant::now();
+                deliveries = shared.reclaim(room.num_permits()).await;
+            }
+            if deliveries.is_empty() {
+                let read = shared.broker.read(
+                    &shared.sub.group,
+                    &shared.sub.consumer,
+                    &shared.sub.streams,
+                    room.num_permits(),
+                    shared.sub.block.min(maintenance_every),
+                );
+                let result = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = read => r,
+                };
+                match result {
+                    Ok(d) => {
+                        if read_failures > 0 {
+                            tracing::info!(plugin = %shared.sub.plugin, "reading again after {read_failures} failures");
+                        }
+                        read_failures = 0;
+                        deliveries = d;
+                    }
+                    Err(e) => {
+                        read_failures += 1;
+                        let wait = Backoff::default().delay(read_failures.min(8));
+                        tracing::warn!(plugin = %shared.sub.plugin, "read failed (retrying in {wait:?}): {e:#}");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(wait) => continue,
+                        }
+                    }
+                }
+            }
+            for delivery in deliveries {
+                // A backend may hand over more than asked (Redis applies
+                // COUNT per stream): those entries are ours now, so wait for
+                // room rather than drop them.
+                let permit = match room.split(1) {
+                    Some(p) => p,
+                    None => slots.clone().acquire_owned().await.expect("never closed"),
+                };
+                let shared = shared.clone();
+                tasks.spawn(async move { shared.deliver(delivery, permit).await });
+            }
+        }
+
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(plugin = %shared.sub.plugin, "delivery task failed: {e}");
+            }
+        }
+        drained.cancel();
+        keep_alive.await?;
+        drop(shared);
+        acker.await?;
+        Ok(())
+    }
+}
