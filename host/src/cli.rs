@@ -264,11 +264,11 @@ async fn run(
     input: Option<String>,
     exit_when_idle: bool,
 ) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    install_signal_handlers(shutdown.clone())?;
     let config = Config::load(&config_path)?;
     let runtime = Runtime::from_config(config).await?;
-    let shutdown = CancellationToken::new();
     let mut tasks = runtime.start(&shutdown).await?;
-    tokio::spawn(stop_on_signals(shutdown.clone()));
     tracing::info!(plugins = runtime.plugins.len(), "consuming");
 
     if let Some(input) = input {
@@ -364,28 +364,32 @@ async fn print_dead_letters(runtime: &Runtime) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// First SIGINT/SIGTERM: stop taking events and drain. Second: exit now.
-async fn stop_on_signals(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            return;
+/// Listens for SIGINT and SIGTERM. The handlers are installed here, before
+/// the service starts, so that a signal arriving early is never the default
+/// "terminate at once".
+fn install_signal_handlers(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    tokio::spawn(async move {
+        // First signal: stop taking events and drain. Second: exit now.
+        for round in 0..2 {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            if round == 0 {
+                tracing::info!(
+                    "shutting down: finishing in-flight events (signal again to exit now)"
+                );
+                shutdown.cancel();
+            } else {
+                tracing::warn!("second signal: exiting without draining");
+                std::process::exit(130);
+            }
         }
-    };
-    for round in 0..2 {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        if round == 0 {
-            tracing::info!("shutting down: finishing in-flight events (signal again to exit now)");
-            shutdown.cancel();
-        } else {
-            tracing::warn!("second signal: exiting without draining");
-            std::process::exit(130);
-        }
-    }
+    });
+    Ok(())
 }
 
 fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
