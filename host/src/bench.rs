@@ -44,6 +44,9 @@ pub struct BenchArgs {
     /// Also measure the Redis Streams path on this server.
     #[arg(long)]
     pub redis: Option<String>,
+    /// Skip the in-memory cases (with --redis).
+    #[arg(long, requires = "redis")]
+    pub redis_only: bool,
 }
 
 /// The baseline: the same no-op, compiled into the host.
@@ -105,16 +108,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             ("wasm, fresh instance per event".into(), wasm(1)?),
         ],
     );
-    let rows = measure_cases(&args, &Backend::Memory, &memory_cases).await?;
-    let mut out = format!(
-        "in-memory backend, no-op handler, {} events per case, concurrency {}, median of {} rounds\n\n{:<34} {:>12} {:>10}\n",
-        args.events, args.concurrency, args.rounds.max(1), "case", "events/s", "vs native"
-    );
-    for (name, rate) in &rows {
-        out.push_str(&format!(
-            "{name:<34} {rate:>12.0} {:>10.2}\n",
-            rate / rows[0].1
-        ));
+    let rows = if args.redis_only {
+        Vec::new()
+    } else {
+        measure_cases(&args, &Backend::Memory, &memory_cases).await?
+    };
+    let mut out = String::new();
+    if !args.redis_only {
+        out = format!(
+            "in-memory backend, no-op handler, {} events per case, concurrency {}, median of {} rounds\n\n{:<34} {:>12} {:>10}\n",
+            args.events, args.concurrency, args.rounds.max(1), "case", "events/s", "vs native"
+        );
+        for (name, rate) in &rows {
+            out.push_str(&format!(
+                "{name:<34} {rate:>12.0} {:>10.2}\n",
+                rate / rows[0].1
+            ));
+        }
     }
 
     if let Some(url) = &args.redis {

@@ -137,7 +137,6 @@ impl Subscriber {
             shutdown: shutdown.clone(),
         });
         let slots = Arc::new(Semaphore::new(shared.sub.max_in_flight()));
-        let batch = (shared.sub.read_count / 2).clamp(1, shared.sub.max_in_flight()) as u32;
         let mut tasks = JoinSet::new();
         let mut read_failures = 0u32;
         let mut last_maintenance = Instant::now();
@@ -167,12 +166,11 @@ impl Subscriber {
                     tracing::error!(plugin = %shared.sub.plugin, "delivery task failed: {e}");
                 }
             }
-            // Read in batches: wait until a good part of a batch has room
-            // (at once when idle), so that a busy consumer makes a few large
-            // reads rather than many reads of one entry.
+            // Room for at least one entry, then as much more as is free now.
+            // (Waiting for room for a whole batch was measured: slower.)
             let mut room = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                permit = slots.clone().acquire_many_owned(batch) => permit.expect("never closed"),
+                permit = slots.clone().acquire_owned() => permit.expect("never closed"),
             };
             while room.num_permits() < shared.sub.read_count {
                 match slots.clone().try_acquire_owned() {
