@@ -1,0 +1,252 @@
+//! The fault suite: a plugin that misbehaves in every way the sandbox must
+//! contain, each time beside a well-behaved plugin that must keep being
+//! served. Each test prints what it measured (time to detect, host memory).
+
+use std::time::{Duration, Instant};
+
+use runnel::dead_letter::DeadLetterRecord;
+use runnel::event::Event;
+use runnel::handler::Verdict;
+use runnel_tests::{start, Call, Running};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The hostile plugin on stream `bad`, the logger on stream `good`.
+async fn pair(hostile_settings: &str) -> Running {
+    start(&format!(
+        r#"
+[engine]
+max_instances = 16
+
+[[plugin]]
+name = "hostile"
+path = "@hostile"
+streams = ["bad"]
+max_attempts = 1
+{hostile_settings}
+
+[[plugin]]
+name = "logger"
+path = "@logger"
+streams = ["good"]
+"#
+    ))
+    .await
+    .unwrap()
+}
+
+fn host_peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends one hostile event and `good` well-behaved ones, waits for the end,
+/// and returns the hostile event's dead letter and the time to detect.
+async fn run_fault(run: &Running, mode: &str, good: usize) -> (DeadLetterRecord, Duration) {
+    let started = Instant::now();
+    run.inject("bad", vec![Event::new("attack", mode)])
+        .await
+        .unwrap();
+    run.inject(
+        "good",
+        (0..good)
+            .map(|i| Event::new("fine", format!("{i}")))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+    let detected = started.elapsed();
+    let dead = run
+        .runtime
+        .broker
+        .range("bad.dead", None, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "the hostile event is dead-lettered");
+    let handled = run.recorders[1].calls().len();
+    assert_eq!(
+        handled, good,
+        "the well-behaved plugin handled all its events"
+    );
+    println!(
+        "{mode}: detected and dead-lettered in {detected:?}; host peak RSS {} MiB",
+        host_peak_rss_kib() / 1024
+    );
+    (DeadLetterRecord::from_entry(&dead[0]), detected)
+}
+
+#[tokio::test]
+async fn an_endless_loop_times_out_while_other_plugins_are_served() {
+    let run = pair("timeout_ms = 1500").await;
+    run.inject("bad", vec![Event::new("attack", "loop")])
+        .await
+        .unwrap();
+    // While the loop runs, the other plugin handles its events.
+    run.inject(
+        "good",
+        (0..50)
+            .map(|i| Event::new("fine", format!("{i}")))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while run.recorders[1].calls().len() < 50 {
+        assert!(Instant::now() < deadline, "the good plugin starved");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        run.runtime.plugins[0].stats.snapshot().dead_lettered,
+        0,
+        "the well-behaved events were served before the loop was stopped"
+    );
+    let started = Instant::now();
+    run.idle_within(LIMIT).await.unwrap();
+    let dead = run
+        .runtime
+        .broker
+        .range("bad.dead", None, None, 10)
+        .await
+        .unwrap();
+    let record = DeadLetterRecord::from_entry(&dead[0]);
+    assert_eq!(record.kind, "timeout", "{record:?}");
+    assert!(record.reason.contains("time limit"), "{record:?}");
+    println!(
+        "loop: stopped {:?} after the good events were done",
+        started.elapsed()
+    );
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn allocation_past_the_memory_cap_fails_inside_the_guest() {
+    let run = pair("memory_mb = 32").await;
+    let (record, _) = run_fault(&run, "alloc", 20).await;
+    assert_eq!(record.kind, "handler-error", "{record:?}");
+    let mib: u64 = record
+        .reason
+        .trim_start_matches("allocation failed after ")
+        .trim_end_matches(" MiB")
+        .parse()
+        .unwrap_or_else(|_| panic!("{record:?}"));
+    assert!(mib < 32, "the guest got {mib} MiB past a 32 MiB cap");
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stack_overflow_is_a_trap_not_a_crash() {
+    let run = pair("").await;
+    let (record, _) = run_fault(&run, "recurse", 20).await;
+    // Either wasmtime's own stack limit or the guest's shadow stack running
+    // out of linear memory: a trap either way, caught and reported.
+    assert_eq!(record.kind, "trap", "{record:?}");
+    println!("recurse: {}", record.reason);
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_million_emits_in_one_call_are_refused() {
+    let run = pair("memory_mb = 512").await;
+    let (record, _) = run_fault(&run, "emit-flood", 10).await;
+    assert!(
+        record
+            .reason
+            .contains("too many events emitted in one call"),
+        "{record:?}"
+    );
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_100_mb_log_line_is_cut() {
+    let run = pair("memory_mb = 512").await;
+    run.inject("bad", vec![Event::new("attack", "log-flood")])
+        .await
+        .unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+    let calls = run.recorders[0].calls();
+    let Some(Call::Handle { result, .. }) = calls.first() else {
+        panic!("{calls:?}")
+    };
+    assert_eq!(result.verdict, Verdict::Done);
+    let kept = &result.logs[0].1;
+    assert!(kept.len() <= 16 * 1024 + 16, "kept {} bytes", kept.len());
+    assert!(kept.ends_with("(cut)"));
+    println!(
+        "log-flood: host peak RSS {} MiB",
+        host_peak_rss_kib() / 1024
+    );
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_grants_files_environment_and_network_are_denied() {
+    let run = pair("").await;
+    for mode in ["open-file", "read-env", "connect"] {
+        run.inject("bad", vec![Event::new("probe", mode)])
+            .await
+            .unwrap();
+    }
+    run.idle_within(LIMIT).await.unwrap();
+    let dead = run
+        .runtime
+        .broker
+        .range("bad.dead", None, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 3);
+    for entry in &dead {
+        let record = DeadLetterRecord::from_entry(entry);
+        assert!(record.reason.starts_with("denied: "), "{record:?}");
+    }
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn grants_open_exactly_what_they_name() {
+    let dir = std::env::temp_dir().join(format!("runnel-grant-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hostname"), "granted-host\n").unwrap();
+    let run = pair(&format!(
+        "grants = {{ env = [\"HOME\"], dirs = [{{ host = {:?}, guest = \"/etc\" }}] }}",
+        dir.display().to_string()
+    ))
+    .await;
+    for mode in ["open-file", "read-env", "connect"] {
+        run.inject("bad", vec![Event::new("probe", mode)])
+            .await
+            .unwrap();
+    }
+    run.idle_within(LIMIT).await.unwrap();
+    let reasons: Vec<String> = run
+        .runtime
+        .broker
+        .range("bad.dead", None, None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| DeadLetterRecord::from_entry(e).reason)
+        .collect();
+    // Dead letters arrive in whatever order the calls finished.
+    let has = |text: &str| reasons.iter().any(|r| r == text);
+    assert!(
+        has("read the file: granted-host"),
+        "the granted directory, not the host's /etc: {reasons:?}"
+    );
+    assert!(
+        has(&format!("read HOME={}", std::env::var("HOME").unwrap())),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons.iter().filter(|r| r.starts_with("denied: ")).count(),
+        1,
+        "network was not granted: {reasons:?}"
+    );
+    run.stop().await.unwrap();
+}
