@@ -245,6 +245,7 @@ async fn measure(
         claim_min_idle: Duration::from_secs(600),
         dead_letter: "{stream}.dead".into(),
         dedup_window: None,
+        max_envelope_bytes: usize::MAX,
     };
     let stats = Arc::new(Stats::default());
     let publisher = Publisher::new(broker.clone(), Arc::new(Routes::default()));

@@ -29,12 +29,20 @@ pub struct Config {
     /// Where failed events go: `{stream}` is replaced by the source stream.
     #[serde(default = "default_dead_letter")]
     pub dead_letter: String,
+    /// Largest payload accepted, in bytes; a larger entry is dead-lettered
+    /// undecoded rather than parsed and copied into a plugin.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<PluginConfig>,
 }
 
 fn default_dead_letter() -> String {
     "{stream}.dead".to_string()
+}
+
+fn default_max_payload_bytes() -> usize {
+    16 << 20
 }
 
 /// Which pub/sub backend to run on.
@@ -352,6 +360,9 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if self.max_payload_bytes == 0 {
+            return Err(("max_payload_bytes".into(), "must be at least 1".into()));
         }
         if self.engine.max_instances == 0 {
             return Err(("engine.max_instances".into(), "must be at least 1".into()));

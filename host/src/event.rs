@@ -225,3 +225,66 @@ mod tests {
         assert_ne!(child.id, parent.id);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests of the decoder: whatever the bytes, a clean error or an
+    //! event, never a panic; and every event survives a round trip.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_event() -> impl Strategy<Value = Event> {
+        (
+            ".*",
+            ".*",
+            ".*",
+            any::<u32>(),
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..512),
+            0i64..4_102_444_800,
+            0u32..1_000_000_000,
+        )
+            .prop_map(
+                |(id, name, corr, attempts, dry, payload, secs, nanos)| Event {
+                    id,
+                    name,
+                    meta: Meta {
+                        created_at_utc: OffsetDateTime::from_unix_timestamp(secs)
+                            .unwrap()
+                            .replace_nanosecond(nanos)
+                            .unwrap(),
+                        correlation_id: corr,
+                        attempts,
+                        is_dry_run: dry,
+                    },
+                    payload,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = Event::from_json(&bytes);
+        }
+
+        #[test]
+        fn mangled_envelopes_give_errors_not_panics(event in arb_event(), cut in 0usize..400, byte in any::<u8>()) {
+            let mut json = event.to_json();
+            let at = cut % json.len();
+            json[at] = byte;
+            let _ = Event::from_json(&json);
+            json.truncate(at);
+            prop_assert!(Event::from_json(&json).is_err() || at == 0 && json.is_empty());
+        }
+
+        #[test]
+        fn every_event_round_trips(event in arb_event()) {
+            let decoded = Event::from_json(&event.to_json()).unwrap();
+            prop_assert_eq!(&decoded, &event);
+            prop_assert_eq!(decoded.to_json(), event.to_json());
+        }
+    }
+}

@@ -143,6 +143,8 @@ impl Runtime {
             claim_min_idle,
             dead_letter: self.config.dead_letter.clone(),
             dedup_window: p.dedup_window_ms.map(Duration::from_millis),
+            // Base64 grows a payload by 4/3; the rest of the envelope is small.
+            max_envelope_bytes: self.config.max_payload_bytes / 3 * 4 + 64 * 1024,
         }
     }
 

@@ -481,3 +481,78 @@ dedup_window_ms = 60000
     let s = runtime.summary()[0].1;
     assert_eq!((s.handled, s.deduplicated), (2, 1));
 }
+
+#[tokio::test]
+async fn malformed_and_oversized_entries_are_dead_lettered_and_the_stream_flows_on() {
+    let run = start(
+        r#"
+max_payload_bytes = 1024
+
+[[plugin]]
+name = "logger"
+path = "@logger"
+streams = ["in"]
+"#,
+    )
+    .await
+    .unwrap();
+    let good = Event::new("x", "fine").to_json();
+    let text = String::from_utf8(good.clone()).unwrap();
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("not json", b"{{{".to_vec()),
+        (
+            "wrong type",
+            text.replace(r#""attempts":0"#, r#""attempts":"zero""#)
+                .into_bytes(),
+        ),
+        (
+            "bad base64",
+            text.replace(r#""payload":"ZmluZQ==""#, r#""payload":"@@@""#)
+                .into_bytes(),
+        ),
+        (
+            "oversized",
+            Event::new("x", vec![b'a'; 200 * 1024]).to_json(),
+        ),
+    ];
+    let mut appends: Vec<Append> = bad
+        .iter()
+        .map(|(_, bytes)| Append {
+            stream: "in".into(),
+            fields: vec![("event".into(), bytes.clone())],
+        })
+        .collect();
+    appends.push(Append {
+        stream: "in".into(),
+        fields: vec![("event".into(), good)],
+    });
+    run.runtime.broker.append(appends).await.unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+
+    let dead = run
+        .runtime
+        .broker
+        .range("in.dead", None, None, 10)
+        .await
+        .unwrap();
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|e| DeadLetterRecord::from_entry(e).reason)
+        .collect();
+    assert_eq!(dead.len(), 4, "{reasons:?}");
+    assert!(dead
+        .iter()
+        .all(|e| DeadLetterRecord::from_entry(e).kind == "decode"));
+    assert!(reasons.iter().any(|r| r.contains("base64")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("max_payload_bytes")),
+        "{reasons:?}"
+    );
+    let handled: Vec<_> = run.recorders[0]
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c, Call::Handle { .. }))
+        .collect();
+    assert_eq!(handled.len(), 1, "the good event after them was handled");
+    run.stop().await.unwrap();
+}

@@ -33,7 +33,16 @@ impl Shared {
     /// `false` leaves it pending (shutdown mid-way).
     async fn deliver_inner(&self, delivery: &Delivery) -> bool {
         let stats = &self.stats;
-        let mut event = match decode(&delivery.entry) {
+        let decoded = match delivery.entry.fields.first() {
+            Some((_, value)) if value.len() > self.sub.max_envelope_bytes => Err(format!(
+                "entry {}: envelope of {} bytes is larger than the limit of {} (max_payload_bytes)",
+                delivery.entry.id,
+                value.len(),
+                self.sub.max_envelope_bytes
+            )),
+            _ => decode(&delivery.entry),
+        };
+        let mut event = match decoded {
             Ok(event) => event,
             Err(reason) => {
                 let failure = Failure {

@@ -54,6 +54,8 @@ pub struct Subscription {
     pub claim_min_idle: Duration,
     /// Template of the dead-letter stream, `{stream}` being the source.
     pub dead_letter: String,
+    /// Entries whose envelope is larger than this many bytes are not decoded.
+    pub max_envelope_bytes: usize,
     /// How long a successfully handled event id is remembered, so that a
     /// redelivery of it is acknowledged without a call. `None`: off.
     pub dedup_window: Option<Duration>,
