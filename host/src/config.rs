@@ -373,6 +373,20 @@ impl Config {
                 "must contain {stream}, or every stream's failures would mix".into(),
             ));
         }
+        // A plugin holds at most `concurrency` instances (calls take a permit
+        // before an instance), so this bound makes the pool impossible to
+        // exhaust: a busy plugin's events wait for its permits, never fail
+        // for want of an instance slot.
+        let wanted: u64 = self.plugins.iter().map(|p| u64::from(p.concurrency)).sum();
+        if wanted > u64::from(self.engine.max_instances) {
+            return Err((
+                "engine.max_instances".into(),
+                format!(
+                    "is {}, but the plugins' concurrency adds up to {wanted}: raise it or lower a plugin's concurrency",
+                    self.engine.max_instances
+                ),
+            ));
+        }
         for (name, stream) in self.routes.iter() {
             if stream.is_empty() {
                 return Err((format!("routes.{name}"), "stream name is empty".into()));
@@ -498,6 +512,17 @@ streams = ["s"]
         )
         .unwrap_err();
         assert_eq!(err.key, "backend.claim_min_idle_ms", "{err}");
+    }
+
+    #[test]
+    fn the_instance_pool_must_fit_every_plugins_concurrency() {
+        let two = format!(
+            "[engine]\nmax_instances = 6\n{MINIMAL}concurrency = 4\n{}concurrency = 4\n",
+            MINIMAL.replace("\"p\"", "\"q\"")
+        );
+        let err = parse(&two).unwrap_err();
+        assert_eq!(err.key, "engine.max_instances");
+        assert!(err.reason.contains("adds up to 8"), "{err}");
     }
 
     #[test]
