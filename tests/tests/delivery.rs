@@ -408,9 +408,12 @@ async fn a_slow_plugin_makes_emit_wait_and_nothing_is_lost() {
 kind = "memory"
 capacity = {CAPACITY}
 
+[routes]
+"worked" = "done"
+
 [[plugin]]
-name = "spin"
-path = "@spin"
+name = "worker"
+path = "@worker"
 streams = ["slow"]
 concurrency = 2
 "#
@@ -422,7 +425,7 @@ concurrency = 2
         run.inject("slow", vec![Event::new("work", r#"{"iterations":20000}"#)])
             .await
             .unwrap();
-        let backlog = run.runtime.broker.backlog("slow", "spin").await.unwrap();
+        let backlog = run.runtime.broker.backlog("slow", "worker").await.unwrap();
         max_backlog = max_backlog.max(backlog);
     }
     assert!(
