@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::routes::name_matches;
-
 use crate::broker::StartFrom;
 use crate::routes::Routes;
 
@@ -257,12 +255,7 @@ pub struct DirGrant {
     pub writable: bool,
 }
 
-impl PluginConfig {
-    /// Whether the plugin wants events of this name.
-    pub fn wants(&self, event_name: &str) -> bool {
-        self.events.is_empty() || self.events.iter().any(|p| name_matches(p, event_name))
-    }
-}
+impl PluginConfig {}
 
 /// A configuration error: the file, the key and the reason.
 #[derive(Debug)]

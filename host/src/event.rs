@@ -59,9 +59,25 @@ impl Event {
     /// An event caused by `self`: it inherits the correlation id and the
     /// dry-run flag, as the seed library passes them on through its context.
     pub fn caused(&self, name: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Event::inheriting(
+            &self.meta.correlation_id,
+            self.meta.is_dry_run,
+            name,
+            payload,
+        )
+    }
+
+    /// A new event that carries a cause's correlation id and dry-run flag,
+    /// for callers that keep only those two of the cause.
+    pub fn inheriting(
+        correlation_id: &str,
+        is_dry_run: bool,
+        name: impl Into<String>,
+        payload: impl Into<Vec<u8>>,
+    ) -> Self {
         let mut child = Event::new(name, payload);
-        child.meta.correlation_id = self.meta.correlation_id.clone();
-        child.meta.is_dry_run = self.meta.is_dry_run;
+        child.meta.correlation_id = correlation_id.to_string();
+        child.meta.is_dry_run = is_dry_run;
         child
     }
 

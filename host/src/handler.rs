@@ -46,6 +46,19 @@ pub enum Level {
     Error,
 }
 
+impl Level {
+    /// The level's name in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
 /// The result of one call: the verdict, the events to publish if it is
 /// [`Verdict::Done`], and what the plugin logged.
 #[derive(Clone, Debug)]

@@ -11,7 +11,7 @@ use crate::broker::{Append, Broker, EVENT_FIELD};
 use crate::config::{EngineConfig, Grants};
 use crate::dead_letter::DeadLetterRecord;
 use crate::event::Event;
-use crate::handler::{Handler, Level, Verdict};
+use crate::handler::{Handler, Verdict};
 use crate::input::InputEvent;
 use crate::plugin::{PluginEngine, PluginSettings, WasmPlugin};
 use crate::publisher::event_fields;
@@ -164,7 +164,7 @@ pub async fn replay(
             entry.id, event.name, event.id
         )?;
         for (level, line) in &handled.logs {
-            writeln!(out, "    log {}: {line}", level_name(*level))?;
+            writeln!(out, "    log {}: {line}", level.as_str())?;
         }
         for (_, emitted) in &handled.emitted {
             writeln!(
@@ -181,14 +181,4 @@ pub async fn replay(
         entries.len()
     )?;
     Ok(out)
-}
-
-fn level_name(level: Level) -> &'static str {
-    match level {
-        Level::Trace => "trace",
-        Level::Debug => "debug",
-        Level::Info => "info",
-        Level::Warn => "warn",
-        Level::Error => "error",
-    }
 }

@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{Append, Broker, Delivery, Entry, StartFrom};
+use super::{parse_entry_id, Append, Broker, Delivery, Entry, StartFrom};
 
 /// The in-memory broker. Cheap to share: clone the `Arc`.
 pub struct MemoryBroker {
@@ -141,18 +141,8 @@ impl Stream {
     }
 }
 
-/// Parses `<ms>-<seq>` (or a bare `<ms>`) into a sortable pair.
-fn parse_id(id: &str) -> anyhow::Result<(u64, u64)> {
-    let bad = || anyhow!("{id:?} is not a stream entry id (expected <ms>-<seq>)");
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    Ok((
-        ms.parse().map_err(|_| bad())?,
-        seq.parse().map_err(|_| bad())?,
-    ))
-}
-
 fn seq_of(id: &str) -> anyhow::Result<u64> {
-    parse_id(id).map(|(_, seq)| seq)
+    parse_entry_id(id).map(|(_, seq)| seq)
 }
 
 #[async_trait]
@@ -355,9 +345,9 @@ impl Broker for MemoryBroker {
         to: Option<&str>,
         count: usize,
     ) -> anyhow::Result<Vec<Entry>> {
-        let from = from.map(parse_id).transpose()?.unwrap_or((0, 0));
+        let from = from.map(parse_entry_id).transpose()?.unwrap_or((0, 0));
         let to = to
-            .map(parse_id)
+            .map(parse_entry_id)
             .transpose()?
             .unwrap_or((u64::MAX, u64::MAX));
         let state = self.lock();

@@ -19,6 +19,16 @@ pub mod redis;
 /// `event` and holds the JSON envelope.
 pub type Field = (String, Vec<u8>);
 
+/// Parses an entry id `<ms>-<seq>` (or a bare `<ms>`) into a sortable pair.
+pub fn parse_entry_id(id: &str) -> anyhow::Result<(u64, u64)> {
+    let bad = || anyhow::anyhow!("{id:?} is not a stream entry id (expected <ms>-<seq>)");
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    Ok((
+        ms.parse().map_err(|_| bad())?,
+        seq.parse().map_err(|_| bad())?,
+    ))
+}
+
 /// The name of the field that carries an event envelope.
 pub const EVENT_FIELD: &str = "event";
 

@@ -19,7 +19,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, Client, Value};
 use tokio::sync::Mutex;
 
-use super::{Append, Broker, Delivery, Entry, Field, StartFrom};
+use super::{parse_entry_id, Append, Broker, Delivery, Entry, Field, StartFrom};
 
 /// How streams are trimmed on append.
 #[derive(Clone, Debug)]
@@ -308,7 +308,7 @@ impl Broker for RedisBroker {
             return Ok(Vec::new());
         }
         let mut ids: Vec<String> = claimed.iter().map(|e| e.id.clone()).collect();
-        ids.sort_by_key(|id| parse_id(id));
+        ids.sort_by_key(|id| parse_entry_id(id).unwrap_or_default());
         let counts = self.delivery_counts(stream, group, consumer, &ids).await?;
         Ok(claimed
             .into_iter()
@@ -440,11 +440,6 @@ fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
-}
-
-fn parse_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 fn array(v: Value) -> Vec<Value> {

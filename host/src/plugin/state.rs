@@ -146,12 +146,12 @@ impl host::Host for HostState {
         let mut routed = Vec::with_capacity(events.len());
         for new in events {
             let stream = self.routes.require(&new.name)?;
-            let mut event = Event::new(new.name, new.payload);
-            event
-                .meta
-                .correlation_id
-                .clone_from(&self.call.correlation_id);
-            event.meta.is_dry_run = self.call.is_dry_run;
+            let event = Event::inheriting(
+                &self.call.correlation_id,
+                self.call.is_dry_run,
+                new.name,
+                new.payload,
+            );
             routed.push((stream.to_string(), event));
         }
         self.call.emitted.extend(routed);
