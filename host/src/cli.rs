@@ -4,6 +4,8 @@
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -15,6 +17,7 @@ use crate::dead_letter::DeadLetterRecord;
 use crate::event::Event;
 use crate::input::InputEvent;
 use crate::plugin::{self, PluginEngine};
+use crate::reload::Reloader;
 use crate::runtime::{summary_table, Runtime};
 
 /// Runs sandboxed WebAssembly event handlers over pub/sub streams.
@@ -47,6 +50,22 @@ enum Command {
         /// Exit once every event is handled, printing a summary per plugin.
         #[arg(long)]
         exit_when_idle: bool,
+        /// Serve the admin API on this address (e.g. 127.0.0.1:9464; port 0
+        /// picks a free one), overriding the config's `[admin] listen`.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
+    /// Talks to a running host's admin API: list, reload or promote plugins,
+    /// reload its config.
+    Plugins {
+        /// The admin API's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        admin: String,
+        /// Environment variable holding the admin token, if one is set.
+        #[arg(long, default_value = "RUNNEL_ADMIN_TOKEN")]
+        token_env: String,
+        #[command(subcommand)]
+        command: PluginsCommand,
     },
     /// Checks that a component implements the handler world, and shows what
     /// it imports and exports.
@@ -98,6 +117,18 @@ enum Command {
         count: usize,
         plugin: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Shows each plugin's version, counters, reloads and last error.
+    List,
+    /// Reloads a plugin from its file now.
+    Reload { name: String },
+    /// Makes a shadow's version the live one.
+    Promote { name: String },
+    /// Re-reads the host's config file and applies plugin settings.
+    ReloadConfig,
 }
 
 #[derive(Subcommand)]
@@ -167,7 +198,31 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config,
             input,
             exit_when_idle,
-        } => run(config, input, exit_when_idle).await,
+            admin,
+        } => run(config, input, exit_when_idle, admin).await,
+        Command::Plugins {
+            admin,
+            token_env,
+            command,
+        } => {
+            let (method, path) = match &command {
+                PluginsCommand::List => ("GET", "/plugins".to_string()),
+                PluginsCommand::Reload { name } => ("POST", format!("/plugins/{name}/reload")),
+                PluginsCommand::Promote { name } => ("POST", format!("/plugins/{name}/promote")),
+                PluginsCommand::ReloadConfig => ("POST", "/config/reload".to_string()),
+            };
+            let token = std::env::var(&token_env).ok();
+            let url = format!("{}{path}", admin.trim_end_matches('/'));
+            let (ok, body) = tokio::task::spawn_blocking(move || call_admin(method, &url, token))
+                .await
+                .context("the admin client thread failed")??;
+            println!("{body}");
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Check { plugin } => check(plugin),
         Command::Bench(args) => {
             print!("{}", crate::bench::run(args).await?);
@@ -259,17 +314,63 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// One request to the admin API; returns whether it succeeded and the body.
+fn call_admin(method: &str, url: &str, token: Option<String>) -> anyhow::Result<(bool, String)> {
+    let mut request = ureq::request(method, url).timeout(std::time::Duration::from_secs(120));
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    let response = match request.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return Err(anyhow::anyhow!("{url}: {e}")),
+    };
+    let ok = response.status() < 300;
+    Ok((ok, response.into_string().context("reading the answer")?))
+}
+
 async fn run(
     config_path: PathBuf,
     input: Option<String>,
     exit_when_idle: bool,
+    admin_addr: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     install_signal_handlers(shutdown.clone())?;
     let config = Config::load(&config_path)?;
-    let runtime = Runtime::from_config(config).await?;
+    let deadline = Duration::from_millis(config.service.shutdown_deadline_ms);
+    let runtime = Arc::new(Runtime::from_config(config).await?);
     let mut tasks = runtime.start(&shutdown).await?;
     tracing::info!(plugins = runtime.plugins.len(), "consuming");
+    if let Some(reloader) = &runtime.reloader {
+        if runtime.config.service.watch_plugins {
+            reloader.clone().watch(shutdown.clone())?;
+        }
+        reload_config_on_sighup(reloader.clone(), config_path.clone())?;
+    }
+    let admin_config = runtime.config.admin.as_ref();
+    let listen = admin_addr
+        .map(|a| a.to_string())
+        .or_else(|| admin_config.map(|a| a.listen.clone()));
+    if let Some(listen) = listen {
+        let token = match admin_config.and_then(|a| a.token_env.as_ref()) {
+            Some(var) => Some(
+                std::env::var(var)
+                    .with_context(|| format!("admin.token_env names {var:?}, which is not set"))?,
+            ),
+            None => None,
+        };
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("admin API: binding {listen}"))?;
+        tracing::info!("admin API listening on http://{}", listener.local_addr()?);
+        let admin = Arc::new(crate::admin::Admin {
+            runtime: runtime.clone(),
+            token,
+            config_path: Some(config_path.clone()),
+        });
+        tokio::spawn(crate::admin::serve(listener, admin, shutdown.clone()));
+    }
 
     if let Some(input) = input {
         let text = if input == "-" {
@@ -283,18 +384,10 @@ async fn run(
         };
         let events = crate::input::parse(&text).with_context(|| input.clone())?;
         let count = events.len();
-        for (i, e) in events.into_iter().enumerate() {
-            let stream = match e.stream {
-                Some(s) => s,
-                None => runtime
-                    .config
-                    .routes
-                    .require(&e.event.name)
-                    .map_err(|m| anyhow::anyhow!("{input}: event {}: {m}", i + 1))?
-                    .to_string(),
-            };
-            runtime.publisher.publish(&[(stream, e.event)]).await?;
-        }
+        runtime
+            .inject(events)
+            .await
+            .with_context(|| input.clone())?;
         tracing::info!("injected {count} events from {input}");
     }
     // Until asked to stop (or idle, if asked to exit then), watch the
@@ -326,8 +419,22 @@ async fn run(
         }
     }
     shutdown.cancel();
-    while let Some(done) = tasks.join_next().await {
-        done??;
+    let drain = async {
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        anyhow::Ok(())
+    };
+    tokio::pin!(drain);
+    match tokio::time::timeout(deadline, &mut drain).await {
+        Ok(drained) => drained?,
+        Err(_) => {
+            tracing::warn!(
+                "shutdown deadline of {deadline:?} passed: leaving unfinished events pending"
+            );
+            runtime.abandon.cancel();
+            drain.await?;
+        }
     }
     print!("{}", summary_table(&runtime.summary()));
     if exit_when_idle {
@@ -386,6 +493,23 @@ fn install_signal_handlers(shutdown: CancellationToken) -> anyhow::Result<()> {
             } else {
                 tracing::warn!("second signal: exiting without draining");
                 std::process::exit(130);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// SIGHUP re-reads the config and applies what can change while running.
+fn reload_config_on_sighup(reloader: Arc<Reloader>, path: PathBuf) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match Config::load(&path) {
+                Ok(config) => {
+                    reloader.apply(&config).await;
+                }
+                Err(e) => tracing::error!("config reload refused, nothing changed: {e}"),
             }
         }
     });

@@ -31,8 +31,51 @@ pub struct Config {
     /// undecoded rather than parsed and copied into a plugin.
     #[serde(default = "default_max_payload_bytes")]
     pub max_payload_bytes: usize,
+    #[serde(default)]
+    pub service: ServiceConfig,
+    /// The admin HTTP API; off unless this section is present.
+    pub admin: Option<AdminConfig>,
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<PluginConfig>,
+}
+
+/// How `runnel run` behaves as a long-lived service.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// After SIGTERM/SIGINT, how long in-flight events may take to finish
+    /// and be acked before the process exits anyway (what is unfinished
+    /// stays pending for another consumer).
+    pub shutdown_deadline_ms: u64,
+    /// Reload a plugin when its file changes.
+    pub watch_plugins: bool,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            shutdown_deadline_ms: 30_000,
+            watch_plugins: true,
+        }
+    }
+}
+
+/// Where the admin API listens and who may call it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Loopback by default: the API can reload code, so exposing it is a
+    /// decision, not an accident.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// Environment variable holding a bearer token every request must carry
+    /// (`Authorization: Bearer ...`). Kept out of the file so that configs
+    /// can be committed.
+    pub token_env: Option<String>,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9464".into()
 }
 
 fn default_dead_letter() -> String {
@@ -147,8 +190,13 @@ pub struct PluginConfig {
     pub name: String,
     /// The component file; relative paths are relative to the config file.
     pub path: PathBuf,
-    /// Streams to consume.
+    /// Streams to consume (none for a shadow).
+    #[serde(default)]
     pub streams: Vec<String>,
+    /// Makes this plugin a shadow of the named one: it gets a dry-run copy
+    /// of each of that plugin's events, and its output is compared, never
+    /// published.
+    pub shadow_of: Option<String>,
     /// Event names to handle (`*` suffix matches a prefix); empty means all.
     /// Other events on the streams are acknowledged without a call.
     #[serde(default)]
@@ -202,7 +250,7 @@ fn default_memory_mb() -> u32 {
 
 /// Exponential backoff between attempts: `initial_ms * multiplier^(n-1)`,
 /// capped at `max_ms`.
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Backoff {
     pub initial_ms: u64,
@@ -232,7 +280,7 @@ impl Backoff {
 }
 
 /// What a plugin may reach beyond the `host` interface. Nothing by default.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Grants {
     /// The plugin's stdout and stderr go to the host's.
@@ -246,7 +294,7 @@ pub struct Grants {
 }
 
 /// A host directory made visible to a plugin.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DirGrant {
     pub host: PathBuf,
@@ -255,7 +303,48 @@ pub struct DirGrant {
     pub writable: bool,
 }
 
-impl PluginConfig {}
+impl PluginConfig {
+    /// The settings a reload can change in a running host: the file and how
+    /// its instances run. The rest shapes the subscription and needs a
+    /// restart.
+    pub fn reloadable_differs(&self, other: &PluginConfig) -> bool {
+        (
+            &self.path,
+            self.reuse_instance,
+            self.timeout_ms,
+            self.memory_mb,
+            &self.grants,
+        ) != (
+            &other.path,
+            other.reuse_instance,
+            other.timeout_ms,
+            other.memory_mb,
+            &other.grants,
+        )
+    }
+
+    /// Names the settings that differ and that only a restart applies.
+    pub fn restart_only_differences(&self, other: &PluginConfig) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut check = |name, differs: bool| {
+            if differs {
+                out.push(name)
+            }
+        };
+        check("streams", self.streams != other.streams);
+        check("events", self.events != other.events);
+        check("group", self.group != other.group);
+        check("shadow_of", self.shadow_of != other.shadow_of);
+        check("concurrency", self.concurrency != other.concurrency);
+        check("max_attempts", self.max_attempts != other.max_attempts);
+        check("backoff", self.backoff != other.backoff);
+        check(
+            "dedup_window_ms",
+            self.dedup_window_ms != other.dedup_window_ms,
+        );
+        out
+    }
+}
 
 /// A configuration error: the file, the key and the reason.
 #[derive(Debug)]
@@ -357,6 +446,20 @@ impl Config {
         if self.max_payload_bytes == 0 {
             return Err(("max_payload_bytes".into(), "must be at least 1".into()));
         }
+        if self.service.shutdown_deadline_ms == 0 {
+            return Err((
+                "service.shutdown_deadline_ms".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if let Some(admin) = &self.admin {
+            if admin.listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err((
+                    "admin.listen".into(),
+                    format!("{:?} is not an address like 127.0.0.1:9464", admin.listen),
+                ));
+            }
+        }
         if self.engine.max_instances == 0 {
             return Err(("engine.max_instances".into(), "must be at least 1".into()));
         }
@@ -400,8 +503,29 @@ impl Config {
             if !names.insert(p.name.clone()) {
                 return Err((key("name"), "another plugin has this name".into()));
             }
-            if p.streams.is_empty() {
-                return Err((key("streams"), "name at least one stream".into()));
+            match &p.shadow_of {
+                None if p.streams.is_empty() => {
+                    return Err((key("streams"), "name at least one stream".into()));
+                }
+                None => {}
+                Some(_) if !p.streams.is_empty() => {
+                    return Err((
+                        key("streams"),
+                        "a shadow reads its live plugin's events, not streams of its own".into(),
+                    ));
+                }
+                Some(live) => {
+                    let target = self.plugins.iter().find(|q| &q.name == live);
+                    match target {
+                        None => {
+                            return Err((key("shadow_of"), format!("no plugin is named {live:?}")))
+                        }
+                        Some(t) if t.shadow_of.is_some() => {
+                            return Err((key("shadow_of"), format!("{live:?} is a shadow itself")))
+                        }
+                        Some(_) => {}
+                    }
+                }
             }
             at_least_one("concurrency", p.concurrency.into())?;
             at_least_one("max_attempts", p.max_attempts.into())?;

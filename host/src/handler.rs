@@ -130,4 +130,10 @@ pub trait Handler: Send + Sync + 'static {
     /// Returns what it logged. An `Err` means the error handler itself failed
     /// (trapped): it is logged and counted, and delivery goes on.
     async fn handle_error(&self, failure: &Failure, event: Option<&Event>) -> ErrorHandled;
+
+    /// Instances kept alive for this handler (warm or running), for metrics;
+    /// native handlers have none.
+    fn instances_alive(&self) -> usize {
+        0
+    }
 }

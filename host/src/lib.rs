@@ -22,7 +22,16 @@
 //! - [`runtime`] wires a config into running subscribers.
 //! - [`stats`] counts outcomes per plugin.
 //! - [`cli`] is the `runnel` command; [`bench`] is `runnel bench`.
+//!
+//! Running as a service:
+//!
+//! - [`live`] is a plugin slot whose version can be swapped under load;
+//!   [`reload`] compiles, vets and installs new versions (file watcher,
+//!   admin API, config reload); [`shadow`] runs a candidate beside the live
+//!   version on dry-run copies and compares.
+//! - [`admin`] is the HTTP API; [`metrics`] renders Prometheus text.
 
+pub mod admin;
 pub mod bench;
 pub mod broker;
 pub mod cli;
@@ -31,10 +40,14 @@ pub mod dead_letter;
 pub mod event;
 pub mod handler;
 pub mod input;
+pub mod live;
+pub mod metrics;
 pub mod plugin;
 pub mod publisher;
+pub mod reload;
 pub mod routes;
 pub mod runtime;
+pub mod shadow;
 pub mod stats;
 pub mod subscriber;
 pub mod tools;

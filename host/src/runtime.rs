@@ -13,22 +13,48 @@ use crate::broker::redis::{RedisBroker, Trimming};
 use crate::broker::Broker;
 use crate::config::{Backend, Config, PluginConfig};
 use crate::handler::Handler;
+use crate::input::InputEvent;
+use crate::live::{LivePlugin, Version};
 use crate::plugin::{PluginEngine, PluginSettings, WasmPlugin};
 use crate::publisher::Publisher;
+use crate::reload::Reloader;
 use crate::routes::Routes;
+use crate::shadow::Shadow;
 use crate::stats::{Snapshot, Stats};
 use crate::subscriber::{Subscriber, Subscription};
 
 /// Entries read at once per subscriber on the in-memory backend.
 const READ_COUNT: usize = 64;
 /// How long an idle in-memory read waits before the subscriber looks around.
-const READ_BLOCK: Duration = Duration::from_secs(1);
+const READ_BLOCK: Duration = Duration::from_millis(250);
 
 /// A plugin as the runtime runs it.
 pub struct RunningPlugin {
     pub config: PluginConfig,
+    /// The plugin's slot: current version, reloads, shadow.
+    pub live: Arc<LivePlugin>,
+    /// What the subscriber calls: the slot itself, unless an embedder or a
+    /// test wraps it.
     pub handler: Arc<dyn Handler>,
     pub stats: Arc<Stats>,
+}
+
+impl RunningPlugin {
+    /// A plugin backed by any handler (native code, a preloaded plugin).
+    pub fn new(config: PluginConfig, handler: Arc<dyn Handler>, version: &str) -> RunningPlugin {
+        let live = LivePlugin::new(config.name.clone(), Version::new(handler, version));
+        RunningPlugin {
+            config,
+            handler: live.clone(),
+            live,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Whether this plugin only shadows another (it has no subscriber).
+    pub fn is_shadow(&self) -> bool {
+        self.config.shadow_of.is_some()
+    }
 }
 
 /// Everything a running host is made of.
@@ -37,8 +63,11 @@ pub struct Runtime {
     pub broker: Arc<dyn Broker>,
     pub publisher: Publisher,
     pub plugins: Vec<RunningPlugin>,
+    /// Present when the plugins are WebAssembly files that can be reloaded.
+    pub reloader: Option<Arc<Reloader>>,
+    /// Cancelled to give up on in-flight events at the shutdown deadline.
+    pub abandon: CancellationToken,
     consumer: String,
-    _engine: Option<Arc<PluginEngine>>,
 }
 
 impl Runtime {
@@ -53,15 +82,16 @@ impl Runtime {
             let plugin = WasmPlugin::load(&engine, &p.name, &p.path, settings(p), routes.clone())
                 .with_context(|| format!("plugin {:?}", p.name))?;
             tracing::info!(plugin = %p.name, sha256 = %&plugin.sha256()[..12], "loaded");
-            plugins.push(RunningPlugin {
-                config: p.clone(),
-                handler: Arc::new(plugin),
-                stats: Arc::default(),
-            });
+            let sha256 = plugin.sha256().to_string();
+            plugins.push(RunningPlugin::new(p.clone(), Arc::new(plugin), &sha256));
         }
-        let mut runtime = Runtime::with_handlers(config, broker, routes, Vec::new());
-        runtime.plugins = plugins;
-        runtime._engine = Some(engine);
+        let reloader = Reloader::new(
+            engine,
+            routes.clone(),
+            plugins.iter().map(|p| (p.config.clone(), p.live.clone())),
+        );
+        let mut runtime = Runtime::with_handlers(config, broker, routes, plugins);
+        runtime.reloader = Some(Arc::new(reloader));
         Ok(runtime)
     }
 
@@ -73,6 +103,15 @@ impl Runtime {
         routes: Arc<Routes>,
         plugins: Vec<RunningPlugin>,
     ) -> Runtime {
+        for shadow in plugins.iter().filter(|p| p.is_shadow()) {
+            let live_name = shadow.config.shadow_of.as_deref();
+            if let Some(live) = plugins
+                .iter()
+                .find(|p| Some(p.config.name.as_str()) == live_name)
+            {
+                live.live.set_shadow(Some(Shadow::new(shadow.live.clone())));
+            }
+        }
         Runtime {
             publisher: Publisher::new(broker.clone(), routes),
             broker,
@@ -82,7 +121,8 @@ impl Runtime {
                 Backend::Memory { .. } => consumer_name(),
             },
             config,
-            _engine: None,
+            reloader: None,
+            abandon: CancellationToken::new(),
         }
     }
 
@@ -94,7 +134,7 @@ impl Runtime {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<JoinSet<anyhow::Result<()>>> {
         let mut tasks = JoinSet::new();
-        for p in &self.plugins {
+        for p in self.plugins.iter().filter(|p| !p.is_shadow()) {
             for stream in &p.config.streams {
                 let group = self.config.group_of(&p.config);
                 self.broker
@@ -107,7 +147,8 @@ impl Runtime {
                 self.publisher.clone(),
                 self.subscription(&p.config),
                 p.stats.clone(),
-            );
+            )
+            .abandon_on(self.abandon.clone());
             tasks.spawn(subscriber.consume(p.handler.clone(), shutdown.clone()));
         }
         Ok(tasks)
@@ -146,6 +187,26 @@ impl Runtime {
             // Base64 grows a payload by 4/3; the rest of the envelope is small.
             max_envelope_bytes: self.config.max_payload_bytes / 3 * 4 + 64 * 1024,
         }
+    }
+
+    /// Publishes injected events (`--input`, `POST /events`) in one batch,
+    /// each to its own stream or else its name's route. Fails before
+    /// publishing anything if one has neither.
+    pub async fn inject(&self, events: Vec<InputEvent>) -> anyhow::Result<()> {
+        let mut routed = Vec::with_capacity(events.len());
+        for (i, e) in events.into_iter().enumerate() {
+            let stream = match e.stream {
+                Some(s) => s,
+                None => self
+                    .config
+                    .routes
+                    .require(&e.event.name)
+                    .map_err(|m| anyhow::anyhow!("event {}: {m}", i + 1))?
+                    .to_string(),
+            };
+            routed.push((stream, e.event));
+        }
+        self.publisher.publish(&routed).await
     }
 
     /// Whether every plugin has finished every entry of its streams.

@@ -1,10 +1,14 @@
-//! Counters per plugin: what the summary table and, later, metrics report.
+//! Counters per plugin: what the summary table and the metrics report.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+
 /// Monotonic counters, updated lock-free from every delivery task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
+    /// Seconds per call to `handle`: 10 µs to about 10 s in ×4 steps.
+    pub latency: Histogram,
     /// Events handled successfully.
     pub handled: AtomicU64,
     /// Failed attempts that were scheduled for another try.
@@ -34,6 +38,22 @@ pub struct Snapshot {
     pub deduplicated: u64,
     pub traps: u64,
     pub error_handler_failures: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            latency: Histogram::new(exponential_buckets(1e-5, 4.0, 11)),
+            handled: AtomicU64::default(),
+            retried: AtomicU64::default(),
+            failed: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            skipped: AtomicU64::default(),
+            deduplicated: AtomicU64::default(),
+            traps: AtomicU64::default(),
+            error_handler_failures: AtomicU64::default(),
+        }
+    }
 }
 
 impl Stats {

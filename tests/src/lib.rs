@@ -212,12 +212,23 @@ pub struct Process {
 impl Process {
     /// Starts `runnel run --config <config>` with the given log filter.
     pub fn run(bin: &std::path::Path, config: &std::path::Path, log: &str) -> Process {
+        Process::run_with(bin, config, log, &[])
+    }
+
+    /// Like [`Process::run`], with environment variables set.
+    pub fn run_with(
+        bin: &std::path::Path,
+        config: &std::path::Path,
+        log: &str,
+        env: &[(&str, &str)],
+    ) -> Process {
         use std::io::BufRead;
         let mut child = std::process::Command::new(bin)
             .arg("run")
             .arg("--config")
             .arg(config)
             .env("RUNNEL_LOG", log)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -241,17 +252,18 @@ impl Process {
         }
     }
 
-    /// Waits for a stderr line containing `needle`; panics after `limit`.
-    pub fn wait_for(&mut self, needle: &str, limit: Duration) {
+    /// Waits for a stderr line containing `needle` and returns it; panics
+    /// after `limit`.
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
         let deadline = std::time::Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     let found = line.contains(needle);
-                    self.seen.push(line);
+                    self.seen.push(line.clone());
                     if found {
-                        return;
+                        return line;
                     }
                 }
                 Err(_) => panic!(
@@ -288,6 +300,11 @@ impl Process {
             .read_to_string(&mut stdout)
             .unwrap();
         let status = self.child.wait().unwrap();
+        if !status.success() {
+            // What it said before dying explains the failure.
+            self.seen.extend(self.lines.try_iter());
+            eprintln!("{status}; its stderr:\n{}", self.seen.join("\n"));
+        }
         (status.success(), stdout)
     }
 }

@@ -142,4 +142,14 @@ pub trait Broker: Send + Sync + 'static {
     /// Entries of `stream` that `group` has not finished: not yet delivered
     /// plus delivered but unacknowledged.
     async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64>;
+
+    /// Whether the backend answers now, for readiness checks.
+    async fn ping(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Times a lost connection was made again, for health and metrics.
+    fn reconnects(&self) -> u64 {
+        0
+    }
 }

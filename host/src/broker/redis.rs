@@ -87,11 +87,6 @@ impl RedisBroker {
         &self.address
     }
 
-    /// How many times a blocking reader had to reconnect.
-    pub fn reconnects(&self) -> u64 {
-        self.reconnects.load(Relaxed)
-    }
-
     /// A fresh connection to run commands on, for tools and tests.
     pub fn commands(&self) -> ConnectionManager {
         self.commands.clone()
@@ -399,6 +394,17 @@ impl Broker for RedisBroker {
             .await
             .with_context(|| format!("XDEL {stream} on redis at {}", self.address))?;
         Ok(())
+    }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        redis::cmd("PING")
+            .query_async::<()>(&mut self.commands.clone())
+            .await
+            .with_context(|| format!("PING redis at {}", self.address))
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.reconnects.load(Relaxed)
     }
 
     async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64> {

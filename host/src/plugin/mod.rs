@@ -109,9 +109,16 @@ impl WasmPlugin {
         &self.sha256
     }
 
-    /// Instances alive now, warm or running.
-    pub fn instances_alive(&self) -> usize {
-        self.alive.load(Relaxed)
+    /// Instantiates one instance and keeps it warm: runs the component's
+    /// initialisers once, so that a version that cannot even start is found
+    /// before it serves, and its first event does not pay for instantiation.
+    pub async fn warm_up(&self) -> anyhow::Result<()> {
+        let warm = self.take_instance().await?;
+        self.warm
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(warm);
+        Ok(())
     }
 
     fn new_store(&self) -> anyhow::Result<Store<HostState>> {
@@ -247,6 +254,10 @@ impl Handler for WasmPlugin {
             }
             Err(trap) => Err(format!("handle-error {}", describe_trap(&trap))),
         }
+    }
+
+    fn instances_alive(&self) -> usize {
+        self.alive.load(Relaxed)
     }
 }
 

@@ -57,7 +57,13 @@ impl Shared {
                 Stats::bump(&stats.failed);
                 self.report(&failure, None).await;
                 return self
-                    .dead_letter(delivery, FailureKind::Decode, &reason, delivery.deliveries)
+                    .dead_letter(
+                        delivery,
+                        None,
+                        FailureKind::Decode,
+                        &reason,
+                        delivery.deliveries,
+                    )
                     .await;
             }
         };
@@ -103,7 +109,13 @@ impl Shared {
             Stats::bump(&stats.failed);
             self.report(&failure, Some(&event)).await;
             return self
-                .dead_letter(delivery, FailureKind::HandlerError, &reason, attempts)
+                .dead_letter(
+                    delivery,
+                    Some(&event),
+                    FailureKind::HandlerError,
+                    &reason,
+                    attempts,
+                )
                 .await;
         }
 
@@ -112,7 +124,10 @@ impl Shared {
             event.meta.attempts = attempts;
             let handled = {
                 let _call = self.calls.acquire().await.expect("never closed");
-                self.handler.handle(&event).await
+                let started = std::time::Instant::now();
+                let handled = self.handler.handle(&event).await;
+                stats.latency.observe(started.elapsed().as_secs_f64());
+                handled
             };
             let (kind, message) = match handled.verdict.failure_kind() {
                 None => {
@@ -121,7 +136,7 @@ impl Shared {
                     }
                     if let (Some(key), Some(window)) = (&dedup_key, self.sub.dedup_window) {
                         if let Err(e) = self.broker.mark(key, window).await {
-                            tracing::warn!(plugin = %self.sub.plugin, event_id = %event.id, "recording the event as handled failed: {e:#}");
+                            tracing::warn!(plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id, "recording the event as handled failed: {e:#}");
                         }
                     }
                     Stats::bump(&stats.handled);
@@ -148,7 +163,9 @@ impl Shared {
             };
             self.report(&failure, last.then_some(&event)).await;
             if last {
-                return self.dead_letter(delivery, kind, &message, attempts).await;
+                return self
+                    .dead_letter(delivery, Some(&event), kind, &message, attempts)
+                    .await;
             }
             Stats::bump(&stats.retried);
             tokio::select! {
@@ -163,7 +180,7 @@ impl Shared {
         if let Err(e) = self.handler.handle_error(failure, event).await {
             Stats::bump(&self.stats.error_handler_failures);
             Stats::bump(&self.stats.traps);
-            tracing::warn!(plugin = %self.sub.plugin, "handle-error failed: {e}");
+            tracing::warn!(plugin = %self.sub.plugin, event_id = %failure.event_id, correlation_id = %failure.correlation_id, "handle-error failed: {e}");
         }
     }
 
@@ -188,6 +205,7 @@ impl Shared {
     async fn dead_letter(
         &self,
         delivery: &Delivery,
+        event: Option<&Event>,
         kind: FailureKind,
         reason: &str,
         attempts: u32,
@@ -219,7 +237,10 @@ impl Shared {
             }
         }
         Stats::bump(&self.stats.dead_lettered);
-        tracing::info!(plugin = %self.sub.plugin, stream = %delivery.stream, entry = %delivery.entry.id, attempts, kind = kind.as_str(), "dead-lettered: {reason}");
+        let (event_id, correlation_id) = event.map_or(("", ""), |e| {
+            (e.id.as_str(), e.meta.correlation_id.as_str())
+        });
+        tracing::info!(plugin = %self.sub.plugin, stream = %delivery.stream, entry = %delivery.entry.id, event_id, correlation_id, attempts, kind = kind.as_str(), "dead-lettered: {reason}");
         true
     }
 }

@@ -80,6 +80,7 @@ pub struct Subscriber {
     publisher: Publisher,
     sub: Subscription,
     stats: Arc<Stats>,
+    abandon: CancellationToken,
 }
 
 /// Where an entry lives, for acks and keep-alives.
@@ -110,7 +111,16 @@ impl Subscriber {
             publisher,
             sub,
             stats,
+            abandon: CancellationToken::new(),
         }
+    }
+
+    /// Once `abandon` is cancelled while draining, calls still running are
+    /// dropped: their entries stay pending for another consumer, and the
+    /// acks of everything finished are still flushed.
+    pub fn abandon_on(mut self, abandon: CancellationToken) -> Self {
+        self.abandon = abandon;
+        self
     }
 
     /// Consumes until `shutdown` is cancelled, then stops reading, lets
@@ -121,6 +131,7 @@ impl Subscriber {
         handler: Arc<dyn Handler>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
+        let abandon = self.abandon;
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let acker = tokio::spawn(acks::ack_loop(
             self.broker.clone(),
@@ -163,6 +174,9 @@ impl Subscriber {
         });
 
         loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
             while let Some(done) = tasks.try_join_next() {
                 if let Err(e) = done {
                     tracing::error!(plugin = %shared.sub.plugin, "delivery task failed: {e}");
@@ -194,10 +208,11 @@ impl Subscriber {
                     room.num_permits(),
                     shared.sub.block.min(maintenance_every),
                 );
-                let result = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    r = read => r,
-                };
+                // Never dropped half-way, even at shutdown: Redis assigns
+                // entries to this consumer as it answers, so a dropped answer
+                // would strand them as pending until another consumer
+                // reclaims them. A read ends within its BLOCK time.
+                let result = read.await;
                 match result {
                     Ok(d) => {
                         if read_failures > 0 {
@@ -230,9 +245,21 @@ impl Subscriber {
             }
         }
 
-        while let Some(done) = tasks.join_next().await {
-            if let Err(e) = done {
-                tracing::error!(plugin = %shared.sub.plugin, "delivery task failed: {e}");
+        let mut abandoned = false;
+        loop {
+            tokio::select! {
+                done = tasks.join_next() => match done {
+                    None => break,
+                    Some(Err(e)) if !e.is_cancelled() => {
+                        tracing::error!(plugin = %shared.sub.plugin, "delivery task failed: {e}");
+                    }
+                    Some(_) => {}
+                },
+                _ = abandon.cancelled(), if !abandoned => {
+                    abandoned = true;
+                    tracing::warn!(plugin = %shared.sub.plugin, "shutdown deadline: {} unfinished events stay pending", tasks.len());
+                    tasks.abort_all();
+                }
             }
         }
         drained.cancel();

@@ -22,6 +22,8 @@ use crate::routes::Routes;
 use crate::stats::Stats;
 use crate::subscriber::{Subscriber, Subscription};
 
+mod swap;
+
 /// Options of `runnel bench`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
@@ -47,6 +49,10 @@ pub struct BenchArgs {
     /// Skip the in-memory cases (with --redis).
     #[arg(long, requires = "redis")]
     pub redis_only: bool,
+    /// Plugin versions to hot-swap under load when measuring the swap pause
+    /// (0: skip that measurement).
+    #[arg(long, default_value_t = 10)]
+    pub swaps: usize,
 }
 
 /// The baseline: the same no-op, compiled into the host.
@@ -74,10 +80,10 @@ type Case = (String, Arc<dyn Handler>);
 
 /// Runs every case and returns the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
-    let engine = PluginEngine::new(&EngineConfig {
+    let engine = Arc::new(PluginEngine::new(&EngineConfig {
         max_instances: 64,
         ..EngineConfig::default()
-    })?;
+    })?);
     let wasm = |reuse: u32| -> anyhow::Result<Arc<dyn Handler>> {
         let settings = PluginSettings {
             reuse_instance: reuse,
@@ -155,6 +161,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             rss_before / 1024,
             rss_kib() / 1024
         ));
+    }
+    if args.swaps > 0 && !args.redis_only {
+        out.push_str(&swap::pause_report(engine.clone(), &args).await?);
     }
     Ok(out)
 }

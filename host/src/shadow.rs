@@ -1,0 +1,177 @@
+//! Shadow runs: try a new version of a plugin on live traffic with nothing
+//! at risk.
+//!
+//! After each live call, the shadow gets a copy of the event marked
+//! `is_dry_run`. What it emits is compared with what the live version
+//! emitted and then dropped: a shadow never publishes, never acks, never
+//! delays the live path (its calls run beside it, and when it falls behind
+//! events are skipped and counted rather than queued without bound).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+
+use crate::event::Event;
+use crate::handler::{Handled, Handler, Verdict};
+use crate::live::LivePlugin;
+
+/// Shadow calls running at once per live plugin; beyond, events are skipped.
+const MAX_SHADOW_CALLS: usize = 64;
+
+/// A shadow plugin attached to a live one.
+pub struct Shadow {
+    pub plugin: Arc<LivePlugin>,
+    pub stats: Arc<ShadowStats>,
+    calls: Arc<Semaphore>,
+}
+
+/// How a shadow compares with the live version.
+#[derive(Debug, Default)]
+pub struct ShadowStats {
+    /// Events where both gave the same verdict and emitted the same events.
+    pub agreed: AtomicU64,
+    pub disagreed: AtomicU64,
+    /// Events not shadowed because the shadow was still busy.
+    pub skipped: AtomicU64,
+    /// The latest difference, in words.
+    pub last_difference: Mutex<Option<String>>,
+}
+
+impl ShadowStats {
+    pub fn last_difference(&self) -> Option<String> {
+        self.last_difference
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Shadow {
+    pub fn new(plugin: Arc<LivePlugin>) -> Arc<Shadow> {
+        Arc::new(Shadow {
+            plugin,
+            stats: Arc::default(),
+            calls: Arc::new(Semaphore::new(MAX_SHADOW_CALLS)),
+        })
+    }
+
+    /// Runs the shadow on a dry-run copy of `event` in the background and
+    /// records whether it agrees with the live result.
+    pub fn follow(&self, event: &Event, live: &Handled) {
+        let Ok(permit) = self.calls.clone().try_acquire_owned() else {
+            self.stats.skipped.fetch_add(1, Relaxed);
+            return;
+        };
+        let mut dry = event.clone();
+        dry.meta.is_dry_run = true;
+        let live = Outcome::of(live);
+        let (plugin, stats) = (self.plugin.clone(), self.stats.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let shadow = Outcome::of(&plugin.handle(&dry).await);
+            match live.difference(&shadow) {
+                None => {
+                    stats.agreed.fetch_add(1, Relaxed);
+                }
+                Some(difference) => {
+                    stats.disagreed.fetch_add(1, Relaxed);
+                    tracing::info!(shadow = %plugin.name(), event_id = %dry.id, correlation_id = %dry.meta.correlation_id, "shadow disagrees: {difference}");
+                    *stats
+                        .last_difference
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) =
+                        Some(format!("event {}: {difference}", dry.id));
+                }
+            }
+        });
+    }
+}
+
+/// What a call did, reduced to what two versions should agree on: the kind
+/// of verdict and the emitted events' streams, names and payloads (ids and
+/// times are fresh on every call, so they never match).
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    verdict: &'static str,
+    emitted: Vec<(String, String, Vec<u8>)>,
+}
+
+impl Outcome {
+    fn of(handled: &Handled) -> Outcome {
+        Outcome {
+            verdict: match handled.verdict {
+                Verdict::Done => "done",
+                Verdict::Retry(_) => "retry",
+                Verdict::Reject(_) => "reject",
+                Verdict::Trap(_) => "trap",
+                Verdict::Timeout(_) => "timeout",
+            },
+            emitted: handled
+                .emitted
+                .iter()
+                .map(|(stream, e)| (stream.clone(), e.name.clone(), e.payload.clone()))
+                .collect(),
+        }
+    }
+
+    fn difference(&self, shadow: &Outcome) -> Option<String> {
+        if self == shadow {
+            return None;
+        }
+        Some(format!(
+            "live: {}, shadow: {}",
+            self.describe(),
+            shadow.describe()
+        ))
+    }
+
+    fn describe(&self) -> String {
+        let emitted: Vec<String> = self
+            .emitted
+            .iter()
+            .map(|(stream, name, payload)| {
+                let text = String::from_utf8_lossy(payload);
+                let cut: String = text.chars().take(120).collect();
+                format!("{name}→{stream} {cut}")
+            })
+            .collect();
+        format!("{} emitting [{}]", self.verdict, emitted.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handled(verdict: Verdict, payloads: &[&str]) -> Handled {
+        Handled {
+            verdict,
+            emitted: payloads
+                .iter()
+                .map(|p| ("out".to_string(), Event::new("x", p.as_bytes().to_vec())))
+                .collect(),
+            logs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn fresh_ids_and_times_do_not_count_as_a_difference() {
+        let a = Outcome::of(&handled(Verdict::Done, &["1", "2"]));
+        let b = Outcome::of(&handled(Verdict::Done, &["1", "2"]));
+        assert_eq!(a.difference(&b), None);
+    }
+
+    #[test]
+    fn a_different_payload_or_verdict_is_a_difference_named_in_words() {
+        let live = Outcome::of(&handled(Verdict::Done, &["1"]));
+        let other_payload = Outcome::of(&handled(Verdict::Done, &["2"]));
+        let retry = Outcome::of(&handled(Verdict::Retry("later".into()), &[]));
+        let text = live.difference(&other_payload).unwrap();
+        assert!(
+            text.contains("x→out 1") && text.contains("x→out 2"),
+            "{text}"
+        );
+        assert!(live.difference(&retry).unwrap().contains("shadow: retry"));
+    }
+}
