@@ -96,7 +96,16 @@ async fn ready(State(admin): State<Arc<Admin>>) -> Response {
         Ok(Err(e)) => Err(format!("{e:#}")),
         Err(_) => Err("backend did not answer within 2s".to_string()),
     };
+    // A tripped plugin is reported, not a reason to be restarted: its own
+    // dependency is what fails, and other plugins keep serving.
+    let tripped: Vec<&str> = runtime
+        .plugins
+        .iter()
+        .filter(|p| p.breaker.position() != crate::subscriber::breaker::Position::Closed)
+        .map(|p| p.config.name.as_str())
+        .collect();
     let body = json!({
+        "tripped": tripped,
         "backend": backend.as_ref().map_or_else(|e| e.as_str(), |_| "up"),
         "backend_reconnects": runtime.broker.reconnects(),
         "plugins": runtime.plugins.len(),
@@ -167,6 +176,8 @@ fn describe(p: &RunningPlugin) -> Value {
             "traps": s.traps,
         },
         "instances_alive": p.live.instances_alive(),
+        "breaker": p.breaker.position().as_str(),
+        "breaker_trips": p.breaker.trips.load(std::sync::atomic::Ordering::Relaxed),
         "reloads": status.reloads,
         "reloads_refused": status.refused,
         "last_reload_at": status.last_reload_at.map(rfc3339),

@@ -70,6 +70,26 @@ enum Command {
     /// Checks that a component implements the handler world, and shows what
     /// it imports and exports.
     Check { plugin: PathBuf },
+    /// Runs a plugin over events from a file, in process (no backend), and
+    /// prints each attempt's verdict, logs and emitted events.
+    Test {
+        plugin: PathBuf,
+        /// NDJSON events, as `run --input` reads them.
+        #[arg(long)]
+        events: PathBuf,
+        /// Compare the report with this file; exit 1 on a difference.
+        /// (Write it first with `runnel test ... > FILE`.)
+        #[arg(long)]
+        expect: Option<PathBuf>,
+        /// Attempts per event; failures are retried at once.
+        #[arg(long, default_value_t = 1)]
+        max_attempts: u32,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Let the plugin's stdout/stderr through to the log.
+        #[arg(long)]
+        grant_stdio: bool,
+    },
     /// Measures events/s through the dispatcher: native Rust, wasm with warm
     /// instances, wasm with a fresh instance per event.
     Bench(crate::bench::BenchArgs),
@@ -224,6 +244,43 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Check { plugin } => check(plugin),
+        Command::Test {
+            plugin,
+            events,
+            expect,
+            max_attempts,
+            timeout_ms,
+            grant_stdio,
+        } => {
+            let text = std::fs::read_to_string(&events)
+                .with_context(|| format!("{}: cannot read", events.display()))?;
+            let events_parsed =
+                crate::input::parse(&text).with_context(|| events.display().to_string())?;
+            let options = crate::harness::HarnessOptions {
+                max_attempts,
+                timeout: Duration::from_millis(timeout_ms),
+                grants: crate::config::Grants {
+                    stdio: grant_stdio,
+                    ..Default::default()
+                },
+            };
+            let report = crate::harness::run(&plugin, events_parsed, &options).await?;
+            print!("{report}");
+            match expect {
+                None => Ok(ExitCode::SUCCESS),
+                Some(path) => {
+                    let expected = std::fs::read_to_string(&path)
+                        .with_context(|| format!("{}: cannot read", path.display()))?;
+                    match crate::harness::difference(&report, &expected) {
+                        None => Ok(ExitCode::SUCCESS),
+                        Some(d) => {
+                            eprintln!("differs from {}: {d}", path.display());
+                            Ok(ExitCode::FAILURE)
+                        }
+                    }
+                }
+            }
+        }
         Command::Bench(args) => {
             print!("{}", crate::bench::run(args).await?);
             Ok(ExitCode::SUCCESS)
@@ -525,5 +582,12 @@ fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     println!("{}: ok, implements runnel:plugin/handler", path.display());
     println!("  exports: {}", interface.exports.join(", "));
     println!("  imports: {}", interface.imports.join(", "));
+    let closed = plugin::ungranted(&interface.imports, &Default::default());
+    if !closed.is_empty() {
+        println!("  capabilities denied unless granted in its [[plugin]] section:");
+        for u in closed {
+            println!("    {:<14} {}", u.capability, u.grant);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

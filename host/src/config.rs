@@ -172,6 +172,10 @@ pub struct EngineConfig {
     /// Instances alive at once across all plugins (the pooling allocator's
     /// size). Events wait for a slot rather than fail.
     pub max_instances: u32,
+    /// Count executed instructions (fuel) so that plugins may set
+    /// `fuel_per_call`: a deterministic limit, unlike wall time. Costs every
+    /// plugin of the process some speed, hence off by default.
+    pub fuel: bool,
 }
 
 impl Default for EngineConfig {
@@ -179,6 +183,7 @@ impl Default for EngineConfig {
         EngineConfig {
             cache_dir: None,
             max_instances: 256,
+            fuel: false,
         }
     }
 }
@@ -226,12 +231,35 @@ pub struct PluginConfig {
     pub memory_mb: u32,
     #[serde(default)]
     pub grants: Grants,
+    /// Refuse to load the plugin if it imports a capability (files,
+    /// environment, stdio, wall clock, network) that `grants` does not open.
+    /// Off by default because toolchains import WASI whether or not the
+    /// code uses it; denied calls fail at run time either way.
+    #[serde(default)]
+    pub strict_grants: bool,
+    /// Fuel (roughly, wasm instructions) one call may burn before it fails
+    /// as a timeout; needs `[engine] fuel = true`. The same event then
+    /// always stops at the same point, whatever the machine's load.
+    pub fuel_per_call: Option<u64>,
+    /// Failed calls in a row (retry, trap, timeout) that trip the plugin's
+    /// circuit breaker: its events then wait, pending, for
+    /// `breaker_pause_ms` before one probe call. 0 turns it off.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    #[serde(default = "default_breaker_pause_ms")]
+    pub breaker_pause_ms: u64,
     /// Idempotency: an event id this plugin handled successfully within this
     /// many milliseconds is acknowledged without a call (a redelivery after a
     /// lost ack, a producer's retry). Off by default.
     pub dedup_window_ms: Option<u64>,
 }
 
+fn default_breaker_failures() -> u32 {
+    20
+}
+fn default_breaker_pause_ms() -> u64 {
+    5_000
+}
 fn default_concurrency() -> u32 {
     4
 }
@@ -314,12 +342,16 @@ impl PluginConfig {
             self.timeout_ms,
             self.memory_mb,
             &self.grants,
+            self.strict_grants,
+            self.fuel_per_call,
         ) != (
             &other.path,
             other.reuse_instance,
             other.timeout_ms,
             other.memory_mb,
             &other.grants,
+            other.strict_grants,
+            other.fuel_per_call,
         )
     }
 
@@ -338,6 +370,11 @@ impl PluginConfig {
         check("concurrency", self.concurrency != other.concurrency);
         check("max_attempts", self.max_attempts != other.max_attempts);
         check("backoff", self.backoff != other.backoff);
+        check(
+            "breaker_*",
+            (self.breaker_failures, self.breaker_pause_ms)
+                != (other.breaker_failures, other.breaker_pause_ms),
+        );
         check(
             "dedup_window_ms",
             self.dedup_window_ms != other.dedup_window_ms,
@@ -532,6 +569,18 @@ impl Config {
             at_least_one("reuse_instance", p.reuse_instance.into())?;
             at_least_one("timeout_ms", p.timeout_ms)?;
             at_least_one("memory_mb", p.memory_mb.into())?;
+            if let Some(fuel) = p.fuel_per_call {
+                at_least_one("fuel_per_call", fuel)?;
+                if !self.engine.fuel {
+                    return Err((
+                        key("fuel_per_call"),
+                        "needs fuel counting: set `fuel = true` under [engine]".into(),
+                    ));
+                }
+            }
+            if p.breaker_failures > 0 {
+                at_least_one("breaker_pause_ms", p.breaker_pause_ms)?;
+            }
             if let Some(window) = p.dedup_window_ms {
                 at_least_one("dedup_window_ms", window)?;
             }

@@ -36,6 +36,19 @@ impl Verdict {
     }
 }
 
+/// How a verdict reads in reports (`runnel test`, `runnel replay`).
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Done => write!(f, "ok"),
+            Verdict::Retry(m) => write!(f, "retry: {m}"),
+            Verdict::Reject(m) => write!(f, "reject: {m}"),
+            Verdict::Trap(m) => write!(f, "trap: {m}"),
+            Verdict::Timeout(m) => write!(f, "timeout: {m}"),
+        }
+    }
+}
+
 /// Severity of a plugin's log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {

@@ -21,7 +21,8 @@
 //! - [`config`] reads and checks `runnel.toml`.
 //! - [`runtime`] wires a config into running subscribers.
 //! - [`stats`] counts outcomes per plugin.
-//! - [`cli`] is the `runnel` command; [`bench`] is `runnel bench`.
+//! - [`cli`] is the `runnel` command; [`bench`] is `runnel bench`;
+//!   [`harness`] is `runnel test`, for plugin authors.
 //!
 //! Running as a service:
 //!
@@ -39,6 +40,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod event;
 pub mod handler;
+pub mod harness;
 pub mod input;
 pub mod live;
 pub mod metrics;

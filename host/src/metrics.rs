@@ -19,6 +19,7 @@ use crate::handler::Handler as _;
 use crate::live::ReloadStatus;
 use crate::runtime::Runtime;
 use crate::stats::Snapshot;
+use crate::subscriber::breaker::Position;
 
 /// One plugin's figures at scrape time.
 #[derive(Debug)]
@@ -30,6 +31,8 @@ struct PluginFigures {
     reloads: ReloadStatus,
     rescued_calls: u64,
     shadow: Option<(u64, u64, u64)>,
+    breaker_trips: u64,
+    breaker_open: bool,
 }
 
 /// Everything one scrape reports.
@@ -64,6 +67,8 @@ impl Scrape {
                 latency: p.stats.latency.clone(),
                 instances_alive: p.live.instances_alive(),
                 reloads: p.live.status(),
+                breaker_trips: p.breaker.trips.load(std::sync::atomic::Ordering::Relaxed),
+                breaker_open: p.breaker.position() != Position::Closed,
                 rescued_calls: p
                     .live
                     .rescued_calls
@@ -180,6 +185,24 @@ impl Collector for Scrape {
             self.plugins
                 .iter()
                 .map(|p| (by_plugin(p), p.latency.clone())),
+        )?;
+        family(
+            &mut encoder,
+            "runnel_breaker_trips",
+            "Times the plugin's circuit breaker opened.",
+            MetricType::Counter,
+            self.plugins
+                .iter()
+                .map(|p| (by_plugin(p), ConstCounter::new(p.breaker_trips))),
+        )?;
+        family(
+            &mut encoder,
+            "runnel_breaker_open",
+            "1 while the plugin's circuit breaker holds its events back.",
+            MetricType::Gauge,
+            self.plugins
+                .iter()
+                .map(|p| (by_plugin(p), ConstGauge::new(i64::from(p.breaker_open)))),
         )?;
         family(
             &mut encoder,

@@ -21,7 +21,7 @@ use crate::reload::Reloader;
 use crate::routes::Routes;
 use crate::shadow::Shadow;
 use crate::stats::{Snapshot, Stats};
-use crate::subscriber::{Subscriber, Subscription};
+use crate::subscriber::{Breaker, Subscriber, Subscription};
 
 /// Entries read at once per subscriber on the in-memory backend.
 const READ_COUNT: usize = 64;
@@ -37,17 +37,23 @@ pub struct RunningPlugin {
     /// test wraps it.
     pub handler: Arc<dyn Handler>,
     pub stats: Arc<Stats>,
+    pub breaker: Arc<Breaker>,
 }
 
 impl RunningPlugin {
     /// A plugin backed by any handler (native code, a preloaded plugin).
     pub fn new(config: PluginConfig, handler: Arc<dyn Handler>, version: &str) -> RunningPlugin {
         let live = LivePlugin::new(config.name.clone(), Version::new(handler, version));
+        let breaker = Breaker::new(
+            config.breaker_failures,
+            Duration::from_millis(config.breaker_pause_ms),
+        );
         RunningPlugin {
             config,
             handler: live.clone(),
             live,
             stats: Arc::default(),
+            breaker: Arc::new(breaker),
         }
     }
 
@@ -148,7 +154,8 @@ impl Runtime {
                 self.subscription(&p.config),
                 p.stats.clone(),
             )
-            .abandon_on(self.abandon.clone());
+            .abandon_on(self.abandon.clone())
+            .with_breaker(p.breaker.clone());
             tasks.spawn(subscriber.consume(p.handler.clone(), shutdown.clone()));
         }
         Ok(tasks)
@@ -268,6 +275,8 @@ pub fn settings(p: &PluginConfig) -> PluginSettings {
         timeout: Duration::from_millis(p.timeout_ms),
         memory_bytes: (p.memory_mb as usize) << 20,
         grants: p.grants.clone(),
+        strict_grants: p.strict_grants,
+        fuel: p.fuel_per_call,
     }
 }
 

@@ -11,7 +11,7 @@ use crate::broker::{Append, Broker, EVENT_FIELD};
 use crate::config::{EngineConfig, Grants};
 use crate::dead_letter::DeadLetterRecord;
 use crate::event::Event;
-use crate::handler::{Handler, Verdict};
+use crate::handler::Handler;
 use crate::input::InputEvent;
 use crate::plugin::{PluginEngine, PluginSettings, WasmPlugin};
 use crate::publisher::event_fields;
@@ -132,6 +132,8 @@ pub async fn replay(
         timeout: std::time::Duration::from_secs(10),
         memory_bytes: 256 << 20,
         grants: Grants::default(),
+        strict_grants: false,
+        fuel: None,
     };
     let name = plugin
         .file_stem()
@@ -151,17 +153,10 @@ pub async fn replay(
         event.meta.is_dry_run = true;
         event.meta.attempts += 1;
         let handled = handler.handle(&event).await;
-        let verdict = match &handled.verdict {
-            Verdict::Done => "ok".to_string(),
-            Verdict::Retry(m) => format!("retry: {m}"),
-            Verdict::Reject(m) => format!("reject: {m}"),
-            Verdict::Trap(m) => format!("trap: {m}"),
-            Verdict::Timeout(m) => format!("timeout: {m}"),
-        };
         writeln!(
             out,
-            "{}  {} {}  → {verdict}",
-            entry.id, event.name, event.id
+            "{}  {} {}  → {}",
+            entry.id, event.name, event.id, handled.verdict
         )?;
         for (level, line) in &handled.logs {
             writeln!(out, "    log {}: {line}", level.as_str())?;

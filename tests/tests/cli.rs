@@ -199,3 +199,59 @@ fn a_plugin_that_fails_to_load_stops_the_service_with_its_name() {
     let out = runnel(&["run", "--config", config.to_str().unwrap()]);
     assert_one_line_error(&out, &dir.join("broken.wasm"), "plugin \"broken\"");
 }
+
+#[test]
+fn granted_stdio_goes_to_the_host_log_tagged_and_ungranted_stdio_nowhere() {
+    let dir = scratch("stdio");
+    let events = dir.join("events.ndjson");
+    std::fs::write(
+        &events,
+        "{\"name\":\"probe\",\"stream\":\"in\",\"payload\":\"print\",\"correlation_id\":\"corr-7\"}\n",
+    )
+    .unwrap();
+    for granted in [true, false] {
+        let config = dir.join(format!("stdio-{granted}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[[plugin]]\nname = \"printer\"\npath = {:?}\nstreams = [\"in\"]\ngrants = {{ stdio = {granted} }}\n",
+                plugin("hostile")
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--input", events.to_str().unwrap(), "--exit-when-idle"])
+            .env("RUNNEL_LOG", "info")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            !stdout.contains("printed by"),
+            "the host's own stdout carries only its report: {stdout}"
+        );
+        let printed = stderr
+            .lines()
+            .find(|l| l.contains("printed by"))
+            .map(str::to_string);
+        let complained = stderr.lines().find(|l| l.contains("complained by"));
+        if granted {
+            let line = printed.expect("the line is in the host log");
+            for field in [
+                "plugin=\"printer\"",
+                "stream=\"stdout\"",
+                "correlation_id=\"corr-7\"",
+                "event_id=",
+            ] {
+                assert!(line.contains(field), "{field} missing: {line}");
+            }
+            assert!(
+                complained.unwrap().contains("WARN"),
+                "stderr logs as a warning"
+            );
+        } else {
+            assert!(printed.is_none() && complained.is_none(), "{stderr}");
+        }
+    }
+}

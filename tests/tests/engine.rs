@@ -14,6 +14,7 @@ fn engine(cache: &std::path::Path) -> PluginEngine {
     PluginEngine::new(&EngineConfig {
         cache_dir: Some(cache.to_path_buf()),
         max_instances: 8,
+        ..EngineConfig::default()
     })
     .unwrap()
 }
@@ -24,6 +25,8 @@ fn settings(reuse: u32) -> PluginSettings {
         timeout: Duration::from_secs(5),
         memory_bytes: 64 << 20,
         grants: Grants::default(),
+        strict_grants: false,
+        fuel: None,
     }
 }
 

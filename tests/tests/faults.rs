@@ -250,3 +250,118 @@ async fn grants_open_exactly_what_they_name() {
     );
     run.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn strict_grants_refuse_at_load_and_say_what_to_grant() {
+    let refused = start(
+        r#"
+[[plugin]]
+name = "hostile"
+path = "@hostile"
+streams = ["bad"]
+strict_grants = true
+grants = { env = ["HOME"] }
+"#,
+    )
+    .await
+    .err()
+    .expect("refused at load");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("hostile") && message.contains("filesystem (to allow: grants.dirs)"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("environment"),
+        "granted, so not listed: {message}"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_failing_every_call_trips_its_breaker_and_loses_nothing() {
+    // Every attempt fails (retry): after 3 in a row the breaker opens, the
+    // events wait, a probe after the pause fails and opens it again; each
+    // event still reaches its fourth and last attempt and is dead-lettered.
+    let run = start(
+        r#"
+[[plugin]]
+name = "enricher"
+path = "@order_enricher"
+streams = ["orders"]
+max_attempts = 4
+backoff = { initial_ms = 1, max_ms = 1 }
+breaker_failures = 3
+breaker_pause_ms = 50
+"#,
+    )
+    .await
+    .unwrap();
+    let events: Vec<Event> = (0..5)
+        .map(|i| {
+            Event::new(
+                "order.created",
+                format!(
+                    r#"{{"order_id":"o{i}","sku":"OUT-OF-STOCK","quantity":1,"unit_cents":1}}"#
+                ),
+            )
+        })
+        .collect();
+    run.inject("orders", events).await.unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+    let plugin = &run.runtime.plugins[0];
+    let trips = plugin
+        .breaker
+        .trips
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let s = plugin.stats.snapshot();
+    println!("breaker trips: {trips}; {s:?}");
+    assert!(trips >= 2, "tripped, and a failed probe tripped it again");
+    assert_eq!(s.dead_lettered, 5, "every event reached its last attempt");
+    assert_eq!(s.failed, 20, "4 attempts each, none skipped by the breaker");
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fuel_budget_stops_an_endless_loop_at_the_same_point_every_time() {
+    let run = start(
+        r#"
+[engine]
+fuel = true
+
+[[plugin]]
+name = "hostile"
+path = "@hostile"
+streams = ["bad"]
+max_attempts = 2
+backoff = { initial_ms = 1, max_ms = 1 }
+timeout_ms = 60000
+fuel_per_call = 50000000
+"#,
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    run.inject("bad", vec![Event::new("probe", "loop")])
+        .await
+        .unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+    let dead = run
+        .runtime
+        .broker
+        .range("bad.dead", None, None, 10)
+        .await
+        .unwrap();
+    let record = DeadLetterRecord::from_entry(&dead[0]);
+    println!(
+        "fuel: detected in {:?}: {}",
+        started.elapsed(),
+        record.reason
+    );
+    assert_eq!((record.kind.as_str(), record.attempts), ("timeout", 2));
+    assert!(
+        record.reason.contains("fuel budget of 50000000"),
+        "{}",
+        record.reason
+    );
+    run.stop().await.unwrap();
+}

@@ -90,6 +90,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             timeout: Duration::from_secs(10),
             memory_bytes: 64 << 20,
             grants: Grants::default(),
+            strict_grants: false,
+            fuel: None,
         };
         Ok(Arc::new(WasmPlugin::load(
             &engine,

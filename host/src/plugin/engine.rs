@@ -30,6 +30,7 @@ pub struct PluginEngine {
     engine: Engine,
     cache_dir: Option<PathBuf>,
     ticker_stop: Arc<AtomicBool>,
+    fuel: bool,
 }
 
 impl Drop for PluginEngine {
@@ -50,7 +51,9 @@ pub struct Compiled {
 impl PluginEngine {
     pub fn new(config: &EngineConfig) -> anyhow::Result<Self> {
         let mut wasm = Config::new();
-        wasm.wasm_component_model(true).epoch_interruption(true);
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .consume_fuel(config.fuel);
         let n = config.max_instances;
         let mut pool = PoolingAllocationConfig::default();
         // Components built by language toolchains are made of several core
@@ -93,6 +96,7 @@ impl PluginEngine {
             engine,
             cache_dir,
             ticker_stop,
+            fuel: config.fuel,
         })
     }
 
@@ -109,6 +113,11 @@ impl PluginEngine {
     }
 
     /// Compiles component bytes, through the cache when there is one.
+    /// Whether stores count fuel, so that plugins may have a fuel budget.
+    pub fn counts_fuel(&self) -> bool {
+        self.fuel
+    }
+
     pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<Compiled> {
         check_component_header(bytes)?;
         let sha256 = hex::encode(Sha256::digest(bytes));

@@ -10,6 +10,7 @@ mod bindings;
 pub mod engine;
 mod sandbox;
 mod state;
+mod stdio;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -36,6 +37,11 @@ pub struct PluginSettings {
     pub timeout: Duration,
     pub memory_bytes: usize,
     pub grants: Grants,
+    /// Refuse at load a component importing a capability it was not granted
+    /// (rather than deny its calls at run time).
+    pub strict_grants: bool,
+    /// Fuel one call may burn (the engine must count fuel).
+    pub fuel: Option<u64>,
 }
 
 /// What a component imports and exports, as `runnel check` prints it.
@@ -53,6 +59,8 @@ pub struct WasmPlugin {
     /// Whether the component imports WASI (then it gets a deny-by-default
     /// context; otherwise none is built at all).
     uses_wasi: bool,
+    /// Whether the engine counts fuel: then every store needs some.
+    counts_fuel: bool,
     settings: PluginSettings,
     routes: Arc<Routes>,
     warm: Mutex<Vec<Warm>>,
@@ -88,11 +96,30 @@ impl WasmPlugin {
         let compiled = engine.compile_file(path)?;
         let (pre, uses_wasi) =
             link(engine, &compiled.component).with_context(|| path.display().to_string())?;
+        let closed = sandbox::ungranted(
+            &inspect(engine, &compiled.component).imports,
+            &settings.grants,
+        );
+        if !closed.is_empty() {
+            let list: Vec<String> = closed
+                .iter()
+                .map(|u| format!("{} (to allow: {})", u.capability, u.grant))
+                .collect();
+            if settings.strict_grants {
+                anyhow::bail!(
+                    "{}: imports capabilities it was not granted: {}",
+                    path.display(),
+                    list.join(", ")
+                );
+            }
+            tracing::info!(plugin = %name, "imports capabilities it was not granted; their calls will be denied: {}", list.join(", "));
+        }
         Ok(WasmPlugin {
             name: name.into(),
             sha256: compiled.sha256,
             pre,
             uses_wasi,
+            counts_fuel: engine.counts_fuel(),
             settings,
             routes,
             warm: Mutex::new(Vec::new()),
@@ -123,6 +150,7 @@ impl WasmPlugin {
 
     fn new_store(&self) -> anyhow::Result<Store<HostState>> {
         let clock = sandbox::EventClock::default();
+        let stdio_tag = stdio::CallTag::default();
         let state = HostState {
             plugin: self.name.clone(),
             routes: self.routes.clone(),
@@ -130,10 +158,16 @@ impl WasmPlugin {
                 .memory_size(self.settings.memory_bytes)
                 .build(),
             wasi: if self.uses_wasi {
-                Some(sandbox::wasi_context(&self.settings.grants, &clock)?)
+                Some(sandbox::wasi_context(
+                    &self.settings.grants,
+                    &clock,
+                    &self.name,
+                    &stdio_tag,
+                )?)
             } else {
                 None
             },
+            stdio_tag: (self.uses_wasi && self.settings.grants.stdio).then_some(stdio_tag.clone()),
             table: ResourceTable::new(),
             clock,
             call: Default::default(),
@@ -157,6 +191,7 @@ impl WasmPlugin {
         let mut store = self.new_store()?;
         store.data_mut().deadline = Some(Instant::now() + self.settings.timeout);
         store.set_epoch_deadline(1);
+        self.refuel(&mut store);
         let instance = self
             .pre
             .instantiate_async(&mut store)
@@ -186,6 +221,16 @@ impl WasmPlugin {
         state.begin(event, may_emit);
         state.deadline = Some(Instant::now() + self.settings.timeout);
         warm.store.set_epoch_deadline(1);
+        self.refuel(&mut warm.store);
+    }
+
+    /// A fresh fuel budget for the next call (unlimited without one).
+    fn refuel(&self, store: &mut Store<HostState>) {
+        if self.counts_fuel {
+            let fuel = self.settings.fuel.unwrap_or(u64::MAX);
+            // Cannot fail: the engine counts fuel.
+            let _ = store.set_fuel(fuel);
+        }
     }
 }
 
@@ -206,7 +251,7 @@ impl Handler for WasmPlugin {
             Ok(Ok(())) => Verdict::Done,
             Ok(Err(wit::Refusal::Retry(m))) => Verdict::Retry(m),
             Ok(Err(wit::Refusal::Reject(m))) => Verdict::Reject(m),
-            Err(trap) => trap_verdict(&trap, self.settings.timeout),
+            Err(trap) => trap_verdict(&trap, &self.settings),
         };
         let trapped = matches!(verdict, Verdict::Trap(_) | Verdict::Timeout(_));
         if !trapped {
@@ -301,20 +346,24 @@ pub fn inspect(engine: &PluginEngine, component: &wasmtime::component::Component
 
 /// Loads a component and checks it the way `runnel run` would, returning
 /// what it imports and exports.
+pub use sandbox::{ungranted, Ungranted};
+
 pub fn check(engine: &PluginEngine, path: &Path) -> anyhow::Result<Interface> {
     let compiled = engine.compile_file(path)?;
     link(engine, &compiled.component).with_context(|| path.display().to_string())?;
     Ok(inspect(engine, &compiled.component))
 }
 
-fn trap_verdict(error: &wasmtime::Error, timeout: Duration) -> Verdict {
-    if matches!(
-        error.downcast_ref::<wasmtime::Trap>(),
-        Some(wasmtime::Trap::Interrupt)
-    ) {
-        Verdict::Timeout(format!("ran past its time limit of {timeout:?}"))
-    } else {
-        Verdict::Trap(describe_trap(error))
+fn trap_verdict(error: &wasmtime::Error, settings: &PluginSettings) -> Verdict {
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => {
+            Verdict::Timeout(format!("ran past its time limit of {:?}", settings.timeout))
+        }
+        Some(wasmtime::Trap::OutOfFuel) => Verdict::Timeout(format!(
+            "used up its fuel budget of {}",
+            settings.fuel.unwrap_or(u64::MAX)
+        )),
+        _ => Verdict::Trap(describe_trap(error)),
     }
 }
 

@@ -3,7 +3,8 @@
 //! Components built for `wasm32-wasip2` (Rust's std, Python, JavaScript
 //! runtimes) import WASI interfaces even when they never use them, so those
 //! imports are satisfied, but by a context that denies by default: no
-//! preopened directories, no environment, no sockets, stdio to nowhere, and a
+//! preopened directories, no environment, no sockets, stdio to nowhere (or,
+//! granted, to the host's log, line by line), and a
 //! wall clock frozen at the time of the event being handled. Each grant in the
 //! config opens one of these, no more.
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx};
 
+use super::stdio::{CallTag, LogStream};
 use crate::config::Grants;
 
 /// The time a plugin without the `clock` grant sees: the current event's
@@ -50,11 +52,67 @@ impl HostMonotonicClock for CountingClock {
     }
 }
 
+/// A capability a component imports but its grants do not open: calls to
+/// it will be denied at run time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ungranted {
+    pub capability: &'static str,
+    /// What to put in the plugin's config to open it.
+    pub grant: &'static str,
+}
+
+/// The capabilities `imports` reach for that `grants` leave closed.
+pub fn ungranted(imports: &[String], grants: &Grants) -> Vec<Ungranted> {
+    let rules: [(&str, &str, &str, bool); 5] = [
+        (
+            "wasi:filesystem/",
+            "filesystem",
+            "grants.dirs",
+            !grants.dirs.is_empty(),
+        ),
+        (
+            "wasi:cli/environment",
+            "environment",
+            "grants.env",
+            !grants.env.is_empty(),
+        ),
+        (
+            "wasi:cli/stdout",
+            "stdout/stderr",
+            "grants.stdio = true",
+            grants.stdio,
+        ),
+        (
+            "wasi:clocks/wall-clock",
+            "wall clock",
+            "grants.clock = true",
+            grants.clock,
+        ),
+        (
+            "wasi:sockets/",
+            "network",
+            "nothing yet: no network grant exists",
+            false,
+        ),
+    ];
+    rules
+        .iter()
+        .filter(|(prefix, _, _, granted)| !granted && imports.iter().any(|i| i.starts_with(prefix)))
+        .map(|(_, capability, grant, _)| Ungranted { capability, grant })
+        .collect()
+}
+
 /// Builds the WASI context a plugin's instance gets from its grants.
-pub fn wasi_context(grants: &Grants, clock: &EventClock) -> anyhow::Result<WasiCtx> {
+pub fn wasi_context(
+    grants: &Grants,
+    clock: &EventClock,
+    plugin: &Arc<str>,
+    tag: &CallTag,
+) -> anyhow::Result<WasiCtx> {
     let mut b = WasiCtx::builder();
     if grants.stdio {
-        b.inherit_stdout().inherit_stderr();
+        b.stdout(LogStream::new(plugin.clone(), "stdout", tag.clone()));
+        b.stderr(LogStream::new(plugin.clone(), "stderr", tag.clone()));
     }
     for name in &grants.env {
         if let Ok(value) = std::env::var(name) {

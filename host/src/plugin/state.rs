@@ -11,6 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::runnel::plugin::{host, types};
 use super::bindings::wit;
 use super::sandbox::EventClock;
+use super::stdio::CallTag;
 use crate::event::Event;
 use crate::handler::Level;
 use crate::routes::Routes;
@@ -21,7 +22,7 @@ pub const MAX_EMITS_PER_CALL: usize = 10_000;
 /// all of them still reach the host log.
 const MAX_LOGS_KEPT: usize = 1_000;
 /// Longest log line, in bytes; the rest is cut.
-const MAX_LOG_LINE: usize = 16 * 1024;
+pub(super) const MAX_LOG_LINE: usize = 16 * 1024;
 
 /// Everything a store carries.
 pub struct HostState {
@@ -32,6 +33,9 @@ pub struct HostState {
     pub wasi: Option<WasiCtx>,
     pub table: ResourceTable,
     pub clock: EventClock,
+    /// Present with the `stdio` grant: tells the output streams which event
+    /// their lines belong to.
+    pub stdio_tag: Option<CallTag>,
     pub call: Call,
     /// When the running call must stop; checked at every epoch tick.
     pub deadline: Option<Instant>,
@@ -60,6 +64,15 @@ impl HostState {
         if let Some(e) = event {
             let nanos = e.meta.created_at_utc.unix_timestamp_nanos();
             self.clock.set(u64::try_from(nanos).unwrap_or_default());
+        }
+        if let Some(tag) = &self.stdio_tag {
+            let mut tag = tag.lock().unwrap_or_else(|e| e.into_inner());
+            tag.0.clear();
+            tag.1.clear();
+            if let Some(e) = event {
+                tag.0.push_str(&e.id);
+                tag.1.push_str(&e.meta.correlation_id);
+            }
         }
         self.call = Call {
             event_id: event.map(|e| e.id.clone()).unwrap_or_default(),

@@ -123,12 +123,24 @@ impl Shared {
             attempts += 1;
             event.meta.attempts = attempts;
             let handled = {
+                // While the breaker is open the event waits here, in flight
+                // and pending, its attempts untouched.
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return false,
+                    _ = self.breaker.admit() => {}
+                }
                 let _call = self.calls.acquire().await.expect("never closed");
                 let started = std::time::Instant::now();
                 let handled = self.handler.handle(&event).await;
                 stats.latency.observe(started.elapsed().as_secs_f64());
                 handled
             };
+            let speaks_of_the_plugin = match handled.verdict {
+                Verdict::Done => Some(true),
+                Verdict::Reject(_) => None,
+                _ => Some(false),
+            };
+            self.breaker.record(&self.sub.plugin, speaks_of_the_plugin);
             let (kind, message) = match handled.verdict.failure_kind() {
                 None => {
                     if !self.publish(&handled.emitted, &event).await {

@@ -9,9 +9,11 @@
 //! another consumer to reclaim: at-least-once.
 
 mod acks;
+pub mod breaker;
 mod custody;
 mod delivery;
 
+pub use breaker::Breaker;
 pub use delivery::decode;
 
 use std::collections::HashMap;
@@ -81,6 +83,7 @@ pub struct Subscriber {
     sub: Subscription,
     stats: Arc<Stats>,
     abandon: CancellationToken,
+    breaker: Arc<Breaker>,
 }
 
 /// Where an entry lives, for acks and keep-alives.
@@ -92,6 +95,7 @@ struct Shared {
     sub: Subscription,
     stats: Arc<Stats>,
     handler: Arc<dyn Handler>,
+    breaker: Arc<Breaker>,
     /// Permits to call the handler, taken before an instance is.
     calls: Semaphore,
     acks: mpsc::UnboundedSender<EntryRef>,
@@ -112,7 +116,15 @@ impl Subscriber {
             sub,
             stats,
             abandon: CancellationToken::new(),
+            breaker: Arc::new(Breaker::never()),
         }
+    }
+
+    /// Calls go through `breaker`, which stops them while the plugin keeps
+    /// failing.
+    pub fn with_breaker(mut self, breaker: Arc<Breaker>) -> Self {
+        self.breaker = breaker;
+        self
     }
 
     /// Once `abandon` is cancelled while draining, calls still running are
@@ -145,6 +157,7 @@ impl Subscriber {
             sub: self.sub,
             stats: self.stats,
             handler,
+            breaker: self.breaker,
             acks: ack_tx,
             in_flight: Default::default(),
             shutdown: shutdown.clone(),

@@ -80,6 +80,11 @@ impl Plugin for Hostile {
                 Ok(_) => Err(Refusal::retry("connected")),
                 Err(e) => Err(Refusal::retry(format!("denied: {e}"))),
             },
+            "print" => {
+                println!("printed by {}", event.id);
+                eprintln!("complained by {}", event.id);
+                Ok(())
+            }
             _ => Ok(()),
         }
     }

@@ -1,0 +1,143 @@
+//! `runnel test`: a plugin author's harness. Runs a component over events
+//! from a file, in process, with no backend, and prints per event what
+//! happened: the verdict of each attempt, what `handle-error` was told, the
+//! logs and the events it would emit. With `--expect` the report is compared
+//! with a file and any difference fails, so a plugin's behaviour can be
+//! pinned in its own CI the way the Go seed's `pubsubtest` pins a handler's.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{EngineConfig, Grants};
+use crate::handler::{Failure, Handler, Verdict};
+use crate::input::InputEvent;
+use crate::plugin::{PluginEngine, PluginSettings, WasmPlugin};
+use crate::routes::Routes;
+
+/// How `runnel test` runs the plugin.
+pub struct HarnessOptions {
+    /// Attempts per event: failures are retried at once (no backoff), and
+    /// `handle-error` gets the event on the last one, as in the host.
+    pub max_attempts: u32,
+    pub timeout: Duration,
+    pub grants: Grants,
+}
+
+/// Runs every event through the plugin and returns the report. The report
+/// holds nothing that changes from run to run (no generated ids or times),
+/// so that it can be compared with an expected one.
+pub async fn run(
+    plugin: &Path,
+    events: Vec<InputEvent>,
+    options: &HarnessOptions,
+) -> anyhow::Result<String> {
+    let engine = PluginEngine::new(&EngineConfig {
+        max_instances: 4,
+        ..EngineConfig::default()
+    })?;
+    // Every name routes somewhere, so that emits are captured, not refused.
+    let routes = Arc::new(Routes::new([("*".to_string(), "test".to_string())]));
+    let settings = PluginSettings {
+        reuse_instance: 1000,
+        timeout: options.timeout,
+        memory_bytes: 256 << 20,
+        grants: options.grants.clone(),
+        strict_grants: false,
+        fuel: None,
+    };
+    let handler = WasmPlugin::load(&engine, "test", plugin, settings, routes)?;
+    let mut out = String::new();
+    for (n, input) in events.into_iter().enumerate() {
+        let mut event = input.event;
+        writeln!(out, "event {}: {}", n + 1, event.name)?;
+        for attempt in 1..=options.max_attempts.max(1) {
+            event.meta.attempts = attempt;
+            let handled = handler.handle(&event).await;
+            writeln!(out, "  attempt {attempt}: {}", handled.verdict)?;
+            for (level, line) in &handled.logs {
+                writeln!(out, "    log {}: {line}", level.as_str())?;
+            }
+            for (_, emitted) in &handled.emitted {
+                writeln!(
+                    out,
+                    "    emit {}: {}",
+                    emitted.name,
+                    String::from_utf8_lossy(&emitted.payload)
+                )?;
+            }
+            let Some((kind, message)) = handled.verdict.failure_kind() else {
+                break;
+            };
+            let last =
+                matches!(handled.verdict, Verdict::Reject(_)) || attempt >= options.max_attempts;
+            let failure = Failure {
+                message: message.to_string(),
+                kind,
+                attempt,
+                is_last_attempt: last,
+                event_id: event.id.clone(),
+                correlation_id: event.meta.correlation_id.clone(),
+            };
+            match handler.handle_error(&failure, last.then_some(&event)).await {
+                Ok(logs) => {
+                    writeln!(out, "    handle-error ({})", kind.as_str())?;
+                    for (level, line) in logs {
+                        writeln!(out, "      log {}: {line}", level.as_str())?;
+                    }
+                }
+                Err(e) => writeln!(out, "    handle-error {e}")?,
+            }
+            if last {
+                writeln!(out, "  dead-lettered after {attempt} attempts")?;
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The first line where `actual` and `expected` differ, as a short report;
+/// `None` when they are the same.
+pub fn difference(actual: &str, expected: &str) -> Option<String> {
+    if actual == expected {
+        return None;
+    }
+    let (a, e): (Vec<&str>, Vec<&str>) = (actual.lines().collect(), expected.lines().collect());
+    let at = a
+        .iter()
+        .zip(&e)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(e.len()));
+    let show = |lines: &[&str]| {
+        lines
+            .get(at)
+            .copied()
+            .unwrap_or("(end of output)")
+            .to_string()
+    };
+    Some(format!(
+        "line {}:\n  expected: {}\n  actual:   {}",
+        at + 1,
+        show(&e),
+        show(&a)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::difference;
+
+    #[test]
+    fn the_difference_names_the_first_line_that_differs() {
+        assert_eq!(difference("a\nb\n", "a\nb\n"), None);
+        let d = difference("a\nx\n", "a\nb\n").unwrap();
+        assert!(
+            d.starts_with("line 2:") && d.contains("expected: b") && d.contains("actual:   x"),
+            "{d}"
+        );
+        let d = difference("a\n", "a\nb\n").unwrap();
+        assert!(d.contains("actual:   (end of output)"), "{d}");
+    }
+}

@@ -1,0 +1,138 @@
+//! The `stdio` grant: a plugin's stdout and stderr become lines in the host's
+//! log, tagged like its `log` calls (plugin, event id, correlation id), never
+//! raw bytes on the host's own stdout.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+use super::state::MAX_LOG_LINE;
+
+/// The event a store is handling, shared with its output streams.
+pub type CallTag = Arc<Mutex<(String, String)>>;
+
+/// One of a plugin's standard output streams.
+#[derive(Clone)]
+pub struct LogStream {
+    plugin: Arc<str>,
+    /// `stdout` or `stderr`.
+    name: &'static str,
+    tag: CallTag,
+}
+
+impl LogStream {
+    pub fn new(plugin: Arc<str>, name: &'static str, tag: CallTag) -> LogStream {
+        LogStream { plugin, name, tag }
+    }
+
+    fn writer(&self) -> LineWriter {
+        LineWriter {
+            stream: self.clone(),
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.writer())
+    }
+
+    /// Writes synchronously, so that each line is logged while the call that
+    /// wrote it is still the store's current one.
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.writer())
+    }
+}
+
+/// Cuts bytes into lines and logs each one.
+struct LineWriter {
+    stream: LogStream,
+    pending: Vec<u8>,
+}
+
+impl LineWriter {
+    fn push(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            self.emit(&line[..end]);
+        }
+        if self.pending.len() > MAX_LOG_LINE {
+            let line = std::mem::take(&mut self.pending);
+            self.emit(&line);
+        }
+    }
+
+    fn emit(&self, line: &[u8]) {
+        let cut = &line[..line.len().min(MAX_LOG_LINE)];
+        let text = String::from_utf8_lossy(cut);
+        let text = text.trim_end_matches('\r');
+        let tag = self.stream.tag.lock().unwrap_or_else(|e| e.into_inner());
+        let (plugin, stream) = (&*self.stream.plugin, self.stream.name);
+        let (event_id, correlation_id) = (tag.0.as_str(), tag.1.as_str());
+        if stream == "stderr" {
+            tracing::warn!(target: "plugin", plugin, stream, event_id, correlation_id, "{text}");
+        } else {
+            tracing::info!(target: "plugin", plugin, stream, event_id, correlation_id, "{text}");
+        }
+    }
+
+    fn finish(&mut self) {
+        if !self.pending.is_empty() {
+            let line = std::mem::take(&mut self.pending);
+            self.emit(&line);
+        }
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for LineWriter {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for LineWriter {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for LineWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut().push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut().finish();
+        Poll::Ready(Ok(()))
+    }
+}
