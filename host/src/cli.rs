@@ -74,7 +74,9 @@ enum Command {
     /// prints each attempt's verdict, logs and emitted events.
     Test {
         plugin: PathBuf,
-        /// NDJSON events, as `run --input` reads them.
+        /// NDJSON events, as `run --input` reads them. Shorthand lines get
+        /// the id `event-N` and a fixed time, so that reports are the same
+        /// from run to run.
         #[arg(long)]
         events: PathBuf,
         /// Compare the report with this file; exit 1 on a difference.
@@ -312,6 +314,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     vec![InputEvent {
                         stream: None,
                         event,
+                        is_envelope: false,
                     }]
                 }
                 None => {

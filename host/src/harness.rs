@@ -51,6 +51,10 @@ pub async fn run(
     let mut out = String::new();
     for (n, input) in events.into_iter().enumerate() {
         let mut event = input.event;
+        if !input.is_envelope {
+            event.id = format!("event-{}", n + 1);
+            event.meta.created_at_utc = time::OffsetDateTime::UNIX_EPOCH;
+        }
         writeln!(out, "event {}: {}", n + 1, event.name)?;
         for attempt in 1..=options.max_attempts.max(1) {
             event.meta.attempts = attempt;

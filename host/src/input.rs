@@ -14,6 +14,9 @@ use crate::event::Event;
 pub struct InputEvent {
     pub stream: Option<String>,
     pub event: Event,
+    /// Whether the line was a full envelope (its id and time are its own)
+    /// rather than shorthand (given a fresh id and the current time).
+    pub is_envelope: bool,
 }
 
 #[derive(Deserialize)]
@@ -39,6 +42,7 @@ pub fn parse_line(line: &str) -> anyhow::Result<InputEvent> {
         return Ok(InputEvent {
             stream: None,
             event,
+            is_envelope: true,
         });
     }
     let s: Shorthand = serde_json::from_value(value).map_err(|e| {
@@ -55,6 +59,7 @@ pub fn parse_line(line: &str) -> anyhow::Result<InputEvent> {
     Ok(InputEvent {
         stream: s.stream,
         event,
+        is_envelope: false,
     })
 }
 

@@ -255,3 +255,64 @@ fn granted_stdio_goes_to_the_host_log_tagged_and_ungranted_stdio_nowhere() {
         }
     }
 }
+
+#[test]
+fn runnel_test_reports_each_attempt_and_pins_it_with_expect() {
+    let dir = scratch("harness");
+    let events = dir.join("events.ndjson");
+    std::fs::write(
+        &events,
+        concat!(
+            r#"{"name":"order.created","payload":{"order_id":"o-1","sku":"A","quantity":2,"unit_cents":150}}"#,
+            "\n",
+            r#"{"name":"order.created","payload":{"order_id":"o-2","sku":"OUT-OF-STOCK","quantity":1,"unit_cents":1}}"#,
+            "\n",
+            r#"{"name":"order.created","payload":"not an order"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let enricher = plugin("order_enricher");
+    let args = [
+        "test",
+        enricher.to_str().unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+        "--max-attempts",
+        "2",
+    ];
+    let out = runnel(&args);
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for line in [
+        "event 1: order.created",
+        "  attempt 1: ok",
+        r#"    emit order.enriched: {"order_id":"o-1","sku":"A","total_cents":300"#,
+        "  attempt 2: retry: inventory has no stock for order o-2",
+        "    handle-error (handler-error)",
+        "  dead-lettered after 2 attempts",
+        "event 3: order.created",
+    ] {
+        assert!(report.contains(line), "{line:?} missing:\n{report}");
+    }
+    let again = text(&runnel(&args).stdout);
+    assert_eq!(report, again, "nothing in the report changes between runs");
+
+    let expected = dir.join("expected.txt");
+    std::fs::write(&expected, &report).unwrap();
+    let mut with_expect = args.to_vec();
+    with_expect.extend(["--expect", expected.to_str().unwrap()]);
+    assert!(runnel(&with_expect).status.success());
+    std::fs::write(
+        &expected,
+        report.replace("attempt 1: ok", "attempt 1: reject: no"),
+    )
+    .unwrap();
+    let out = runnel(&with_expect);
+    assert!(!out.status.success(), "a difference fails");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("line 2:") && stderr.contains("expected:   attempt 1: reject: no"),
+        "{stderr}"
+    );
+}

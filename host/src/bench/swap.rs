@@ -55,9 +55,12 @@ impl Handler for Timed {
 
 /// The component with a custom section appended: a new file, a new hash,
 /// the same behaviour.
-fn variant(component: &[u8], n: usize) -> Vec<u8> {
+fn variant(component: &[u8], n: usize, run: &uuid::Uuid) -> Vec<u8> {
     let name = b"runnel-bench-version";
-    let data = n.to_le_bytes();
+    // Unique per run too, so the artifact cache never has it: each swap
+    // really compiles.
+    let mut data = run.as_bytes().to_vec();
+    data.extend_from_slice(&n.to_le_bytes());
     let mut section = vec![name.len() as u8];
     section.extend_from_slice(name);
     section.extend_from_slice(&data);
@@ -97,12 +100,25 @@ pub(super) async fn pause_report(
     });
 
     let swapper = tokio::spawn({
-        let (file, swaps) = (file.clone(), args.swaps);
+        let (file, swaps, timed) = (file.clone(), args.swaps, timed.clone());
+        let run = uuid::Uuid::new_v4();
         async move {
+            // Swaps count only under load: wait for the first handled event
+            // (the stream is being filled until then).
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while timed
+                .finished
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+            {
+                anyhow::ensure!(Instant::now() < deadline, "no event was handled");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             let mut windows = Vec::new();
             for n in 1..=swaps {
                 tokio::time::sleep(BETWEEN_SWAPS).await;
-                std::fs::write(&file, variant(&original, n))?;
+                std::fs::write(&file, variant(&original, n, &run))?;
                 let started = Instant::now();
                 let outcome = reloader.reload("noop").await?;
                 anyhow::ensure!(

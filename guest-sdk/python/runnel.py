@@ -1,0 +1,311 @@
+"""Write Runnel event handlers in Python.
+
+A plugin is a subclass of :class:`Plugin` exported as ``WitWorld``, the name
+componentize-py looks for::
+
+    import runnel
+    from runnel import Event, Retry, emit_json, log
+
+    class Enricher(runnel.Plugin):
+        def handle(self, event: Event) -> None:
+            order = event.json()                 # not JSON: Reject
+            if order["sku"] == "OUT-OF-STOCK":
+                raise Retry("no stock yet")      # try again later
+            log.info(f"order {order['order_id']}")
+            emit_json("order.enriched", order)   # no route: Retry
+
+    WitWorld = runnel.export(Enricher)
+
+Build it with ``componentize-py -d wit -w handler componentize -p <this dir>
+app -o plugin.wasm`` (``scripts/build-guests.sh`` does it for every plugin in
+``plugins/python``).
+
+Everything here is a thin layer over the bindings componentize-py generates
+from the WIT contract (``wit/``), the package ``wit_world``.
+"""
+
+from __future__ import annotations
+
+import json as _json
+import traceback as _traceback
+from typing import Any, Iterable, Optional, Tuple, Type, Union
+
+from componentize_py_types import Err
+from wit_world.imports import host as _host
+from wit_world.imports import types as _types
+
+__all__ = [
+    "Plugin",
+    "export",
+    "Event",
+    "Meta",
+    "Failure",
+    "Refusal",
+    "Retry",
+    "Reject",
+    "emit",
+    "emit_json",
+    "emit_all",
+    "to_json",
+    "parse_json",
+    "log",
+]
+
+
+class Refusal(Exception):
+    """Why ``handle`` did not succeed: raise (or return) :class:`Retry` or
+    :class:`Reject`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = str(message)
+
+
+class Retry(Refusal):
+    """A transient failure: the host retries after the plugin's backoff,
+    while attempts remain, then dead-letters the event."""
+
+
+class Reject(Refusal):
+    """A permanent failure: the host dead-letters the event now."""
+
+
+class Meta:
+    """Contextual information about an event, as on the wire."""
+
+    __slots__ = ("created_at_utc", "correlation_id", "attempts", "is_dry_run")
+
+    def __init__(self, meta: _types.Meta) -> None:
+        #: RFC 3339 in UTC, e.g. ``2023-02-12T18:00:59.123456789Z``.
+        self.created_at_utc: str = meta.created_at_utc
+        #: Ties together every event caused by one request; ``""`` when none.
+        self.correlation_id: str = meta.correlation_id
+        #: How many times this event has been handed to a handler, counting
+        #: this call: the first call sees 1.
+        self.attempts: int = meta.attempts
+        #: A dry run must have no side effects outside the event system.
+        self.is_dry_run: bool = meta.is_dry_run
+
+    def __repr__(self) -> str:
+        return (
+            f"Meta(created_at_utc={self.created_at_utc!r}, "
+            f"correlation_id={self.correlation_id!r}, attempts={self.attempts}, "
+            f"is_dry_run={self.is_dry_run})"
+        )
+
+
+class Event:
+    """An event: ``id``, ``name``, ``meta`` and ``payload`` (bytes)."""
+
+    __slots__ = ("id", "name", "meta", "payload")
+
+    def __init__(self, event: _types.Event) -> None:
+        self.id: str = event.id
+        self.name: str = event.name
+        self.meta: Meta = Meta(event.meta)
+        self.payload: bytes = bytes(event.payload)
+
+    def json(self) -> Any:
+        """The payload decoded as JSON. A payload that is not JSON raises
+        :class:`Reject` (it will never parse)."""
+        try:
+            return parse_json(self.payload)
+        except ValueError as e:  # UnicodeDecodeError is a ValueError
+            raise Reject(f"payload is not the expected JSON: {e}") from None
+
+    def text(self) -> Optional[str]:
+        """The payload as UTF-8 text, or ``None`` if it is not UTF-8."""
+        try:
+            return self.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    def __repr__(self) -> str:
+        return (
+            f"Event(id={self.id!r}, name={self.name!r}, meta={self.meta!r}, "
+            f"payload={self.payload!r})"
+        )
+
+
+_KIND_NAMES = {
+    _types.FailureKind.HANDLER_ERROR: "handler-error",
+    _types.FailureKind.REJECTED: "rejected",
+    _types.FailureKind.TRAP: "trap",
+    _types.FailureKind.TIMEOUT: "timeout",
+    _types.FailureKind.DECODE: "decode",
+}
+
+
+class Failure:
+    """A failed attempt, as told to ``handle_error``."""
+
+    __slots__ = ("message", "kind", "attempt", "is_last_attempt")
+
+    def __init__(self, failure: _types.Failure) -> None:
+        #: Human-readable reason.
+        self.message: str = failure.message
+        #: ``"handler-error"`` (retry), ``"rejected"``, ``"trap"``,
+        #: ``"timeout"`` or ``"decode"``: the WIT names.
+        self.kind: str = _KIND_NAMES[failure.kind]
+        #: The attempt that failed (1 for the first).
+        self.attempt: int = failure.attempt
+        #: True when the event is about to be dead-lettered.
+        self.is_last_attempt: bool = failure.is_last_attempt
+
+    def __repr__(self) -> str:
+        return (
+            f"Failure(kind={self.kind!r}, attempt={self.attempt}, "
+            f"is_last_attempt={self.is_last_attempt}, message={self.message!r})"
+        )
+
+
+class Plugin:
+    """An event handler. Override :meth:`handle`, and :meth:`handle_error` if
+    you want to hear about failures.
+
+    The host may run each call in a fresh instance (always after a trap, and
+    every ``reuse_instance`` events), so keep nothing on ``self`` that must
+    survive between events.
+    """
+
+    def handle(self, event: Event) -> Optional[Refusal]:
+        """Handles one event. Return normally to acknowledge it; raise (or
+        return) :class:`Retry` to try again later or :class:`Reject` to
+        dead-letter it now. Any other exception is logged with its traceback
+        and traps the call, like a panic in Rust."""
+        raise NotImplementedError
+
+    def handle_error(self, failure: Failure, event: Optional[Event]) -> None:
+        """Told about each failed attempt; ``event`` is present only on the
+        last one, when the host gives up. Does nothing by default."""
+
+
+def _refusal(r: Refusal) -> Err:
+    if isinstance(r, Reject):
+        return Err(_types.Refusal_Reject(r.message))
+    return Err(_types.Refusal_Retry(r.message))
+
+
+def _log_and_reraise(where: str) -> None:
+    # WASI stderr is not granted by default, so a traceback printed by the
+    # runtime would be lost: put it in the host's log before trapping.
+    _host.log(_types.Level.ERROR, f"uncaught exception in {where}:\n{_traceback.format_exc()}")
+
+
+def export(plugin: Type[Plugin]) -> type:
+    """Wraps a :class:`Plugin` subclass into the ``WitWorld`` class that
+    componentize-py exports: ``WitWorld = runnel.export(MyPlugin)``."""
+
+    # One plugin object per component instance, however often componentize-py
+    # creates WitWorld objects.
+    instance: list = []
+
+    class WitWorld:
+        @property
+        def _plugin(self) -> Plugin:
+            if not instance:
+                instance.append(plugin())
+            return instance[0]
+
+        def handle(self, event: _types.Event) -> None:
+            try:
+                verdict = self._plugin.handle(Event(event))
+            except Refusal as r:
+                raise _refusal(r) from None
+            except Exception:
+                _log_and_reraise("handle")
+                raise
+            if isinstance(verdict, Refusal):
+                raise _refusal(verdict)
+
+        def handle_error(self, failure: _types.Failure, event: Optional[_types.Event]) -> None:
+            try:
+                self._plugin.handle_error(
+                    Failure(failure), None if event is None else Event(event)
+                )
+            except Exception:
+                _log_and_reraise("handle_error")
+                raise
+
+    WitWorld.__name__ = WitWorld.__qualname__ = "WitWorld"
+    return WitWorld
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(data: Union[bytes, str]) -> Any:
+    """Strict JSON, as Rust's ``serde_json`` reads it: UTF-8, and no
+    ``NaN`` / ``Infinity`` (which Python's ``json`` takes by default). Raises
+    ``ValueError``."""
+    if not isinstance(data, str):
+        data = bytes(data).decode("utf-8")
+    return _json.loads(data, parse_constant=_no_constant)
+
+
+def _bytes(payload: Union[bytes, bytearray, memoryview, str]) -> bytes:
+    if isinstance(payload, str):
+        return payload.encode("utf-8")
+    return bytes(payload)
+
+
+def emit_all(events: Iterable[Tuple[str, Union[bytes, str]]]) -> None:
+    """Emits several ``(name, payload)`` events at once: all of them, or none
+    if one cannot be published. They are published only if this call to
+    ``handle`` succeeds. An error (no route for a name) raises :class:`Retry`."""
+    batch = [_types.NewEvent(name, _bytes(payload)) for name, payload in events]
+    try:
+        _host.emit(batch)
+    except Err as e:
+        raise Retry(str(e.value)) from None
+
+
+def emit(name: str, payload: Union[bytes, str] = b"") -> None:
+    """Emits one event with raw bytes (or UTF-8 text) as its payload."""
+    emit_all([(name, payload)])
+
+
+def to_json(value: Any) -> bytes:
+    """Compact JSON (no spaces, non-ASCII kept as UTF-8), as Rust's
+    ``serde_json::to_vec`` writes it."""
+    return _json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+def emit_json(name: str, value: Any) -> None:
+    """Emits one event with ``value`` serialised as its JSON payload. A value
+    that cannot be encoded raises :class:`Reject`."""
+    try:
+        payload = to_json(value)
+    except (TypeError, ValueError) as e:
+        raise Reject(f"cannot encode {name}: {e}") from None
+    emit(name, payload)
+
+
+class _Log:
+    """Lines in the host's log, tagged with the plugin and the event."""
+
+    @staticmethod
+    def trace(message: str) -> None:
+        _host.log(_types.Level.TRACE, str(message))
+
+    @staticmethod
+    def debug(message: str) -> None:
+        _host.log(_types.Level.DEBUG, str(message))
+
+    @staticmethod
+    def info(message: str) -> None:
+        _host.log(_types.Level.INFO, str(message))
+
+    @staticmethod
+    def warn(message: str) -> None:
+        _host.log(_types.Level.WARN, str(message))
+
+    @staticmethod
+    def error(message: str) -> None:
+        _host.log(_types.Level.ERROR, str(message))
+
+
+log = _Log()

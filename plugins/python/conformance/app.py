@@ -1,0 +1,85 @@
+"""The conformance plugin (``plugins/CONFORMANCE.md``) in Python: the same
+verdicts, emitted bytes and log lines as its Rust, JavaScript and C twins."""
+
+from typing import Optional
+
+import runnel
+from runnel import Event, Failure, Reject, Retry, emit, emit_all, log, parse_json, to_json
+
+FAIL_N_USAGE = 'fail-n needs a payload {"n": <integer 0..4294967295>}'
+U32_MAX = 2**32 - 1
+
+
+def fail_n(event: Event) -> Optional[int]:
+    """``n`` of a ``fail-n`` payload: a JSON number with an integer value in
+    u32's range (``2``, ``2.0`` and ``2e0`` alike)."""
+    try:
+        value = parse_json(event.payload)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    n = value.get("n")
+    if isinstance(n, bool) or not isinstance(n, (int, float)):
+        return None
+    if isinstance(n, float) and not n.is_integer():
+        return None
+    return int(n) if 0 <= n <= U32_MAX else None
+
+
+class Conformance(runnel.Plugin):
+    def handle(self, event: Event) -> None:
+        name = event.name
+        if name == "echo":
+            emit("echoed", event.payload)
+        elif name == "inherit":
+            emit("child", event.id)
+        elif name == "batch":
+            emit_all([("first", b"1"), ("second", b"2")])
+        elif name == "fail-n":
+            n = fail_n(event)
+            if n is None:
+                raise Reject(FAIL_N_USAGE)
+            attempts = event.meta.attempts
+            if attempts <= n:
+                raise Retry(f"attempt {attempts} of {n} fails")
+            emit("recovered", f'{{"attempts":{attempts}}}')
+        elif name == "reject":
+            raise Reject("rejected by conformance")
+        elif name == "retry":
+            raise Retry("retry requested")
+        elif name == "log":
+            text = event.text()
+            if text is None:
+                raise Reject("log needs a UTF-8 payload")
+            log.info(text)
+            log.warn("conformance warn line")
+        elif name == "meta":
+            meta = event.meta
+            emit(
+                "meta-echoed",
+                to_json(
+                    {
+                        "id": event.id,
+                        "name": event.name,
+                        "correlation_id": meta.correlation_id,
+                        "attempts": meta.attempts,
+                        "is_dry_run": meta.is_dry_run,
+                        "created_at_utc": meta.created_at_utc,
+                    }
+                ),
+            )
+        elif name == "no-route":
+            emit("unrouted", b"")
+        elif name == "trap":
+            raise RuntimeError("trap requested")
+
+    def handle_error(self, failure: Failure, event: Optional[Event]) -> None:
+        last = "true" if failure.is_last_attempt else "false"
+        log.error(
+            f"handle-error: {failure.kind} attempt {failure.attempt} last={last} "
+            f"event={event.id if event is not None else 'none'}"
+        )
+
+
+WitWorld = runnel.export(Conformance)

