@@ -70,6 +70,17 @@ enum Command {
     /// Checks that a component implements the handler world, and shows what
     /// it imports and exports.
     Check { plugin: PathBuf },
+    /// Makes a new plugin project: handler, SDK, WIT contract, build
+    /// script, sample events and config.
+    New {
+        #[arg(long, value_enum)]
+        lang: crate::scaffold::Lang,
+        /// The plugin's name (lowercase letters, digits, '-').
+        name: String,
+        /// Where to create the project's directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Runs a plugin over events from a file, in process (no backend), and
     /// prints each attempt's verdict, logs and emitted events.
     Test {
@@ -246,6 +257,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Check { plugin } => check(plugin),
+        Command::New { lang, name, dir } => {
+            let project = crate::scaffold::create(lang, &name, &dir)?;
+            println!("created {}", project.display());
+            println!(
+                "next: cd {} && ./build.sh && runnel test {name}.wasm --events events.ndjson",
+                project.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Test {
             plugin,
             events,

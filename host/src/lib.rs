@@ -22,7 +22,8 @@
 //! - [`runtime`] wires a config into running subscribers.
 //! - [`stats`] counts outcomes per plugin.
 //! - [`cli`] is the `runnel` command; [`bench`] is `runnel bench`;
-//!   [`harness`] is `runnel test`, for plugin authors.
+//!   [`harness`] is `runnel test` and [`scaffold`] is `runnel new`, for
+//!   plugin authors.
 //!
 //! Running as a service:
 //!
@@ -49,6 +50,7 @@ pub mod publisher;
 pub mod reload;
 pub mod routes;
 pub mod runtime;
+pub mod scaffold;
 pub mod shadow;
 pub mod stats;
 pub mod subscriber;

@@ -164,6 +164,17 @@ async fn a_million_emits_in_one_call_are_refused() {
 }
 
 #[tokio::test]
+async fn an_emitted_payload_past_the_limit_is_refused() {
+    let run = pair("").await;
+    let (record, _) = run_fault(&run, "emit-huge", 10).await;
+    assert!(
+        record.reason.contains("payload of 17825792 bytes is larger than the limit"),
+        "{record:?}"
+    );
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_100_mb_log_line_is_cut() {
     let run = pair("memory_mb = 512").await;
     run.inject("bad", vec![Event::new("attack", "log-flood")])

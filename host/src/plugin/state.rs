@@ -18,6 +18,9 @@ use crate::routes::Routes;
 
 /// Most events one call may emit; a plugin in a loop is stopped here.
 pub const MAX_EMITS_PER_CALL: usize = 10_000;
+/// Largest payload of one emitted event: the default `max_payload_bytes`
+/// that consumers accept, so a plugin cannot publish what nobody can read.
+pub const MAX_EMITTED_PAYLOAD: usize = 16 << 20;
 /// Most log lines kept per call for tools that show them (`runnel test`);
 /// all of them still reach the host log.
 const MAX_LOGS_KEPT: usize = 1_000;
@@ -158,6 +161,13 @@ impl host::Host for HostState {
         }
         let mut routed = Vec::with_capacity(events.len());
         for new in events {
+            if new.payload.len() > MAX_EMITTED_PAYLOAD {
+                return Err(format!(
+                    "event {:?}: payload of {} bytes is larger than the limit of {MAX_EMITTED_PAYLOAD}",
+                    new.name,
+                    new.payload.len()
+                ));
+            }
             let stream = self.routes.require(&new.name)?;
             let event = Event::inheriting(
                 &self.call.correlation_id,

@@ -125,9 +125,12 @@ impl Shared {
             let handled = {
                 // While the breaker is open the event waits here, in flight
                 // and pending, its attempts untouched.
+                // Biased: a closed breaker admits at once, and an event must
+                // not be abandoned at shutdown just because both were ready.
                 tokio::select! {
-                    _ = self.shutdown.cancelled() => return false,
+                    biased;
                     _ = self.breaker.admit() => {}
+                    _ = self.shutdown.cancelled() => return false,
                 }
                 let _call = self.calls.acquire().await.expect("never closed");
                 let started = std::time::Instant::now();

@@ -55,6 +55,10 @@ impl Plugin for Hostile {
                 let mut sink = [0u64; 64];
                 Err(Refusal::retry(format!("returned {}", recurse(0, &mut sink))))
             }
+            "emit-huge" => emit_all(vec![NewEvent {
+                name: "flood".into(),
+                payload: vec![b'x'; 17 << 20],
+            }]),
             "emit-flood" => {
                 let events = (0..1_000_000)
                     .map(|i| NewEvent {

@@ -1,0 +1,142 @@
+//! `runnel new`: a ready plugin project in any supported language.
+//!
+//! A project is self-contained: it carries the WIT contract and the
+//! language's SDK files (copied from this repository at build time of the
+//! `runnel` binary, so they match the host that made them), a handler that
+//! answers `greet` events, a build script, sample events and a config. The
+//! next steps are printed, and are the same in every language: build,
+//! `runnel test`, `runnel run`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+/// Languages a project can be made in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+    Js,
+    C,
+}
+
+const WIT: [(&str, &str); 3] = [
+    ("wit/types.wit", include_str!("../../wit/types.wit")),
+    ("wit/host.wit", include_str!("../../wit/host.wit")),
+    ("wit/world.wit", include_str!("../../wit/world.wit")),
+];
+
+fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
+    match lang {
+        Lang::Rust => vec![
+            ("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
+            ("src/lib.rs", include_str!("../templates/rust/lib.rs")),
+            (
+                "sdk/Cargo.toml",
+                include_str!("../templates/rust/sdk.Cargo.toml"),
+            ),
+            ("sdk/src/lib.rs", include_str!("../../guest-sdk/src/lib.rs")),
+            ("build.sh", include_str!("../templates/rust/build.sh")),
+        ],
+        Lang::Python => vec![
+            ("app.py", include_str!("../templates/python/app.py")),
+            (
+                "runnel.py",
+                include_str!("../../guest-sdk/python/runnel.py"),
+            ),
+            ("build.sh", include_str!("../templates/python/build.sh")),
+        ],
+        Lang::Js => vec![
+            ("app.js", include_str!("../templates/js/app.js")),
+            ("runnel.js", include_str!("../../guest-sdk/js/runnel.js")),
+            ("package.json", include_str!("../templates/js/package.json")),
+            ("build.sh", include_str!("../templates/js/build.sh")),
+        ],
+        Lang::C => vec![
+            ("plugin.c", include_str!("../templates/c/plugin.c")),
+            ("runnel.h", include_str!("../../guest-sdk/c/runnel.h")),
+            ("runnel.c", include_str!("../../guest-sdk/c/runnel.c")),
+            ("build.sh", include_str!("../templates/c/build.sh")),
+        ],
+    }
+}
+
+const EVENTS: &str = r#"{"name":"greet","payload":{"name":"Ada"}}
+{"name":"greet","payload":{"nom":"Grace"}}
+{"name":"something-else","payload":{}}
+"#;
+
+const CONFIG: &str = r#"# runnel run --config runnel.toml --input events.ndjson --exit-when-idle
+[routes]
+"greet" = "in"
+"greeted" = "greetings"
+
+[[plugin]]
+name = "{{name}}"
+path = "{{name}}.wasm"
+streams = ["in"]
+"#;
+
+const README: &str = r#"# {{name}}
+
+A Runnel plugin ({{lang}}): it answers `greet` events with `greeted`.
+
+```sh
+./build.sh                                               # → {{name}}.wasm
+runnel test {{name}}.wasm --events events.ndjson         # each event's verdict, logs, emits
+runnel test {{name}}.wasm --events events.ndjson > expected.txt   # pin the behaviour,
+runnel test {{name}}.wasm --events events.ndjson --expect expected.txt   # then check it
+runnel run --config runnel.toml --input events.ndjson --exit-when-idle
+```
+
+`wit/` is the contract between the host and the plugin; the SDK file next to
+the handler wraps it ({{sdk}}). Verdicts: return normally to acknowledge;
+retry (try again later) or reject (dead-letter now) to refuse.
+"#;
+
+/// Writes a new project `name` in `lang` under `parent`; returns its
+/// directory. Refuses to touch an existing directory.
+pub fn create(lang: Lang, name: &str, parent: &Path) -> anyhow::Result<PathBuf> {
+    let valid = !name.is_empty()
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    anyhow::ensure!(
+        valid,
+        "{name:?} is not a plugin name: use lowercase letters, digits and '-', starting with a letter"
+    );
+    let dir = parent.join(name);
+    anyhow::ensure!(!dir.exists(), "{} already exists", dir.display());
+    let (lang_name, sdk) = match lang {
+        Lang::Rust => ("Rust", "`sdk/`, the `runnel-guest` crate"),
+        Lang::Python => ("Python", "`runnel.py`"),
+        Lang::Js => ("JavaScript", "`runnel.js`"),
+        Lang::C => ("C", "`runnel.h` and `runnel.c`"),
+    };
+    let fill = |text: &str| {
+        text.replace("{{name}}", name)
+            .replace("{{crate}}", &name.replace('-', "_"))
+            .replace("{{lang}}", lang_name)
+            .replace("{{sdk}}", sdk)
+    };
+    let mut all: Vec<(&str, String)> = files(lang)
+        .into_iter()
+        .chain(WIT)
+        .map(|(path, text)| (path, fill(text)))
+        .collect();
+    all.push(("events.ndjson", EVENTS.to_string()));
+    all.push(("runnel.toml", fill(CONFIG)));
+    all.push(("README.md", fill(README)));
+    for (path, text) in all {
+        let file = dir.join(path);
+        std::fs::create_dir_all(file.parent().expect("a file has a directory"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        if path.ends_with(".sh") {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    Ok(dir)
+}

@@ -1,0 +1,155 @@
+//! `runnel new`: every language's project is complete, and the Rust, C and
+//! Python ones build with their own build script into a plugin that
+//! `runnel test` runs. (The JavaScript one needs `npm install` in the new
+//! project; its toolchain is exercised by the conformance test.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use runnel_tests::{repo_root, unique};
+
+fn runnel(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
+        .args(args)
+        .env("RUNNEL_LOG", "warn")
+        .output()
+        .expect("running the CLI")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("runnel-new"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The toolchains `scripts/build-guests.sh` installs, first on PATH.
+fn toolchain_path() -> String {
+    let tools = std::env::var("RUNNEL_TOOLCHAINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/runnel/toolchains")
+        });
+    format!(
+        "{}:{}:{}",
+        tools.join("py-venv/bin").display(),
+        tools.join("wit-bindgen-0.63.0/bin").display(),
+        std::env::var("PATH").unwrap()
+    )
+}
+
+fn new_project(lang: &str, name: &str, dir: &Path) -> PathBuf {
+    let out = runnel(&["new", "--lang", lang, name, "--dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let project = dir.join(name);
+    for file in [
+        "README.md",
+        "build.sh",
+        "events.ndjson",
+        "runnel.toml",
+        "wit/world.wit",
+    ] {
+        assert!(project.join(file).exists(), "{lang}: {file} missing");
+    }
+    project
+}
+
+/// Builds with the project's own script and runs its sample events.
+fn build_and_test(project: &Path, name: &str, env: &[(&str, &str)]) {
+    let build = Command::new(project.join("build.sh"))
+        .envs(env.iter().copied())
+        .env("PATH", toolchain_path())
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{} build failed:\n{}\n{}",
+        project.display(),
+        text(&build.stdout),
+        text(&build.stderr)
+    );
+    let wasm = project.join(format!("{name}.wasm"));
+    let out = runnel(&[
+        "test",
+        wasm.to_str().unwrap(),
+        "--events",
+        project.join("events.ndjson").to_str().unwrap(),
+    ]);
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for line in [
+        "  attempt 1: ok",
+        "    log info: greeting Ada",
+        r#"    emit greeted: {"hello":"Ada"}"#,
+        r#"  attempt 1: reject: a greet event needs a "name""#,
+        "event 3: something-else",
+    ] {
+        assert!(report.contains(line), "{name}: {line:?} missing:\n{report}");
+    }
+}
+
+#[test]
+fn new_refuses_bad_names_and_existing_directories() {
+    let dir = scratch();
+    let out = runnel(&[
+        "new",
+        "--lang",
+        "rust",
+        "Bad_Name",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("is not a plugin name"));
+    new_project("js", "twice", &dir);
+    let out = runnel(&[
+        "new",
+        "--lang",
+        "js",
+        "twice",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(dir.join("twice/package.json").exists() && dir.join("twice/runnel.js").exists());
+}
+
+#[test]
+fn a_new_rust_project_builds_and_runs() {
+    let dir = scratch();
+    let project = new_project("rust", "hello-rust", &dir);
+    // Reuse the plugins' lock file and build directory: same dependency
+    // versions, already compiled, and no registry lookups.
+    std::fs::copy(
+        repo_root().join("plugins/Cargo.lock"),
+        project.join("Cargo.lock"),
+    )
+    .unwrap();
+    let target = repo_root().join("plugins/target");
+    build_and_test(
+        &project,
+        "hello-rust",
+        &[("CARGO_TARGET_DIR", target.to_str().unwrap())],
+    );
+}
+
+#[test]
+fn a_new_c_project_builds_and_runs() {
+    let dir = scratch();
+    let project = new_project("c", "hello-c", &dir);
+    build_and_test(&project, "hello-c", &[]);
+}
+
+#[test]
+fn a_new_python_project_builds_and_runs() {
+    let dir = scratch();
+    let project = new_project("python", "hello-python", &dir);
+    build_and_test(&project, "hello-python", &[]);
+}
