@@ -168,7 +168,9 @@ async fn an_emitted_payload_past_the_limit_is_refused() {
     let run = pair("").await;
     let (record, _) = run_fault(&run, "emit-huge", 10).await;
     assert!(
-        record.reason.contains("payload of 17825792 bytes is larger than the limit"),
+        record
+            .reason
+            .contains("payload of 17825792 bytes is larger than the limit"),
         "{record:?}"
     );
     run.stop().await.unwrap();
