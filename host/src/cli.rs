@@ -424,7 +424,12 @@ async fn run(
     tracing::info!(plugins = runtime.plugins.len(), "consuming");
     if let Some(reloader) = &runtime.reloader {
         if runtime.config.service.watch_plugins {
-            reloader.clone().watch(shutdown.clone())?;
+            // Hot reload by file is a convenience: without it (no inotify
+            // watches left, say) the service still runs and reloads on
+            // request.
+            if let Err(e) = reloader.clone().watch(shutdown.clone()) {
+                tracing::warn!("not watching plugin files, reload through the admin API: {e:#}");
+            }
         }
         reload_config_on_sighup(reloader.clone(), config_path.clone())?;
     }
