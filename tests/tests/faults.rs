@@ -378,3 +378,29 @@ fuel_per_call = 50000000
     );
     run.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_directory_grant_is_read_only_unless_it_says_writable() {
+    for writable in [false, true] {
+        let dir = std::env::temp_dir().join(runnel_tests::unique("runnel-dir-grant"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = pair(&format!(
+            "grants = {{ dirs = [{{ host = {:?}, guest = \"/etc\", writable = {writable} }}] }}",
+            dir.display().to_string()
+        ))
+        .await;
+        let (record, _) = run_fault(&run, "write-file", 0).await;
+        let written = dir.join("written-by-plugin");
+        if writable {
+            assert_eq!(record.reason, "wrote the file");
+            assert!(
+                written.exists(),
+                "the write landed in the granted directory"
+            );
+        } else {
+            assert!(record.reason.starts_with("denied: "), "{record:?}");
+            assert!(!written.exists());
+        }
+        run.stop().await.unwrap();
+    }
+}

@@ -76,6 +76,10 @@ impl Plugin for Hostile {
                 Ok(text) => Err(Refusal::retry(format!("read the file: {}", text.trim()))),
                 Err(e) => Err(Refusal::retry(format!("denied: {e}"))),
             },
+            "write-file" => match std::fs::write("/etc/written-by-plugin", event.id.as_bytes()) {
+                Ok(()) => Err(Refusal::retry("wrote the file")),
+                Err(e) => Err(Refusal::retry(format!("denied: {e}"))),
+            },
             "read-env" => match std::env::var("HOME") {
                 Ok(v) => Err(Refusal::retry(format!("read HOME={v}"))),
                 Err(e) => Err(Refusal::retry(format!("denied: {e}"))),
