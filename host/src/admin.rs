@@ -151,12 +151,12 @@ fn describe(p: &RunningPlugin) -> Value {
     let status = p.live.status();
     let s = p.stats.snapshot();
     let shadow = p.live.shadow().map(|sh| {
-        use std::sync::atomic::Ordering::Relaxed;
+        let a = sh.stats.agreement();
         json!({
             "plugin": sh.plugin.name(),
-            "agreed": sh.stats.agreed.load(Relaxed),
-            "disagreed": sh.stats.disagreed.load(Relaxed),
-            "skipped": sh.stats.skipped.load(Relaxed),
+            "agreed": a.agreed,
+            "disagreed": a.disagreed,
+            "skipped": a.skipped,
             "last_difference": sh.stats.last_difference(),
         })
     });

@@ -7,14 +7,12 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{EngineConfig, Grants};
+use crate::config::Grants;
 use crate::handler::{Failure, Handler, Verdict};
 use crate::input::InputEvent;
-use crate::plugin::{PluginEngine, PluginSettings, WasmPlugin};
-use crate::routes::Routes;
+use crate::plugin::Standalone;
 
 /// How `runnel test` runs the plugin.
 pub struct HarnessOptions {
@@ -33,21 +31,14 @@ pub async fn run(
     events: Vec<InputEvent>,
     options: &HarnessOptions,
 ) -> anyhow::Result<String> {
-    let engine = PluginEngine::new(&EngineConfig {
-        max_instances: 4,
-        ..EngineConfig::default()
-    })?;
-    // Every name routes somewhere, so that emits are captured, not refused.
-    let routes = Arc::new(Routes::new([("*".to_string(), "test".to_string())]));
-    let settings = PluginSettings {
-        reuse_instance: 1000,
-        timeout: options.timeout,
-        memory_bytes: 256 << 20,
-        grants: options.grants.clone(),
-        strict_grants: false,
-        fuel: None,
-    };
-    let handler = WasmPlugin::load(&engine, "test", plugin, settings, routes)?;
+    let loaded = Standalone::load(
+        plugin,
+        "test",
+        "test",
+        options.timeout,
+        options.grants.clone(),
+    )?;
+    let handler = &loaded.plugin;
     let mut out = String::new();
     for (n, input) in events.into_iter().enumerate() {
         let mut event = input.event;

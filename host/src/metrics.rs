@@ -18,6 +18,7 @@ use prometheus_client::registry::Registry;
 use crate::handler::Handler as _;
 use crate::live::ReloadStatus;
 use crate::runtime::Runtime;
+use crate::shadow::Agreement;
 use crate::stats::Snapshot;
 use crate::subscriber::breaker::Position;
 
@@ -30,7 +31,7 @@ struct PluginFigures {
     instances_alive: usize,
     reloads: ReloadStatus,
     rescued_calls: u64,
-    shadow: Option<(u64, u64, u64)>,
+    shadow: Option<Agreement>,
     breaker_trips: u64,
     breaker_open: bool,
 }
@@ -73,14 +74,7 @@ impl Scrape {
                     .live
                     .rescued_calls
                     .load(std::sync::atomic::Ordering::Relaxed),
-                shadow: p.live.shadow().map(|s| {
-                    use std::sync::atomic::Ordering::Relaxed;
-                    (
-                        s.stats.agreed.load(Relaxed),
-                        s.stats.disagreed.load(Relaxed),
-                        s.stats.skipped.load(Relaxed),
-                    )
-                }),
+                shadow: p.live.shadow().map(|s| s.stats.agreement()),
             })
             .collect();
         Scrape {
@@ -278,7 +272,7 @@ impl Collector for Scrape {
                 help,
                 MetricType::Counter,
                 shadows.iter().map(|(p, s)| {
-                    let v = [s.0, s.1, s.2][pick];
+                    let v = [s.agreed, s.disagreed, s.skipped][pick];
                     (by_plugin(p), ConstCounter::new(v))
                 }),
             )?;

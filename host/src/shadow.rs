@@ -38,7 +38,23 @@ pub struct ShadowStats {
     pub last_difference: Mutex<Option<String>>,
 }
 
+/// The shadow's counters at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Agreement {
+    pub agreed: u64,
+    pub disagreed: u64,
+    pub skipped: u64,
+}
+
 impl ShadowStats {
+    pub fn agreement(&self) -> Agreement {
+        Agreement {
+            agreed: self.agreed.load(Relaxed),
+            disagreed: self.disagreed.load(Relaxed),
+            skipped: self.skipped.load(Relaxed),
+        }
+    }
+
     pub fn last_difference(&self) -> Option<String> {
         self.last_difference
             .lock()

@@ -3,19 +3,17 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use crate::broker::{Append, Broker, EVENT_FIELD};
-use crate::config::{EngineConfig, Grants};
+use crate::config::Grants;
 use crate::dead_letter::DeadLetterRecord;
 use crate::event::Event;
 use crate::handler::Handler;
 use crate::input::InputEvent;
-use crate::plugin::{PluginEngine, PluginSettings, WasmPlugin};
+use crate::plugin::Standalone;
 use crate::publisher::event_fields;
-use crate::routes::Routes;
 use crate::subscriber::decode;
 
 /// Appends events in pipelined batches; returns how many were written.
@@ -118,28 +116,18 @@ pub async fn replay(
     count: usize,
     plugin: &Path,
 ) -> anyhow::Result<String> {
-    let engine = PluginEngine::new(&EngineConfig {
-        max_instances: 4,
-        ..EngineConfig::default()
-    })?;
-    // Every name routes somewhere, so that emits are captured, not refused.
-    let routes = Arc::new(Routes::new([(
-        "*".to_string(),
-        "(not published)".to_string(),
-    )]));
-    let settings = PluginSettings {
-        reuse_instance: 1000,
-        timeout: std::time::Duration::from_secs(10),
-        memory_bytes: 256 << 20,
-        grants: Grants::default(),
-        strict_grants: false,
-        fuel: None,
-    };
     let name = plugin
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "plugin".into());
-    let handler = WasmPlugin::load(&engine, &name, plugin, settings, routes)?;
+    let loaded = Standalone::load(
+        plugin,
+        &name,
+        "(not published)",
+        std::time::Duration::from_secs(10),
+        Grants::default(),
+    )?;
+    let handler = &loaded.plugin;
     let entries = broker.range(stream, from, to, count).await?;
     let mut out = String::new();
     for entry in &entries {

@@ -306,6 +306,46 @@ impl Handler for WasmPlugin {
     }
 }
 
+/// A plugin loaded on its own, outside a runtime, for the tools that run one
+/// plugin over some events (`runnel test`, `runnel replay`).
+pub struct Standalone {
+    pub plugin: WasmPlugin,
+    /// Kept alive after the plugin (fields drop in order): its epoch ticker
+    /// is what enforces the time limit.
+    _engine: PluginEngine,
+}
+
+impl Standalone {
+    /// Loads `path` with room for a few instances; every event name routes
+    /// to `sink`, so that what the plugin emits is captured, never refused.
+    pub fn load(
+        path: &Path,
+        name: &str,
+        sink: &str,
+        timeout: Duration,
+        grants: Grants,
+    ) -> anyhow::Result<Standalone> {
+        let engine = PluginEngine::new(&crate::config::EngineConfig {
+            max_instances: 4,
+            ..Default::default()
+        })?;
+        let routes = Arc::new(Routes::new([("*".to_string(), sink.to_string())]));
+        let settings = PluginSettings {
+            reuse_instance: 1000,
+            timeout,
+            memory_bytes: 256 << 20,
+            grants,
+            strict_grants: false,
+            fuel: None,
+        };
+        let plugin = WasmPlugin::load(&engine, name, path, settings, routes)?;
+        Ok(Standalone {
+            plugin,
+            _engine: engine,
+        })
+    }
+}
+
 /// Resolves a component's imports (WASI only if it asks for it) and checks
 /// its exports against the `handler` world. Also says whether WASI was linked.
 fn link(
