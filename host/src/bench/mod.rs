@@ -22,6 +22,7 @@ use crate::routes::Routes;
 use crate::stats::Stats;
 use crate::subscriber::{Subscriber, Subscription};
 
+mod cpu;
 mod swap;
 
 /// Options of `runnel bench`.
@@ -124,38 +125,43 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let mut out = String::new();
     if !args.redis_only {
         out = format!(
-            "in-memory backend, no-op handler, {} events per case, concurrency {}, median of {} rounds\n\n{:<34} {:>12} {:>10}\n",
-            args.events, args.concurrency, args.rounds.max(1), "case", "events/s", "vs native"
+            "in-memory backend, no-op handler, {} events per case, concurrency {}, median of {} rounds\n\n{:<34} {:>12} {:>10} {:>12}\n",
+            args.events, args.concurrency, args.rounds.max(1), "case", "events/s", "vs native", "host µs/ev"
         );
-        for (name, rate) in &rows {
+        for (name, round) in &rows {
             out.push_str(&format!(
-                "{name:<34} {rate:>12.0} {:>10.2}\n",
-                rate / rows[0].1
+                "{name:<34} {:>12.0} {:>10.2} {:>12.2}\n",
+                round.rate,
+                round.rate / rows[0].1.rate,
+                round.host_us
             ));
         }
     }
 
     if let Some(url) = &args.redis {
         let rss_before = rss_kib();
-        let ceiling = redis_benchmark_xadd(url)?;
+        let (ceiling, xadd_redis_us) = redis_benchmark_xadd(url).await?;
         let redis_cases = select(
             &args,
             vec![native, ("wasm, reuse 1000 (default)".into(), wasm(1000)?)],
         );
         let rows = measure_cases(&args, &Backend::Redis(url.clone()), &redis_cases).await?;
         out.push_str(&format!(
-            "\nRedis Streams at {url}: consume, handle and ack a pre-filled stream, same events and rounds\n\n{:<34} {:>12} {:>10} {:>10}\n",
-            "case", "events/s", "vs XADD", "vs native"
+            "\nRedis Streams at {url}: consume, handle and ack a pre-filled stream, same events and rounds\n(CPU per event: this process, and the Redis server)\n\n{:<34} {:>12} {:>10} {:>10} {:>12} {:>12}\n",
+            "case", "events/s", "vs XADD", "vs native", "host µs/ev", "redis µs/ev"
         ));
         out.push_str(&format!(
-            "{:<34} {ceiling:>12.0} {:>10.2} {:>10}\n",
-            "redis-benchmark -P 16 XADD", 1.0, "-"
+            "{:<34} {ceiling:>12.0} {:>10.2} {:>10} {:>12} {:>12.2}\n",
+            "redis-benchmark -P 16 XADD", 1.0, "-", "-", xadd_redis_us
         ));
-        for (name, rate) in &rows {
+        for (name, round) in &rows {
             out.push_str(&format!(
-                "{name:<34} {rate:>12.0} {:>10.2} {:>10.2}\n",
-                rate / ceiling,
-                rate / rows[0].1
+                "{name:<34} {:>12.0} {:>10.2} {:>10.2} {:>12.2} {:>12.2}\n",
+                round.rate,
+                round.rate / ceiling,
+                round.rate / rows[0].1.rate,
+                round.host_us,
+                round.redis_us.unwrap_or(f64::NAN)
             ));
         }
         out.push_str(&format!(
@@ -179,12 +185,13 @@ fn select(args: &BenchArgs, cases: Vec<Case>) -> Vec<Case> {
         .collect()
 }
 
-/// Warms every case up, then measures them in turns; the median per case.
+/// Warms every case up, then measures them in turns; the median per case
+/// (of each figure separately).
 async fn measure_cases(
     args: &BenchArgs,
     backend: &Backend,
     cases: &[Case],
-) -> anyhow::Result<Vec<(String, f64)>> {
+) -> anyhow::Result<Vec<(String, Round)>> {
     for (_, handler) in cases {
         measure(
             handler.clone(),
@@ -194,20 +201,38 @@ async fn measure_cases(
         )
         .await?;
     }
-    let mut rates = vec![Vec::new(); cases.len()];
+    let mut rounds = vec![Vec::new(); cases.len()];
     for _ in 0..args.rounds.max(1) {
         for (i, (_, handler)) in cases.iter().enumerate() {
-            rates[i].push(measure(handler.clone(), backend, args.events, args.concurrency).await?);
+            rounds[i].push(measure(handler.clone(), backend, args.events, args.concurrency).await?);
         }
     }
     Ok(cases
         .iter()
-        .zip(rates)
-        .map(|((name, _), mut r)| {
-            r.sort_by(f64::total_cmp);
-            (name.clone(), r[r.len() / 2])
+        .zip(rounds)
+        .map(|((name, _), r)| {
+            let median = |figure: fn(&Round) -> f64| {
+                let mut values: Vec<f64> = r.iter().map(figure).collect();
+                values.sort_by(f64::total_cmp);
+                values[values.len() / 2]
+            };
+            let round = Round {
+                rate: median(|r| r.rate),
+                host_us: median(|r| r.host_us),
+                redis_us: r[0].redis_us.map(|_| median(|r| r.redis_us.unwrap_or(0.0))),
+            };
+            (name.clone(), round)
         })
         .collect())
+}
+
+/// One timed drain: its rate, and the CPU each event cost this process and
+/// (on Redis) the server.
+#[derive(Clone, Copy, Debug, Default)]
+struct Round {
+    rate: f64,
+    host_us: f64,
+    redis_us: Option<f64>,
 }
 
 /// Pre-fills a stream with `events`, then times a subscriber draining it.
@@ -216,7 +241,7 @@ async fn measure(
     backend: &Backend,
     events: usize,
     concurrency: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Round> {
     let stream = format!("runnel-bench-{}", uuid::Uuid::new_v4().simple());
     let (broker, read_count, block): (Arc<dyn Broker>, usize, Duration) = match backend {
         Backend::Memory => (MemoryBroker::new(events), 256, Duration::from_millis(100)),
@@ -262,6 +287,19 @@ async fn measure(
     let publisher = Publisher::new(broker.clone(), Arc::new(Routes::default()));
     let subscriber = Subscriber::new(broker.clone(), publisher, subscription, stats.clone());
     let shutdown = CancellationToken::new();
+    let mut redis_conn = match backend {
+        Backend::Redis(url) => Some(
+            redis::Client::open(url.as_str())?
+                .get_multiplexed_async_connection()
+                .await?,
+        ),
+        Backend::Memory => None,
+    };
+    let redis_before = match &mut redis_conn {
+        Some(conn) => Some(cpu::redis(conn).await?),
+        None => None,
+    };
+    let host_before = cpu::process();
     let started = Instant::now();
     let task = tokio::spawn(subscriber.consume(handler, shutdown.clone()));
     let poll = match backend {
@@ -272,28 +310,38 @@ async fn measure(
         tokio::time::sleep(poll).await;
     }
     let elapsed = started.elapsed();
+    let host_cpu = cpu::process().saturating_sub(host_before);
     shutdown.cancel();
     task.await??;
-    if let Backend::Redis(url) = backend {
-        let client = redis::Client::open(url.as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        let _: () = redis::cmd("DEL")
-            .arg(&stream)
-            .query_async(&mut conn)
-            .await?;
+    let mut redis_us = None;
+    if let (Some(conn), Some(before)) = (&mut redis_conn, redis_before) {
+        // Includes the backlog polls (one XINFO per 2 ms), which is noise.
+        redis_us = Some(cpu::micros_each(
+            cpu::redis(conn).await?.saturating_sub(before),
+            events,
+        ));
+        let _: () = redis::cmd("DEL").arg(&stream).query_async(conn).await?;
     }
     let handled = stats.snapshot().handled as usize;
     anyhow::ensure!(
         handled == events,
         "benchmark lost events: {handled} of {events} handled"
     );
-    Ok(events as f64 / elapsed.as_secs_f64())
+    Ok(Round {
+        rate: events as f64 / elapsed.as_secs_f64(),
+        host_us: cpu::micros_each(host_cpu, events),
+        redis_us,
+    })
 }
 
 /// XADD requests per second that `redis-benchmark` reaches with 16-deep
-/// pipelining on the same server: the publish ceiling.
-fn redis_benchmark_xadd(url: &str) -> anyhow::Result<f64> {
-    let info = redis::Client::open(url)?.get_connection_info().clone();
+/// pipelining on the same server (the publish ceiling), and the server's CPU
+/// per XADD meanwhile.
+async fn redis_benchmark_xadd(url: &str) -> anyhow::Result<(f64, f64)> {
+    const REQUESTS: usize = 200_000;
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info = client.get_connection_info().clone();
     let (host, port) = match info.addr() {
         redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
         other => anyhow::bail!("redis-benchmark needs a TCP address, not {other:?}"),
@@ -306,6 +354,7 @@ fn redis_benchmark_xadd(url: &str) -> anyhow::Result<f64> {
         )
         .to_json(),
     )?;
+    let redis_before = cpu::redis(&mut conn).await?;
     let out = std::process::Command::new("redis-benchmark")
         .args([
             "-h",
@@ -315,7 +364,7 @@ fn redis_benchmark_xadd(url: &str) -> anyhow::Result<f64> {
             "-P",
             "16",
             "-n",
-            "200000",
+            &REQUESTS.to_string(),
             "-q",
         ])
         .args([
@@ -323,12 +372,17 @@ fn redis_benchmark_xadd(url: &str) -> anyhow::Result<f64> {
         ])
         .output()
         .map_err(|e| anyhow::anyhow!("running redis-benchmark: {e}"))?;
+    let redis_us = cpu::micros_each(
+        cpu::redis(&mut conn).await?.saturating_sub(redis_before),
+        REQUESTS,
+    );
     let _ = std::process::Command::new("redis-cli")
         .args(["-h", &host, "-p", &port.to_string(), "DEL", &key])
         .output();
     let text = String::from_utf8_lossy(&out.stdout);
     // "XADD ...: 840336.12 requests per second, p50=..."
-    text.split(':')
+    let rate = text
+        .split(':')
         .next_back()
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse::<f64>().ok())
@@ -338,7 +392,8 @@ fn redis_benchmark_xadd(url: &str) -> anyhow::Result<f64> {
                 .find(|(_, w)| *w == "requests")
                 .and_then(|(n, _)| n.parse().ok())
         })
-        .ok_or_else(|| anyhow::anyhow!("cannot read redis-benchmark's output: {text}"))
+        .ok_or_else(|| anyhow::anyhow!("cannot read redis-benchmark's output: {text}"))?;
+    Ok((rate, redis_us))
 }
 
 /// Resident set size of this process, in KiB.

@@ -130,7 +130,9 @@ pub(super) async fn pause_report(
             anyhow::Ok(windows)
         }
     });
-    let rate = measure(timed.clone(), &Backend::Memory, EVENTS, args.concurrency).await?;
+    let rate = measure(timed.clone(), &Backend::Memory, EVENTS, args.concurrency)
+        .await?
+        .rate;
     let windows = swapper.await??;
     let _ = std::fs::remove_dir_all(&dir);
 
