@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use runnel::broker::redis::{RedisBroker, Trimming};
-use runnel::broker::{Append, Broker};
+use runnel::broker::{Append, Broker, StartFrom};
 use runnel::dead_letter::DeadLetterRecord;
 use runnel::event::Event;
 use runnel::publisher::event_fields;
@@ -218,15 +218,22 @@ async fn a_process_killed_mid_run_leaves_its_events_to_the_other() {
 struct OwnRedis {
     port: u16,
     dir: PathBuf,
+    args: Vec<String>,
     child: Option<std::process::Child>,
 }
 
 impl OwnRedis {
     fn start(dir: &Path) -> OwnRedis {
-        let port = 20_000 + (std::process::id() % 20_000) as u16;
+        OwnRedis::start_with(dir, 0, &[])
+    }
+
+    /// `slot` tells apart the servers of one test process.
+    fn start_with(dir: &Path, slot: u16, args: &[&str]) -> OwnRedis {
+        let port = 20_000 + (std::process::id() % 10_000) as u16 * 2 + slot;
         let mut server = OwnRedis {
             port,
             dir: dir.to_path_buf(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         server.launch();
@@ -250,6 +257,7 @@ impl OwnRedis {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.args)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server must be installed");
@@ -465,4 +473,43 @@ async fn handling_longer_than_the_claim_idle_time_is_not_stolen() {
         0,
         "the idle consumer stole nothing"
     );
+}
+
+/// The blocking reader has a connection of its own: it must log in and pick
+/// the database the URL names, like every other command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_logs_in_and_selects_the_database_of_the_url() {
+    let setup = Setup::new("auth", "");
+    let server = OwnRedis::start_with(&setup.dir, 1, &["--requirepass", "s3cret"]);
+    let url = format!("redis://:s3cret@127.0.0.1:{}/3", server.port);
+    let redis = broker(&url).await;
+    let stream = unique("auth");
+    redis
+        .create_group(&stream, "g", StartFrom::Beginning)
+        .await
+        .unwrap();
+    fill(&redis, std::slice::from_ref(&stream), 5, "{}").await;
+    let read = redis
+        .read(
+            "g",
+            "c",
+            std::slice::from_ref(&stream),
+            10,
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 5, "the reader sees the stream of database 3");
+
+    let mut db0 = redis::Client::open(format!("redis://:s3cret@127.0.0.1:{}/0", server.port))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg(&stream)
+        .query_async(&mut db0)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "nothing was written to database 0");
 }

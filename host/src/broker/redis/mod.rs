@@ -5,8 +5,10 @@
 //! the final outcome, and `XAUTOCLAIM` takes over what a dead consumer left
 //! pending. Commands go through a [`ConnectionManager`], which reconnects after
 //! Redis restarts or drops the connection; each blocking `XREADGROUP` gets a
-//! connection of its own, because a blocked connection serves nobody else,
-//! with a response timeout longer than its `BLOCK`.
+//! connection of its own ([`reader`]), because a blocked connection serves
+//! nobody else, with a response timeout longer than its `BLOCK`.
+
+mod reader;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -15,11 +17,13 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, Value};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Value};
+use redis_protocol::resp2::types::RangeFrame;
 use tokio::sync::Mutex;
 
 use super::{parse_entry_id, Append, Broker, Delivery, Entry, Field, StartFrom};
+use reader::{bytes, describe, Reader};
 
 /// How streams are trimmed on append.
 #[derive(Clone, Debug)]
@@ -47,11 +51,15 @@ pub struct RedisBroker {
     /// The URL without its password, for messages.
     address: String,
     commands: ConnectionManager,
-    /// One dedicated connection per blocking reader (group and consumer).
-    readers: Mutex<HashMap<(String, String), MultiplexedConnection>>,
+    /// One dedicated connection per blocking reader (group and consumer);
+    /// `None` after it failed, until the next read connects again.
+    readers: std::sync::Mutex<HashMap<(String, String), ReaderSlot>>,
     trimming: Trimming,
     reconnects: AtomicU64,
 }
+
+/// A blocking reader's connection, shared by the reads of one consumer.
+type ReaderSlot = Arc<Mutex<Option<Reader>>>;
 
 /// Time for a connection attempt before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -76,7 +84,7 @@ impl RedisBroker {
             client,
             address,
             commands,
-            readers: Mutex::new(HashMap::new()),
+            readers: Default::default(),
             trimming,
             reconnects: AtomicU64::new(0),
         }))
@@ -100,24 +108,14 @@ impl RedisBroker {
             .unwrap_or(self.trimming.max_len)
     }
 
-    async fn reader(
-        &self,
-        key: &(String, String),
-        block: Duration,
-    ) -> anyhow::Result<MultiplexedConnection> {
-        if let Some(conn) = self.readers.lock().await.get(key) {
-            return Ok(conn.clone());
-        }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .with_context(|| format!("cannot connect to redis at {}", self.address))?;
-        self.readers.lock().await.insert(key.clone(), conn.clone());
-        Ok(conn)
+    /// The connection slot of one blocking reader.
+    fn reader(&self, key: &(String, String)) -> ReaderSlot {
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone()
     }
 
     /// The delivery counters of entries pending for `consumer`.
@@ -208,8 +206,17 @@ impl Broker for RedisBroker {
         count: usize,
         block: Duration,
     ) -> anyhow::Result<Vec<Delivery>> {
-        let key = (group.to_string(), consumer.to_string());
-        let mut conn = self.reader(&key, block).await?;
+        let slot = self.reader(&(group.to_string(), consumer.to_string()));
+        let mut slot = slot.lock().await;
+        // Taken out for the call and put back only after a whole answer: a
+        // failed or abandoned call may leave half an answer on the socket,
+        // so that connection is dropped and the next read opens a new one.
+        let mut conn = match slot.take() {
+            Some(conn) => conn,
+            None => Reader::connect(self.client.get_connection_info(), CONNECT_TIMEOUT)
+                .await
+                .with_context(|| format!("cannot connect to redis at {}", self.address))?,
+        };
         // COUNT applies to each stream: share it out, so that the reply stays
         // near what the caller has room for.
         let per_stream = count.div_ceil(streams.len().max(1)).max(1);
@@ -226,29 +233,19 @@ impl Broker for RedisBroker {
         for _ in streams {
             cmd.arg(">");
         }
-        let reply: Value = match cmd.query_async(&mut conn).await {
-            Ok(v) => v,
-            Err(e) => {
-                // The connection may be dead (restart, CLIENT KILL): the next
-                // read opens a new one.
-                self.readers.lock().await.remove(&key);
-                self.reconnects.fetch_add(1, Relaxed);
-                return Err(anyhow!(e).context(format!("XREADGROUP on redis at {}", self.address)));
+        let reply = conn
+            .call(&cmd, block + RESPONSE_TIMEOUT, read_group_reply)
+            .await;
+        match reply {
+            Ok(deliveries) => {
+                *slot = Some(conn);
+                deliveries.map_err(|e| anyhow!("XREADGROUP on redis at {}: {e}", self.address))
             }
-        };
-        if let Value::ServerError(e) = &reply {
-            return Err(anyhow!("XREADGROUP on redis at {}: {e:?}", self.address));
+            Err(e) => {
+                self.reconnects.fetch_add(1, Relaxed);
+                Err(e.context(format!("XREADGROUP on redis at {}", self.address)))
+            }
         }
-        Ok(stream_entries(reply)
-            .into_iter()
-            .flat_map(|(stream, entries)| {
-                entries.into_iter().map(move |entry| Delivery {
-                    stream: stream.clone(),
-                    entry,
-                    deliveries: 1,
-                })
-            })
-            .collect())
     }
 
     async fn ack(&self, group: &str, stream: &str, ids: &[String]) -> anyhow::Result<()> {
@@ -513,21 +510,58 @@ fn entries(v: Value) -> Vec<Entry> {
         .collect()
 }
 
-/// An `XREADGROUP` reply: per stream, its entries.
-fn stream_entries(v: Value) -> Vec<(String, Vec<Entry>)> {
-    match v {
-        Value::Map(pairs) => pairs
-            .into_iter()
-            .filter_map(|(k, v)| Some((text(&k)?, entries(v))))
-            .collect(),
-        other => array(other)
-            .into_iter()
-            .filter_map(|s| {
-                let mut parts = array(s).into_iter();
-                Some((text(&parts.next()?)?, entries(parts.next()?)))
-            })
-            .collect(),
+/// An `XREADGROUP` reply (RESP2): nil when BLOCK ran out, else per stream
+/// `[name, [[id, [field, value, ...]], ...]]`. An error reply (say,
+/// `NOGROUP`) comes back as `Err` with Redis's words.
+fn read_group_reply(buf: &[u8], frame: RangeFrame) -> Result<Vec<Delivery>, String> {
+    let text = |r: &(usize, usize)| String::from_utf8_lossy(bytes(buf, r)).into_owned();
+    let streams = match frame {
+        RangeFrame::Null => return Ok(Vec::new()),
+        RangeFrame::Array(streams) => streams,
+        other => return Err(describe(buf, &other)),
+    };
+    let mut deliveries = Vec::new();
+    for stream in streams {
+        let (name, entries) = match stream {
+            RangeFrame::Array(parts) => match <[RangeFrame; 2]>::try_from(parts) {
+                Ok([RangeFrame::BulkString(name), RangeFrame::Array(entries)]) => {
+                    (text(&name), entries)
+                }
+                _ => return Err("a stream in the reply is not [name, entries]".into()),
+            },
+            other => return Err(format!("unexpected {}", describe(buf, &other))),
+        };
+        deliveries.reserve(entries.len());
+        for entry in entries {
+            let RangeFrame::Array(parts) = entry else {
+                return Err("an entry in the reply is not [id, fields]".into());
+            };
+            let mut parts = parts.into_iter();
+            let (Some(RangeFrame::BulkString(id)), Some(raw)) = (parts.next(), parts.next()) else {
+                return Err("an entry in the reply is not [id, fields]".into());
+            };
+            // Entries deleted while pending come back with nil fields.
+            let RangeFrame::Array(raw) = raw else {
+                continue;
+            };
+            let mut fields: Vec<Field> = Vec::with_capacity(raw.len() / 2);
+            let mut raw = raw.into_iter();
+            while let (Some(RangeFrame::BulkString(k)), Some(RangeFrame::BulkString(v))) =
+                (raw.next(), raw.next())
+            {
+                fields.push((text(&k), bytes(buf, &v).to_vec()));
+            }
+            deliveries.push(Delivery {
+                stream: name.clone(),
+                entry: Entry {
+                    id: text(&id),
+                    fields: Arc::new(fields),
+                },
+                deliveries: 1,
+            });
+        }
     }
+    Ok(deliveries)
 }
 
 #[cfg(test)]
@@ -557,5 +591,41 @@ mod tests {
         let e = entries(reply);
         assert_eq!(e[0].fields[0], ("zeta".to_string(), b"first".to_vec()));
         assert_eq!(e[0].fields[1].0, "alpha");
+    }
+
+    #[test]
+    fn read_group_replies_decode_from_resp_bytes() {
+        let reply = b"*1\r\n*2\r\n$1\r\ns\r\n*2\r\n\
+            *2\r\n$3\r\n1-1\r\n*4\r\n$4\r\nzeta\r\n$5\r\nfirst\r\n$5\r\nalpha\r\n$6\r\nsecond\r\n\
+            *2\r\n$3\r\n1-2\r\n*-1\r\n";
+        let (frame, used) = redis_protocol::resp2::decode::decode_range(reply)
+            .unwrap()
+            .unwrap();
+        assert_eq!(used, reply.len());
+        let deliveries = read_group_reply(reply, frame).unwrap();
+        // The deleted entry (nil fields) is skipped; field order is kept.
+        assert_eq!(deliveries.len(), 1);
+        assert_eq!(deliveries[0].stream, "s");
+        assert_eq!(deliveries[0].entry.id, "1-1");
+        assert_eq!(
+            *deliveries[0].entry.fields,
+            vec![
+                ("zeta".to_string(), b"first".to_vec()),
+                ("alpha".to_string(), b"second".to_vec())
+            ]
+        );
+        let nil = redis_protocol::resp2::decode::decode_range(b"*-1\r\n")
+            .unwrap()
+            .unwrap()
+            .0;
+        assert!(read_group_reply(b"*-1\r\n", nil).unwrap().is_empty());
+        let error = b"-NOGROUP No such key\r\n";
+        let frame = redis_protocol::resp2::decode::decode_range(error)
+            .unwrap()
+            .unwrap()
+            .0;
+        assert!(read_group_reply(error, frame)
+            .unwrap_err()
+            .contains("NOGROUP"));
     }
 }
