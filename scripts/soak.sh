@@ -9,6 +9,7 @@ seconds="${1:-600}"
 url="${2:-redis://127.0.0.1:6379}"
 scripts/build-plugins.sh >/dev/null
 cargo build --release -p runnel >/dev/null 2>&1
+runnel="${CARGO_TARGET_DIR:-target}/release/runnel"
 work=$(mktemp -d)
 stream="soak-$$"
 cat > "$work/runnel.toml" <<TOML
@@ -26,7 +27,7 @@ for i in $(seq 1000); do
   echo "{\"name\":\"order.created\",\"payload\":{\"order_id\":\"o-$i\",\"sku\":\"A\",\"quantity\":1,\"unit_cents\":100}}"
 done > "$work/batch.ndjson"
 
-RUNNEL_LOG=warn target/release/runnel run --config "$work/runnel.toml" > "$work/summary.txt" &
+RUNNEL_LOG=warn "$runnel" run --config "$work/runnel.toml" > "$work/summary.txt" &
 host=$!
 rss() { awk '/VmRSS/ {print $2}' "/proc/$host/status"; }
 end=$((SECONDS + seconds))
@@ -34,7 +35,7 @@ warm=$((SECONDS + 30))
 start_rss=""
 batches=0
 while [ "$SECONDS" -lt "$end" ]; do
-  target/release/runnel emit --redis "$url" --stream "$stream" < "$work/batch.ndjson" >/dev/null
+  "$runnel" emit --redis "$url" --stream "$stream" < "$work/batch.ndjson" >/dev/null
   batches=$((batches + 1))
   if [ -z "$start_rss" ] && [ "$SECONDS" -ge "$warm" ]; then start_rss=$(rss); fi
   sleep 0.05

@@ -131,37 +131,39 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         for (name, round) in &rows {
             out.push_str(&format!(
                 "{name:<34} {:>12.0} {:>10.2} {:>12.2}\n",
-                round.rate,
-                round.rate / rows[0].1.rate,
-                round.host_us
+                round.rate, round.vs_native, round.host_us
             ));
         }
     }
 
     if let Some(url) = &args.redis {
         let rss_before = rss_kib();
-        let (ceiling, xadd_redis_us) = redis_benchmark_xadd(url).await?;
         let redis_cases = select(
             &args,
             vec![native, ("wasm, reuse 1000 (default)".into(), wasm(1000)?)],
         );
         let rows = measure_cases(&args, &Backend::Redis(url.clone()), &redis_cases).await?;
         out.push_str(&format!(
-            "\nRedis Streams at {url}: consume, handle and ack a pre-filled stream, same events and rounds\n(CPU per event: this process, and the Redis server)\n\n{:<34} {:>12} {:>10} {:>10} {:>12} {:>12}\n",
+            "\nRedis Streams at {url}: consume, handle and ack a pre-filled stream, same events and rounds;\n\
+             the XADD ceiling is measured again in every round, ratios are medians of per-round ratios\n\
+             (CPU per event: this process, and the Redis server)\n\n{:<34} {:>12} {:>10} {:>10} {:>12} {:>12}\n",
             "case", "events/s", "vs XADD", "vs native", "host µs/ev", "redis µs/ev"
         ));
-        out.push_str(&format!(
-            "{:<34} {ceiling:>12.0} {:>10.2} {:>10} {:>12} {:>12.2}\n",
-            "redis-benchmark -P 16 XADD", 1.0, "-", "-", xadd_redis_us
-        ));
+        let blank = |x: f64| {
+            if x.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{x:.2}")
+            }
+        };
         for (name, round) in &rows {
             out.push_str(&format!(
-                "{name:<34} {:>12.0} {:>10.2} {:>10.2} {:>12.2} {:>12.2}\n",
+                "{name:<34} {:>12.0} {:>10} {:>10} {:>12} {:>12}\n",
                 round.rate,
-                round.rate / ceiling,
-                round.rate / rows[0].1.rate,
-                round.host_us,
-                round.redis_us.unwrap_or(f64::NAN)
+                blank(round.vs_xadd.unwrap_or(f64::NAN)),
+                blank(round.vs_native),
+                blank(round.host_us),
+                blank(round.redis_us.unwrap_or(f64::NAN))
             ));
         }
         out.push_str(&format!(
@@ -186,7 +188,10 @@ fn select(args: &BenchArgs, cases: Vec<Case>) -> Vec<Case> {
 }
 
 /// Warms every case up, then measures them in turns; the median per case
-/// (of each figure separately).
+/// of each figure. On Redis, each round starts by measuring the XADD ceiling
+/// again: this machine's speed drifts by a factor of two over minutes, so a
+/// ratio is only fair against a ceiling taken at the same moment. Ratios are
+/// the medians of the per-round ratios. The XADD row comes first.
 async fn measure_cases(
     args: &BenchArgs,
     backend: &Backend,
@@ -202,28 +207,49 @@ async fn measure_cases(
         .await?;
     }
     let mut rounds = vec![Vec::new(); cases.len()];
+    let mut ceilings = Vec::new();
     for _ in 0..args.rounds.max(1) {
+        let ceiling = match backend {
+            Backend::Redis(url) => {
+                let (rate, redis_us) = redis_benchmark_xadd(url).await?;
+                ceilings.push(Round {
+                    rate,
+                    host_us: f64::NAN,
+                    redis_us: Some(redis_us),
+                    vs_xadd: Some(1.0),
+                    vs_native: f64::NAN,
+                });
+                Some(rate)
+            }
+            Backend::Memory => None,
+        };
         for (i, (_, handler)) in cases.iter().enumerate() {
-            rounds[i].push(measure(handler.clone(), backend, args.events, args.concurrency).await?);
+            let mut round =
+                measure(handler.clone(), backend, args.events, args.concurrency).await?;
+            round.vs_xadd = ceiling.map(|c| round.rate / c);
+            if i > 0 {
+                // The native case ran first in this round.
+                let native: &Round = rounds[0].last().expect("measured first");
+                round.vs_native = round.rate / native.rate;
+            }
+            rounds[i].push(round);
         }
     }
-    Ok(cases
+    let mut rows: Vec<(String, Round)> = cases
         .iter()
         .zip(rounds)
-        .map(|((name, _), r)| {
-            let median = |figure: fn(&Round) -> f64| {
-                let mut values: Vec<f64> = r.iter().map(figure).collect();
-                values.sort_by(f64::total_cmp);
-                values[values.len() / 2]
-            };
-            let round = Round {
-                rate: median(|r| r.rate),
-                host_us: median(|r| r.host_us),
-                redis_us: r[0].redis_us.map(|_| median(|r| r.redis_us.unwrap_or(0.0))),
-            };
-            (name.clone(), round)
-        })
-        .collect())
+        .map(|((name, _), r)| (name.clone(), Round::median(&r)))
+        .collect();
+    if !ceilings.is_empty() {
+        rows.insert(
+            0,
+            (
+                "redis-benchmark -P 16 XADD".into(),
+                Round::median(&ceilings),
+            ),
+        );
+    }
+    Ok(rows)
 }
 
 /// One timed drain: its rate, and the CPU each event cost this process and
@@ -233,6 +259,34 @@ struct Round {
     rate: f64,
     host_us: f64,
     redis_us: Option<f64>,
+    /// Against the XADD ceiling measured in the same round.
+    vs_xadd: Option<f64>,
+    /// Against the native handler in the same round.
+    vs_native: f64,
+}
+
+impl Round {
+    /// The median of each figure on its own.
+    fn median(rounds: &[Round]) -> Round {
+        let median = |figure: &dyn Fn(&Round) -> f64| {
+            let mut values: Vec<f64> = rounds.iter().map(figure).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        let optional = |figure: fn(&Round) -> Option<f64>| {
+            rounds
+                .iter()
+                .all(|r| figure(r).is_some())
+                .then(|| median(&|r| figure(r).unwrap_or(f64::NAN)))
+        };
+        Round {
+            rate: median(&|r| r.rate),
+            host_us: median(&|r| r.host_us),
+            redis_us: optional(|r| r.redis_us),
+            vs_xadd: optional(|r| r.vs_xadd),
+            vs_native: median(&|r| r.vs_native),
+        }
+    }
 }
 
 /// Pre-fills a stream with `events`, then times a subscriber draining it.
@@ -331,6 +385,8 @@ async fn measure(
         rate: events as f64 / elapsed.as_secs_f64(),
         host_us: cpu::micros_each(host_cpu, events),
         redis_us,
+        vs_xadd: None,
+        vs_native: 1.0,
     })
 }
 
