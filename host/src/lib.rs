@@ -7,7 +7,7 @@
 //! - [`input`] turns NDJSON lines into events to inject (`runnel run --input`).
 //! - [`publisher`] appends events to the streams that [`routes`] pick by name.
 //! - [`broker`] is the backend seam, shaped like Redis Streams; the in-memory
-//!   backend is [`broker::memory`].
+//!   backend is [`broker::memory`], the real one [`broker::redis`].
 //! - [`subscriber`] owns delivery semantics, once for every backend: attempts,
 //!   retries with backoff, the error handler, dead letters, batched acks.
 //! - [`handler`] is what a subscriber calls: a wasm plugin or native code.
