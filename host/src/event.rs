@@ -112,8 +112,19 @@ pub fn now_utc() -> OffsetDateTime {
 
 /// Formats a time the way Go's `time.RFC3339Nano` does for a UTC time.
 pub fn format_rfc3339_nano(t: OffsetDateTime) -> String {
+    let mut out = String::with_capacity(30);
+    write_rfc3339_nano(t, &mut out);
+    out
+}
+
+/// [`format_rfc3339_nano`] appending to `out`, for callers that reuse a
+/// buffer (every call of a plugin shows it the event's time).
+pub fn write_rfc3339_nano(t: OffsetDateTime, out: &mut String) {
+    use std::fmt::Write as _;
     let t = t.to_offset(UtcOffset::UTC);
-    let mut out = format!(
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
         t.year(),
         u8::from(t.month()),
@@ -124,12 +135,15 @@ pub fn format_rfc3339_nano(t: OffsetDateTime) -> String {
     );
     let nanos = t.nanosecond();
     if nanos != 0 {
-        let fraction = format!("{nanos:09}");
-        out.push('.');
-        out.push_str(fraction.trim_end_matches('0'));
+        let mut digits = 9;
+        let mut fraction = nanos;
+        while fraction.is_multiple_of(10) {
+            fraction /= 10;
+            digits -= 1;
+        }
+        let _ = write!(out, ".{fraction:0digits$}");
     }
     out.push('Z');
-    out
 }
 
 /// Parses any valid RFC 3339 time, as the Go reader accepts any.

@@ -28,7 +28,7 @@ use crate::handler::{ErrorHandled, Failure, FailureKind, Handled, Handler, Verdi
 use crate::routes::Routes;
 use bindings::{wit, HandlerPre};
 pub use engine::PluginEngine;
-use state::{to_wit, HostState};
+use state::{empty_view, fill_view, to_wit, HostState};
 
 /// How a plugin runs: limits and grants from its config.
 #[derive(Clone, Debug)]
@@ -70,6 +70,8 @@ pub struct WasmPlugin {
 struct Warm {
     store: Store<HostState>,
     instance: bindings::Handler,
+    /// The guest's view of the event being handled, refilled in place.
+    view: wit::Event,
     uses: u32,
     _alive: AliveGuard,
 }
@@ -201,6 +203,7 @@ impl WasmPlugin {
         Ok(Warm {
             store,
             instance,
+            view: empty_view(),
             uses: 0,
             _alive: AliveGuard(self.alive.clone()),
         })
@@ -242,10 +245,8 @@ impl Handler for WasmPlugin {
             Err(e) => return Handled::verdict(Verdict::Trap(format!("{e:#}"))),
         };
         self.arm(&mut warm, Some(event), true);
-        let result = warm
-            .instance
-            .call_handle(&mut warm.store, &to_wit(event))
-            .await;
+        fill_view(&mut warm.view, event);
+        let result = warm.instance.call_handle(&mut warm.store, &warm.view).await;
         let call = warm.store.data_mut().finish();
         let verdict = match result {
             Ok(Ok(())) => Verdict::Done,

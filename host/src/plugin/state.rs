@@ -77,22 +77,34 @@ impl HostState {
                 tag.1.push_str(&e.meta.correlation_id);
             }
         }
-        self.call = Call {
-            event_id: event.map(|e| e.id.clone()).unwrap_or_default(),
-            correlation_id: event
-                .map(|e| e.meta.correlation_id.clone())
-                .unwrap_or_default(),
-            is_dry_run: event.is_some_and(|e| e.meta.is_dry_run),
-            may_emit: may_emit && event.is_some(),
-            ..Call::default()
-        };
+        // Refilled in place: the strings keep their buffers from call to call.
+        let call = &mut self.call;
+        call.event_id.clear();
+        call.correlation_id.clear();
+        if let Some(e) = event {
+            call.event_id.push_str(&e.id);
+            call.correlation_id.push_str(&e.meta.correlation_id);
+        }
+        call.is_dry_run = event.is_some_and(|e| e.meta.is_dry_run);
+        call.may_emit = may_emit && event.is_some();
+        call.emitted.clear();
+        call.logs.clear();
     }
 
     /// Ends the call and hands back its output.
-    pub fn finish(&mut self) -> Call {
+    pub fn finish(&mut self) -> Output {
         self.deadline = None;
-        std::mem::take(&mut self.call)
+        Output {
+            emitted: std::mem::take(&mut self.call.emitted),
+            logs: std::mem::take(&mut self.call.logs),
+        }
     }
+}
+
+/// What a call produced.
+pub struct Output {
+    pub emitted: Vec<(String, Event)>,
+    pub logs: Vec<(Level, String)>,
 }
 
 impl WasiView for HostState {
@@ -184,15 +196,37 @@ impl host::Host for HostState {
 
 /// The guest's view of an event.
 pub fn to_wit(event: &Event) -> wit::Event {
+    let mut view = empty_view();
+    fill_view(&mut view, event);
+    view
+}
+
+/// A view to be filled by [`fill_view`].
+pub fn empty_view() -> wit::Event {
     wit::Event {
-        id: event.id.clone(),
-        name: event.name.clone(),
+        id: String::new(),
+        name: String::new(),
         meta: wit::Meta {
-            created_at_utc: crate::event::format_rfc3339_nano(event.meta.created_at_utc),
-            correlation_id: event.meta.correlation_id.clone(),
-            attempts: event.meta.attempts,
-            is_dry_run: event.meta.is_dry_run,
+            created_at_utc: String::new(),
+            correlation_id: String::new(),
+            attempts: 0,
+            is_dry_run: false,
         },
-        payload: event.payload.clone(),
+        payload: Vec::new(),
     }
+}
+
+/// Rewrites `view` to show `event`, reusing its buffers: an instance keeps
+/// one view, so a warm call allocates nothing to pass its event.
+pub fn fill_view(view: &mut wit::Event, event: &Event) {
+    view.id.clone_from(&event.id);
+    view.name.clone_from(&event.name);
+    view.meta.created_at_utc.clear();
+    crate::event::write_rfc3339_nano(event.meta.created_at_utc, &mut view.meta.created_at_utc);
+    view.meta
+        .correlation_id
+        .clone_from(&event.meta.correlation_id);
+    view.meta.attempts = event.meta.attempts;
+    view.meta.is_dry_run = event.meta.is_dry_run;
+    view.payload.clone_from(&event.payload);
 }
