@@ -22,6 +22,7 @@ use crate::routes::Routes;
 use crate::stats::Stats;
 use crate::subscriber::{Subscriber, Subscription};
 
+mod calls;
 mod cpu;
 mod swap;
 
@@ -134,6 +135,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
                 round.rate, round.vs_native, round.host_us
             ));
         }
+    }
+
+    if !args.redis_only {
+        let call_cases = vec![
+            native.clone(),
+            ("wasm, warm instances (reuse ∞)".into(), wasm(u32::MAX)?),
+            ("wasm, reuse 1000 (default)".into(), wasm(1000)?),
+        ];
+        out.push_str(&calls::report(&call_cases, args.rounds).await?);
     }
 
     if let Some(url) = &args.redis {

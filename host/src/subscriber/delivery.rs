@@ -1,5 +1,9 @@
 //! One entry from arrival to final outcome: decode, filter, deduplicate,
 //! attempts with backoff, the error handler, publish or dead-letter.
+//!
+//! A lane runs an entry through its calls; what only waits (a backoff, a
+//! publish round trip) is handed to a task of its own so that the lane goes
+//! on calling the handler.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,13 +18,110 @@ use crate::event::Event;
 use crate::handler::{Failure, FailureKind, Verdict};
 use crate::stats::Stats;
 
+/// An entry this consumer took, on its way to its final outcome.
+pub(super) struct Job {
+    pub delivery: Delivery,
+    /// Its share of the in-flight budget, given back when the job is dropped.
+    pub _slot: OwnedSemaphorePermit,
+    /// Set when it comes back after a backoff: the event as decoded, and the
+    /// attempts made so far.
+    pub resume: Option<(Event, u32)>,
+}
+
+/// Where a job goes next.
+enum Step {
+    /// Another attempt: call the handler.
+    Call(Event, u32),
+    /// The call succeeded and left work that waits on the backend: publish
+    /// what it emitted, record the event id in the dedup window.
+    Publish(Event, Vec<(String, Event)>),
+    /// Call again after the backoff.
+    Retry(Event, u32),
+    /// Final: acknowledge (`true`) or leave pending (`false`, shutdown).
+    Finished(bool),
+}
+
 impl Shared {
-    pub(super) async fn deliver(self: Arc<Self>, delivery: Delivery, _slot: OwnedSemaphorePermit) {
-        let key = (delivery.stream.clone(), delivery.entry.id.clone());
-        self.lock_in_flight().insert(key.clone(), ());
-        let finished = self.deliver_inner(&delivery).await;
+    /// Takes a job as far as a lane should: through its calls, but not
+    /// through waits. A backoff or a publish round trip goes on in a task of
+    /// its own, so that the lane can call the handler for the next entry.
+    pub(super) async fn run(self: &Arc<Self>, mut job: Job) {
+        let mut step = match job.resume.take() {
+            Some((event, attempts)) => Step::Call(event, attempts),
+            None => self.start(&job.delivery).await,
+        };
+        loop {
+            step = match step {
+                Step::Call(event, attempts) => self.attempt(&job.delivery, event, attempts).await,
+                Step::Finished(ack) => return self.finish(job, ack),
+                Step::Publish(event, emitted) => {
+                    let shared = self.clone();
+                    return self.spawn_wait(async move {
+                        let published = shared.publish(&emitted, &event).await;
+                        if published {
+                            shared.remember_handled(&event).await;
+                        }
+                        shared.finish(job, published);
+                    });
+                }
+                Step::Retry(event, attempts) => {
+                    if self.shutdown.is_cancelled() {
+                        return self.finish(job, false);
+                    }
+                    let (shared, delay) = (self.clone(), self.sub.backoff.delay(attempts));
+                    return self.spawn_wait(async move {
+                        tokio::select! {
+                            biased;
+                            _ = shared.shutdown.cancelled() => shared.finish(job, false),
+                            _ = tokio::time::sleep(delay) => {
+                                job.resume = Some((event, attempts));
+                                shared.enqueue(vec![job]);
+                            }
+                        }
+                    });
+                }
+            };
+        }
+    }
+
+    /// Hands jobs to the lanes. Once the lanes are closed (shutdown), a job
+    /// is left pending, to be delivered again.
+    pub(super) fn enqueue(&self, jobs: Vec<Job>) {
+        {
+            // In flight from now on: an entry waiting for a lane must be kept
+            // alive like one being handled.
+            let mut in_flight = self.lock_in_flight();
+            for job in &jobs {
+                let key = (job.delivery.stream.clone(), job.delivery.entry.id.clone());
+                in_flight.insert(key, ());
+            }
+        }
+        if let Err(refused) = self.queue.push_all(jobs) {
+            for job in refused {
+                self.finish(job, false);
+            }
+        }
+    }
+
+    /// Runs `work` beside the lanes; dropped once the subscriber abandons
+    /// what is unfinished.
+    fn spawn_wait(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let abandon = self.abandon.clone();
+        self.waits.spawn(async move {
+            tokio::select! {
+                biased;
+                _ = abandon.cancelled() => {}
+                _ = work => {}
+            }
+        });
+    }
+
+    /// The job is over: it is no longer in flight, and if it reached a final
+    /// outcome it is acknowledged. Its slot is given back.
+    fn finish(&self, job: Job, ack: bool) {
+        let key = (job.delivery.stream, job.delivery.entry.id);
         self.lock_in_flight().remove(&key);
-        if finished {
+        if ack {
             let _ = self.acks.send(key);
         }
     }
@@ -29,9 +130,17 @@ impl Shared {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs an entry to its final outcome. Returns whether it may be acked;
-    /// `false` leaves it pending (shutdown mid-way).
-    async fn deliver_inner(&self, delivery: &Delivery) -> bool {
+    /// The idempotency key of an event, when this subscription keeps a
+    /// dedup window.
+    fn dedup_key(&self, event: &Event) -> Option<String> {
+        self.sub
+            .dedup_window
+            .map(|_| format!("runnel:handled:{}:{}", self.sub.group, event.id))
+    }
+
+    /// From arrival to the first call: decode, filter, deduplicate, and
+    /// count the deliveries a dead consumer could not record.
+    async fn start(&self, delivery: &Delivery) -> Step {
         let stats = &self.stats;
         let decoded = match delivery.entry.fields.first() {
             Some((_, value)) if value.len() > self.sub.max_envelope_bytes => Err(format!(
@@ -42,7 +151,7 @@ impl Shared {
             )),
             _ => decode(&delivery.entry),
         };
-        let mut event = match decoded {
+        let event = match decoded {
             Ok(event) => event,
             Err(reason) => {
                 let failure = Failure {
@@ -56,31 +165,28 @@ impl Shared {
                 tracing::warn!(plugin = %self.sub.plugin, stream = %delivery.stream, entry = %delivery.entry.id, "{reason}");
                 Stats::bump(&stats.failed);
                 self.report(&failure, None).await;
-                return self
-                    .dead_letter(
+                return Step::Finished(
+                    self.dead_letter(
                         delivery,
                         None,
                         FailureKind::Decode,
                         &reason,
                         delivery.deliveries,
                     )
-                    .await;
+                    .await,
+                );
             }
         };
         if !self.sub.wants(&event.name) {
             Stats::bump(&stats.skipped);
-            return true;
+            return Step::Finished(true);
         }
-        let dedup_key = self
-            .sub
-            .dedup_window
-            .map(|_| format!("runnel:handled:{}:{}", self.sub.group, event.id));
-        if let Some(key) = &dedup_key {
-            match self.broker.is_marked(key).await {
+        if let Some(key) = self.dedup_key(&event) {
+            match self.broker.is_marked(&key).await {
                 Ok(true) => {
                     Stats::bump(&stats.deduplicated);
                     tracing::debug!(plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id, "already handled within the dedup window: acked without a call");
-                    return true;
+                    return Step::Finished(true);
                 }
                 Ok(false) => {}
                 // Better a possible duplicate than a stalled stream.
@@ -92,7 +198,7 @@ impl Shared {
         // Deliveries beyond the first are attempts a dead consumer made but
         // could not record: count them, so a poison event that kills its
         // process still reaches its last attempt.
-        let mut attempts = event.meta.attempts.saturating_add(delivery.deliveries - 1);
+        let attempts = event.meta.attempts.saturating_add(delivery.deliveries - 1);
         if attempts >= self.sub.max_attempts {
             let reason = format!(
                 "already attempted {attempts} times (max {}): delivered {} times, its consumers likely died handling it",
@@ -108,86 +214,92 @@ impl Shared {
             };
             Stats::bump(&stats.failed);
             self.report(&failure, Some(&event)).await;
-            return self
-                .dead_letter(
+            return Step::Finished(
+                self.dead_letter(
                     delivery,
                     Some(&event),
                     FailureKind::HandlerError,
                     &reason,
                     attempts,
                 )
-                .await;
-        }
-
-        loop {
-            attempts += 1;
-            event.meta.attempts = attempts;
-            let handled = {
-                // While the breaker is open the event waits here, in flight
-                // and pending, its attempts untouched.
-                // Biased: a closed breaker admits at once, and an event must
-                // not be abandoned at shutdown just because both were ready.
-                tokio::select! {
-                    biased;
-                    _ = self.breaker.admit() => {}
-                    _ = self.shutdown.cancelled() => return false,
-                }
-                let _call = self.calls.acquire().await.expect("never closed");
-                let started = std::time::Instant::now();
-                let handled = self.handler.handle(&event).await;
-                stats.latency.observe(started.elapsed().as_secs_f64());
-                handled
-            };
-            let speaks_of_the_plugin = match handled.verdict {
-                Verdict::Done => Some(true),
-                Verdict::Reject(_) => None,
-                _ => Some(false),
-            };
-            self.breaker.record(&self.sub.plugin, speaks_of_the_plugin);
-            let (kind, message) = match handled.verdict.failure_kind() {
-                None => {
-                    if !self.publish(&handled.emitted, &event).await {
-                        return false;
-                    }
-                    if let (Some(key), Some(window)) = (&dedup_key, self.sub.dedup_window) {
-                        if let Err(e) = self.broker.mark(key, window).await {
-                            tracing::warn!(plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id, "recording the event as handled failed: {e:#}");
-                        }
-                    }
-                    Stats::bump(&stats.handled);
-                    return true;
-                }
-                Some((kind, message)) => (kind, message.to_string()),
-            };
-            Stats::bump(&stats.failed);
-            if matches!(handled.verdict, Verdict::Trap(_)) {
-                Stats::bump(&stats.traps);
-            }
-            let last = kind == FailureKind::Rejected || attempts >= self.sub.max_attempts;
-            tracing::debug!(
-                plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id,
-                attempt = attempts, last, kind = kind.as_str(), "attempt failed: {message}"
+                .await,
             );
-            let failure = Failure {
-                message: message.clone(),
-                kind,
-                attempt: attempts,
-                is_last_attempt: last,
-                event_id: event.id.clone(),
-                correlation_id: event.meta.correlation_id.clone(),
-            };
-            self.report(&failure, last.then_some(&event)).await;
-            if last {
-                return self
-                    .dead_letter(delivery, Some(&event), kind, &message, attempts)
-                    .await;
-            }
-            Stats::bump(&stats.retried);
+        }
+        Step::Call(event, attempts)
+    }
+
+    /// One call of the handler and what its verdict leads to.
+    async fn attempt(&self, delivery: &Delivery, mut event: Event, attempts: u32) -> Step {
+        let stats = &self.stats;
+        let attempts = attempts + 1;
+        event.meta.attempts = attempts;
+        let handled = {
+            // While the breaker is open the event waits here, in flight
+            // and pending, its attempts untouched.
+            // Biased: a closed breaker admits at once, and an event must
+            // not be abandoned at shutdown just because both were ready.
             tokio::select! {
-                _ = self.shutdown.cancelled() => return false,
-                _ = tokio::time::sleep(self.sub.backoff.delay(attempts)) => {}
+                biased;
+                _ = self.breaker.admit() => {}
+                _ = self.shutdown.cancelled() => return Step::Finished(false),
+            }
+            let _call = self.calls.acquire().await.expect("never closed");
+            let started = std::time::Instant::now();
+            let handled = self.handler.handle(&event).await;
+            stats.latency.observe(started.elapsed().as_secs_f64());
+            handled
+        };
+        let speaks_of_the_plugin = match handled.verdict {
+            Verdict::Done => Some(true),
+            Verdict::Reject(_) => None,
+            _ => Some(false),
+        };
+        self.breaker.record(&self.sub.plugin, speaks_of_the_plugin);
+        let (kind, message) = match handled.verdict.failure_kind() {
+            None if handled.emitted.is_empty() && self.sub.dedup_window.is_none() => {
+                Stats::bump(&stats.handled);
+                return Step::Finished(true);
+            }
+            None => return Step::Publish(event, handled.emitted),
+            Some((kind, message)) => (kind, message.to_string()),
+        };
+        Stats::bump(&stats.failed);
+        if matches!(handled.verdict, Verdict::Trap(_)) {
+            Stats::bump(&stats.traps);
+        }
+        let last = kind == FailureKind::Rejected || attempts >= self.sub.max_attempts;
+        tracing::debug!(
+            plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id,
+            attempt = attempts, last, kind = kind.as_str(), "attempt failed: {message}"
+        );
+        let failure = Failure {
+            message: message.clone(),
+            kind,
+            attempt: attempts,
+            is_last_attempt: last,
+            event_id: event.id.clone(),
+            correlation_id: event.meta.correlation_id.clone(),
+        };
+        self.report(&failure, last.then_some(&event)).await;
+        if last {
+            return Step::Finished(
+                self.dead_letter(delivery, Some(&event), kind, &message, attempts)
+                    .await,
+            );
+        }
+        Stats::bump(&stats.retried);
+        Step::Retry(event, attempts)
+    }
+
+    /// Records a successfully handled event in the dedup window, and counts
+    /// it as handled.
+    async fn remember_handled(&self, event: &Event) {
+        if let (Some(key), Some(window)) = (self.dedup_key(event), self.sub.dedup_window) {
+            if let Err(e) = self.broker.mark(&key, window).await {
+                tracing::warn!(plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id, "recording the event as handled failed: {e:#}");
             }
         }
+        Stats::bump(&self.stats.handled);
     }
 
     async fn report(&self, failure: &Failure, event: Option<&Event>) {

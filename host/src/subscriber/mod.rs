@@ -7,11 +7,16 @@
 //! batched acks. An entry is acknowledged only after its final outcome (done,
 //! dead-lettered or skipped), so a process that dies leaves it pending for
 //! another consumer to reclaim: at-least-once.
+//!
+//! One read loop takes entries from the broker and queues them for a few
+//! long-lived *lanes*, one per call the handler may run at once: no task per
+//! entry, and no lane waits for a permit that another holds.
 
 mod acks;
 pub mod breaker;
 mod custody;
 mod delivery;
+mod queue;
 
 pub use breaker::Breaker;
 pub use delivery::decode;
@@ -23,6 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
 use crate::config::Backoff;
@@ -74,6 +80,14 @@ impl Subscription {
     fn max_in_flight(&self) -> usize {
         self.read_count + self.concurrency * 2
     }
+
+    /// Lanes to run. One per call at once; with a dedup window each entry
+    /// waits a round trip to the backend before its call, so more lanes keep
+    /// the calls busy meanwhile (calls stay bounded by `concurrency`).
+    fn lanes(&self) -> usize {
+        let per_call = if self.dedup_window.is_some() { 8 } else { 1 };
+        self.concurrency.max(1) * per_call
+    }
 }
 
 /// Consumes one subscription with one handler.
@@ -100,7 +114,12 @@ struct Shared {
     calls: Semaphore,
     acks: mpsc::UnboundedSender<EntryRef>,
     in_flight: std::sync::Mutex<HashMap<EntryRef, ()>>,
+    /// Entries read and waiting for a lane.
+    queue: queue::JobQueue<delivery::Job>,
+    /// Backoff waits and publish round trips, running beside the lanes.
+    waits: TaskTracker,
     shutdown: CancellationToken,
+    abandon: CancellationToken,
 }
 
 impl Subscriber {
@@ -143,7 +162,6 @@ impl Subscriber {
         handler: Arc<dyn Handler>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let abandon = self.abandon;
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let acker = tokio::spawn(acks::ack_loop(
             self.broker.clone(),
@@ -160,10 +178,21 @@ impl Subscriber {
             breaker: self.breaker,
             acks: ack_tx,
             in_flight: Default::default(),
+            queue: queue::JobQueue::new(),
+            waits: TaskTracker::new(),
             shutdown: shutdown.clone(),
+            abandon: self.abandon,
         });
         let slots = Arc::new(Semaphore::new(shared.sub.max_in_flight()));
-        let mut tasks = JoinSet::new();
+        let mut lanes = JoinSet::new();
+        for _ in 0..shared.sub.lanes() {
+            let shared = shared.clone();
+            lanes.spawn(async move {
+                while let Some(job) = shared.queue.pop().await {
+                    shared.run(job).await;
+                }
+            });
+        }
         let mut read_failures = 0u32;
         let mut last_maintenance = Instant::now();
         let maintenance_every = (shared.sub.claim_min_idle / 3).max(Duration::from_millis(10));
@@ -189,11 +218,6 @@ impl Subscriber {
         loop {
             if shutdown.is_cancelled() {
                 break;
-            }
-            while let Some(done) = tasks.try_join_next() {
-                if let Err(e) = done {
-                    tracing::error!(plugin = %shared.sub.plugin, "delivery task failed: {e}");
-                }
             }
             // Room for at least one entry, then as much more as is free now.
             // (Waiting for room for a whole batch was measured: slower.)
@@ -245,36 +269,50 @@ impl Subscriber {
                     }
                 }
             }
+            let mut jobs = Vec::with_capacity(deliveries.len());
             for delivery in deliveries {
                 // A backend may hand over more than asked (Redis applies
                 // COUNT per stream): those entries are ours now, so wait for
-                // room rather than drop them.
-                let permit = match room.split(1) {
+                // room rather than drop them, after queueing the rest (their
+                // slots are the room being waited for).
+                let slot = match room.split(1) {
                     Some(p) => p,
-                    None => slots.clone().acquire_owned().await.expect("never closed"),
+                    None => {
+                        shared.enqueue(std::mem::take(&mut jobs));
+                        slots.clone().acquire_owned().await.expect("never closed")
+                    }
                 };
-                let shared = shared.clone();
-                tasks.spawn(async move { shared.deliver(delivery, permit).await });
+                jobs.push(delivery::Job {
+                    delivery,
+                    _slot: slot,
+                    resume: None,
+                });
             }
+            shared.enqueue(jobs);
         }
 
+        // Drain: the lanes finish what is queued, then what waits beside
+        // them (a backoff wait ends at once: shutdown leaves it pending).
+        shared.queue.close();
         let mut abandoned = false;
         loop {
             tokio::select! {
-                done = tasks.join_next() => match done {
+                done = lanes.join_next() => match done {
                     None => break,
                     Some(Err(e)) if !e.is_cancelled() => {
-                        tracing::error!(plugin = %shared.sub.plugin, "delivery task failed: {e}");
+                        tracing::error!(plugin = %shared.sub.plugin, "delivery lane failed: {e}");
                     }
                     Some(_) => {}
                 },
-                _ = abandon.cancelled(), if !abandoned => {
+                _ = shared.abandon.cancelled(), if !abandoned => {
                     abandoned = true;
-                    tracing::warn!(plugin = %shared.sub.plugin, "shutdown deadline: {} unfinished events stay pending", tasks.len());
-                    tasks.abort_all();
+                    tracing::warn!(plugin = %shared.sub.plugin, "shutdown deadline: {} unfinished events stay pending", shared.lock_in_flight().len());
+                    lanes.abort_all();
                 }
             }
         }
+        shared.waits.close();
+        shared.waits.wait().await;
         drained.cancel();
         keep_alive.await?;
         drop(shared);
