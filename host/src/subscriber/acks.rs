@@ -18,7 +18,9 @@ pub(super) async fn ack_loop(
     const BATCH: usize = 512;
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let mut by_stream: HashMap<String, Vec<String>> = HashMap::new();
+        // Hashed once per entry: the fast hash (stream names are ours).
+        let mut by_stream: HashMap<String, Vec<String>, foldhash::fast::RandomState> =
+            HashMap::default();
         for (stream, id) in batch.drain(..) {
             by_stream.entry(stream).or_default().push(id);
         }

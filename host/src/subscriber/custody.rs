@@ -13,7 +13,7 @@ impl Shared {
             return;
         }
         let mut by_stream: HashMap<String, Vec<String>> = HashMap::new();
-        for (stream, id) in self.lock_in_flight().keys() {
+        for (stream, id) in self.lock_in_flight().iter() {
             by_stream
                 .entry(stream.clone())
                 .or_default()
@@ -56,7 +56,7 @@ impl Shared {
             }
         }
         let busy = self.lock_in_flight();
-        claimed.retain(|d| !busy.contains_key(&(d.stream.clone(), d.entry.id.clone())));
+        claimed.retain(|d| !busy.contains(&(d.stream.clone(), d.entry.id.clone())));
         if !claimed.is_empty() {
             tracing::info!(plugin = %self.sub.plugin, count = claimed.len(), "reclaimed entries abandoned by another consumer");
         }

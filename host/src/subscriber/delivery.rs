@@ -5,12 +5,11 @@
 //! publish round trip) is handed to a task of its own so that the lane goes
 //! on calling the handler.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{EntryRef, Shared};
+use super::{InFlight, Shared};
 use crate::broker::{Delivery, Entry, EVENT_FIELD};
 use crate::config::Backoff;
 use crate::dead_letter::DeadLetter;
@@ -93,7 +92,7 @@ impl Shared {
             let mut in_flight = self.lock_in_flight();
             for job in &jobs {
                 let key = (job.delivery.stream.clone(), job.delivery.entry.id.clone());
-                in_flight.insert(key, ());
+                in_flight.insert(key);
             }
         }
         if let Err(refused) = self.queue.push_all(jobs) {
@@ -126,7 +125,7 @@ impl Shared {
         }
     }
 
-    pub(super) fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<EntryRef, ()>> {
+    pub(super) fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, InFlight> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
