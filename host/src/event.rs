@@ -120,8 +120,42 @@ pub fn format_rfc3339_nano(t: OffsetDateTime) -> String {
 /// [`format_rfc3339_nano`] appending to `out`, for callers that reuse a
 /// buffer (every call of a plugin shows it the event's time).
 pub fn write_rfc3339_nano(t: OffsetDateTime, out: &mut String) {
-    use std::fmt::Write as _;
     let t = t.to_offset(UtcOffset::UTC);
+    if !(0..=9999).contains(&t.year()) {
+        return write_rfc3339_any_year(t, out);
+    }
+    // Digit by digit rather than through `write!`: the formatting machinery
+    // was a tenth of the cost of a whole wasm call in a profile.
+    let mut text = *b"0000-00-00T00:00:00.000000000Z";
+    let mut put = |at: usize, width: usize, mut value: u32| {
+        for i in (at..at + width).rev() {
+            text[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, t.year() as u32);
+    put(5, 2, u8::from(t.month()).into());
+    put(8, 2, t.day().into());
+    put(11, 2, t.hour().into());
+    put(14, 2, t.minute().into());
+    put(17, 2, t.second().into());
+    put(20, 9, t.nanosecond());
+    // Go's RFC3339Nano drops trailing zeros of the fraction, and the dot
+    // with them when nothing is left.
+    let mut end = 29;
+    while end > 20 && text[end - 1] == b'0' {
+        end -= 1;
+    }
+    if end == 20 {
+        end = 19;
+    }
+    text[end] = b'Z';
+    out.push_str(std::str::from_utf8(&text[..=end]).expect("ASCII digits"));
+}
+
+/// The general form, for years that do not fit four digits.
+fn write_rfc3339_any_year(t: OffsetDateTime, out: &mut String) {
+    use std::fmt::Write as _;
     // Writing to a String cannot fail.
     let _ = write!(
         out,
@@ -350,6 +384,16 @@ mod fuzz {
             let _ = Event::from_json(&json);
             json.truncate(at);
             prop_assert!(Event::from_json(&json).is_err() || at == 0 && json.is_empty());
+        }
+
+        #[test]
+        fn the_fast_time_format_matches_the_general_one(secs in -62_167_219_200i64..253_402_300_800, nanos in prop_oneof![0u32..1_000_000_000, Just(0u32), (0u32..1000).prop_map(|n| n * 1_000_000)]) {
+            let t = OffsetDateTime::from_unix_timestamp(secs).unwrap().replace_nanosecond(nanos).unwrap();
+            let (mut fast, mut general) = (String::new(), String::new());
+            write_rfc3339_nano(t, &mut fast);
+            write_rfc3339_any_year(t, &mut general);
+            prop_assert_eq!(&fast, &general);
+            prop_assert_eq!(parse_rfc3339(&fast).unwrap(), t);
         }
 
         #[test]

@@ -190,6 +190,12 @@ impl WasmPlugin {
         if let Some(warm) = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             return Ok(warm);
         }
+        // Boxed: instantiating is rare and its future is large, and every
+        // call's future would otherwise carry (and copy) room for it.
+        Box::pin(self.instantiate()).await
+    }
+
+    async fn instantiate(&self) -> anyhow::Result<Warm> {
         let mut store = self.new_store()?;
         store.data_mut().deadline = Some(Instant::now() + self.settings.timeout);
         store.set_epoch_deadline(1);
@@ -421,3 +427,4 @@ fn describe_trap(error: &wasmtime::Error) -> String {
     }
     text
 }
+
