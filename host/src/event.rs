@@ -6,6 +6,8 @@
 //! the payload as standard base64 with padding, the time as RFC 3339 in UTC
 //! with trailing zeros of the fraction trimmed (Go's `RFC3339Nano`).
 
+mod canonical;
+
 use std::fmt;
 
 use base64::Engine as _;
@@ -89,7 +91,10 @@ impl Event {
 
     /// Decodes an envelope, with an error that says what is wrong with it.
     pub fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
-        serde_json::from_slice(bytes).map_err(|e| DecodeError(e.to_string()))
+        match canonical::decode(bytes) {
+            Some(event) => Ok(event),
+            None => serde_json::from_slice(bytes).map_err(|e| DecodeError(e.to_string())),
+        }
     }
 }
 

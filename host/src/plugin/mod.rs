@@ -427,4 +427,3 @@ fn describe_trap(error: &wasmtime::Error) -> String {
     }
     text
 }
-
