@@ -345,10 +345,15 @@ mod fuzz {
     use proptest::prelude::*;
 
     fn arb_event() -> impl Strategy<Value = Event> {
+        arb_event_with(".*")
+    }
+
+    /// Events whose id, name and correlation id match the regex `text`.
+    pub(super) fn arb_event_with(text: &'static str) -> impl Strategy<Value = Event> {
         (
-            ".*",
-            ".*",
-            ".*",
+            text,
+            text,
+            text,
             any::<u32>(),
             any::<bool>(),
             proptest::collection::vec(any::<u8>(), 0..512),

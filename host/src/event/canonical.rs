@@ -101,39 +101,12 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use time::OffsetDateTime;
 
     /// Strings with nothing to escape, so that the canonical form applies.
     const PLAIN: &str = "[a-zA-Z0-9 ._:/é-]{0,40}";
 
     fn event(plain: bool) -> impl Strategy<Value = Event> {
-        let text = if plain { PLAIN } else { ".{0,40}" };
-        (
-            text,
-            text,
-            text,
-            any::<u32>(),
-            any::<bool>(),
-            proptest::collection::vec(any::<u8>(), 0..256),
-            0i64..4_102_444_800,
-            0u32..1_000_000_000,
-        )
-            .prop_map(
-                |(id, name, corr, attempts, dry, payload, secs, nanos)| Event {
-                    id,
-                    name,
-                    meta: Meta {
-                        created_at_utc: OffsetDateTime::from_unix_timestamp(secs)
-                            .unwrap()
-                            .replace_nanosecond(nanos)
-                            .unwrap(),
-                        correlation_id: corr,
-                        attempts,
-                        is_dry_run: dry,
-                    },
-                    payload,
-                },
-            )
+        super::super::fuzz::arb_event_with(if plain { PLAIN } else { ".{0,40}" })
     }
 
     fn by_serde(bytes: &[u8]) -> Option<Event> {
