@@ -8,8 +8,9 @@
 //! - [`publisher`] appends events to the streams that [`routes`] pick by name.
 //! - [`broker`] is the backend seam, shaped like Redis Streams; the in-memory
 //!   backend is [`broker::memory`], the real one [`broker::redis`].
-//! - [`subscriber`] owns delivery semantics, once for every backend: attempts,
-//!   retries with backoff, the error handler, dead letters, batched acks.
+//! - [`subscriber`] owns delivery semantics, once for every backend: a read
+//!   loop feeding long-lived delivery lanes, attempts, retries with backoff,
+//!   the error handler, dead letters, batched acks.
 //! - [`handler`] is what a subscriber calls: a wasm plugin or native code.
 //! - [`plugin`] runs WebAssembly components: engine, artifact cache, sandbox,
 //!   warm instances, and the host side of the WIT contract.
