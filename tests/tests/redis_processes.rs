@@ -417,8 +417,8 @@ async fn a_poison_event_is_dead_lettered_after_max_attempts_across_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handling_longer_than_the_claim_idle_time_is_not_stolen() {
-    // With COUNT 1 and concurrency 1 a process holds at most 3 entries
-    // (one read's worth plus twice its concurrency), and then waits for room.
+    // With COUNT 1 and concurrency 1 a process holds at most 4 entries
+    // (two reads' worth plus twice its concurrency), and then waits for room.
     const EVENTS: usize = 3;
     let setup = Setup::new("long", &redis_url());
     let streams = vec![unique("long")];
