@@ -309,6 +309,18 @@ impl Process {
     }
 }
 
+/// A test that fails half-way must not leave its hosts running: they would
+/// go on consuming the shared Redis, and hold whatever the test runner's
+/// children inherited (a build lock, for one).
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// The `handled` column of a summary table row.
 pub fn handled_in_summary(summary: &str, plugin: &str) -> u64 {
     summary
