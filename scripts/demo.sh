@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build-plugins.sh
 cargo build --release -p runnel
-RUNNEL_LOG="${RUNNEL_LOG:-info}" target/release/runnel run \
+RUNNEL_LOG="${RUNNEL_LOG:-info}" "${CARGO_TARGET_DIR:-target}/release/runnel" run \
   --config examples/orders/runnel.toml \
   --input examples/orders/events.ndjson \
   --exit-when-idle
