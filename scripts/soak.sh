@@ -46,5 +46,10 @@ kill -TERM "$host"; wait "$host" || true
 echo "soak: ${seconds}s, $((batches * 1000)) events emitted"
 echo "resident memory: ${start_rss:-?} KiB after 30 s warm-up, ${end_rss} KiB at the end, peak ${peak} KiB"
 cat "$work/summary.txt"
+# Whatever the summary does not count must still be on the stream: entries
+# emitted after the last read before SIGTERM (unread, "lag") or taken and not
+# acknowledged ("pending"); emitted = handled + lag + pending means no loss.
+redis-cli -u "$url" --no-raw xinfo groups "$stream" |
+  awk '/"pending"/ {getline; p=$NF} /"lag"/ {getline; l=$NF} END {print "left on the stream for the group: pending " p ", unread (lag) " l}'
 redis-cli -u "$url" del "$stream" >/dev/null || true
 rm -rf "$work"
