@@ -12,13 +12,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::redis::{RedisBroker, Trimming};
-use crate::config::{Config, EngineConfig};
-use crate::dead_letter::DeadLetterRecord;
+use crate::config::EngineConfig;
 use crate::event::Event;
 use crate::input::InputEvent;
 use crate::plugin::{self, PluginEngine};
-use crate::reload::Reloader;
-use crate::runtime::{summary_table, Runtime};
+use crate::service::{Service, ServiceOptions};
+use crate::stats::summary_table;
 
 /// Runs sandboxed WebAssembly event handlers over pub/sub streams.
 #[derive(Parser)]
@@ -44,21 +43,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the host as a service until SIGINT or SIGTERM.
-    Run {
-        #[arg(long, default_value = "runnel.toml")]
-        config: PathBuf,
-        /// NDJSON events to inject (`-` for stdin): envelopes or
-        /// {"name", "payload"[, "stream"]} lines.
-        #[arg(long)]
-        input: Option<String>,
-        /// Exit once every event is handled, printing a summary per plugin.
-        #[arg(long)]
-        exit_when_idle: bool,
-        /// Serve the admin API on this address (e.g. 127.0.0.1:9464; port 0
-        /// picks a free one), overriding the config's `[admin] listen`.
-        #[arg(long)]
-        admin: Option<std::net::SocketAddr>,
-    },
+    Run(RunArgs),
     /// Talks to a running host's admin API: list, reload or promote plugins,
     /// reload its config.
     Plugins {
@@ -87,50 +72,12 @@ enum Command {
     },
     /// Runs a plugin over events from a file, in process (no backend), and
     /// prints each attempt's verdict, logs and emitted events.
-    Test {
-        plugin: PathBuf,
-        /// NDJSON events, as `run --input` reads them. Shorthand lines get
-        /// the id `event-N` and a fixed time, so that reports are the same
-        /// from run to run.
-        #[arg(long)]
-        events: PathBuf,
-        /// Compare the report with this file; exit 1 on a difference.
-        /// (Write it first with `runnel test ... > FILE`.)
-        #[arg(long)]
-        expect: Option<PathBuf>,
-        /// Attempts per event; failures are retried at once.
-        #[arg(long, default_value_t = 1)]
-        max_attempts: u32,
-        #[arg(long, default_value_t = 5000)]
-        timeout_ms: u64,
-        /// Let the plugin's stdout/stderr through to the log.
-        #[arg(long)]
-        grant_stdio: bool,
-    },
+    Test(TestArgs),
     /// Measures events/s through the dispatcher: native Rust, wasm with warm
     /// instances, wasm with a fresh instance per event.
     Bench(crate::bench::BenchArgs),
     /// Publishes events to Redis: one from --name/--payload, or NDJSON on stdin.
-    Emit {
-        #[arg(long, default_value = "redis://127.0.0.1:6379")]
-        redis: String,
-        /// Stream to append to (lines of NDJSON may name their own).
-        #[arg(long)]
-        stream: Option<String>,
-        /// Event name; without it, events are read as NDJSON from stdin.
-        #[arg(long)]
-        name: Option<String>,
-        /// JSON payload.
-        #[arg(long, conflicts_with = "payload_file")]
-        payload: Option<String>,
-        /// File whose bytes are the payload.
-        #[arg(long)]
-        payload_file: Option<PathBuf>,
-        #[arg(long, default_value = "")]
-        correlation_id: String,
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Emit(EmitArgs),
     /// Inspects and replays dead letters.
     Dlq {
         #[command(subcommand)]
@@ -140,8 +87,8 @@ enum Command {
     /// event's verdict, what it would emit and its logs. Publishes and acks
     /// nothing.
     Replay {
-        #[arg(long, default_value = "redis://127.0.0.1:6379")]
-        redis: String,
+        #[command(flatten)]
+        redis: RedisArgs,
         #[arg(long)]
         stream: String,
         /// First entry id (inclusive); default the oldest.
@@ -154,6 +101,84 @@ enum Command {
         count: usize,
         plugin: PathBuf,
     },
+}
+
+/// `runnel run`'s flags.
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long, default_value = "runnel.toml")]
+    config: PathBuf,
+    /// NDJSON events to inject (`-` for stdin): envelopes or
+    /// {"name", "payload"[, "stream"]} lines.
+    #[arg(long)]
+    input: Option<String>,
+    /// Exit once every event is handled, printing a summary per plugin.
+    #[arg(long)]
+    exit_when_idle: bool,
+    /// Serve the admin API on this address (e.g. 127.0.0.1:9464; port 0
+    /// picks a free one), overriding the config's `[admin] listen`.
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
+}
+
+/// `runnel test`'s flags.
+#[derive(clap::Args)]
+struct TestArgs {
+    plugin: PathBuf,
+    /// NDJSON events, as `run --input` reads them. Shorthand lines get
+    /// the id `event-N` and a fixed time, so that reports are the same
+    /// from run to run.
+    #[arg(long)]
+    events: PathBuf,
+    /// Compare the report with this file; exit 1 on a difference.
+    /// (Write it first with `runnel test ... > FILE`.)
+    #[arg(long)]
+    expect: Option<PathBuf>,
+    /// Attempts per event; failures are retried at once.
+    #[arg(long, default_value_t = 1)]
+    max_attempts: u32,
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Let the plugin's stdout/stderr through to the log.
+    #[arg(long)]
+    grant_stdio: bool,
+}
+
+/// `runnel emit`'s flags.
+#[derive(clap::Args)]
+struct EmitArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Stream to append to (lines of NDJSON may name their own).
+    #[arg(long)]
+    stream: Option<String>,
+    /// Event name; without it, events are read as NDJSON from stdin.
+    #[arg(long)]
+    name: Option<String>,
+    /// JSON payload.
+    #[arg(long, conflicts_with = "payload_file")]
+    payload: Option<String>,
+    /// File whose bytes are the payload.
+    #[arg(long)]
+    payload_file: Option<PathBuf>,
+    #[arg(long, default_value = "")]
+    correlation_id: String,
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Which Redis a tool talks to; shared by every command that does.
+#[derive(clap::Args)]
+struct RedisArgs {
+    /// `redis://[user:password@]host:port[/db]`.
+    #[arg(long = "redis", default_value = "redis://127.0.0.1:6379")]
+    url: String,
+}
+
+impl RedisArgs {
+    async fn connect(&self) -> anyhow::Result<Arc<RedisBroker>> {
+        RedisBroker::connect(&self.url, Trimming::default()).await
+    }
 }
 
 #[derive(Subcommand)]
@@ -172,8 +197,8 @@ enum PluginsCommand {
 enum DlqCommand {
     /// Lists the entries of a dead-letter stream.
     List {
-        #[arg(long, default_value = "redis://127.0.0.1:6379")]
-        redis: String,
+        #[command(flatten)]
+        redis: RedisArgs,
         /// The dead-letter stream (by default `<stream>.dead`).
         #[arg(long)]
         stream: String,
@@ -182,8 +207,8 @@ enum DlqCommand {
     },
     /// Puts dead letters back on their source streams and removes them here.
     Replay {
-        #[arg(long, default_value = "redis://127.0.0.1:6379")]
-        redis: String,
+        #[command(flatten)]
+        redis: RedisArgs,
         #[arg(long)]
         stream: String,
         /// Entry ids to replay; all of them when none is given.
@@ -232,149 +257,21 @@ fn init_logging(format: LogFormat) {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run {
-            config,
-            input,
-            exit_when_idle,
-            admin,
-        } => run(config, input, exit_when_idle, admin).await,
+        Command::Run(args) => cmd_run(args).await,
         Command::Plugins {
             admin,
             token_env,
             command,
-        } => {
-            let (method, path) = match &command {
-                PluginsCommand::List => ("GET", "/plugins".to_string()),
-                PluginsCommand::Reload { name } => ("POST", format!("/plugins/{name}/reload")),
-                PluginsCommand::Promote { name } => ("POST", format!("/plugins/{name}/promote")),
-                PluginsCommand::ReloadConfig => ("POST", "/config/reload".to_string()),
-            };
-            let token = std::env::var(&token_env).ok();
-            let url = format!("{}{path}", admin.trim_end_matches('/'));
-            let (ok, body) = tokio::task::spawn_blocking(move || call_admin(method, &url, token))
-                .await
-                .context("the admin client thread failed")??;
-            println!("{body}");
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        } => cmd_plugins(admin, token_env, command).await,
         Command::Check { plugin } => check(plugin),
-        Command::New { lang, name, dir } => {
-            let project = crate::scaffold::create(lang, &name, &dir)?;
-            println!("created {}", project.display());
-            println!(
-                "next: cd {} && ./build.sh && runnel test {name}.wasm --events events.ndjson",
-                project.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Test {
-            plugin,
-            events,
-            expect,
-            max_attempts,
-            timeout_ms,
-            grant_stdio,
-        } => {
-            let text = std::fs::read_to_string(&events)
-                .with_context(|| format!("{}: cannot read", events.display()))?;
-            let events_parsed =
-                crate::input::parse(&text).with_context(|| events.display().to_string())?;
-            let options = crate::harness::HarnessOptions {
-                max_attempts,
-                timeout: Duration::from_millis(timeout_ms),
-                grants: crate::config::Grants {
-                    stdio: grant_stdio,
-                    ..Default::default()
-                },
-            };
-            let report = crate::harness::run(&plugin, events_parsed, &options).await?;
-            print!("{report}");
-            match expect {
-                None => Ok(ExitCode::SUCCESS),
-                Some(path) => {
-                    let expected = std::fs::read_to_string(&path)
-                        .with_context(|| format!("{}: cannot read", path.display()))?;
-                    match crate::harness::difference(&report, &expected) {
-                        None => Ok(ExitCode::SUCCESS),
-                        Some(d) => {
-                            eprintln!("differs from {}: {d}", path.display());
-                            Ok(ExitCode::FAILURE)
-                        }
-                    }
-                }
-            }
-        }
+        Command::New { lang, name, dir } => cmd_new(lang, name, dir),
+        Command::Test(args) => cmd_test(args).await,
         Command::Bench(args) => {
             print!("{}", crate::bench::run(args).await?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Emit {
-            redis,
-            stream,
-            name,
-            payload,
-            payload_file,
-            correlation_id,
-            dry_run,
-        } => {
-            let events = match name {
-                Some(name) => {
-                    let bytes = match (payload, payload_file) {
-                        (Some(json), _) => {
-                            serde_json::from_str::<serde_json::Value>(&json)
-                                .context("--payload is not JSON")?;
-                            json.into_bytes()
-                        }
-                        (None, Some(file)) => std::fs::read(&file)
-                            .with_context(|| format!("{}: cannot read", file.display()))?,
-                        (None, None) => Vec::new(),
-                    };
-                    let mut event = Event::new(name, bytes);
-                    event.meta.correlation_id = correlation_id;
-                    event.meta.is_dry_run = dry_run;
-                    vec![InputEvent {
-                        stream: None,
-                        event,
-                        is_envelope: false,
-                    }]
-                }
-                None => {
-                    let mut text = String::new();
-                    std::io::stdin()
-                        .read_to_string(&mut text)
-                        .context("reading NDJSON events from stdin")?;
-                    crate::input::parse(&text).context("stdin")?
-                }
-            };
-            let broker = RedisBroker::connect(&redis, Trimming::default()).await?;
-            let n = crate::tools::emit(&*broker, stream.as_deref(), events).await?;
-            println!("emitted {n} events");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Dlq { command } => match command {
-            DlqCommand::List {
-                redis,
-                stream,
-                count,
-            } => {
-                let broker = RedisBroker::connect(&redis, Trimming::default()).await?;
-                print!(
-                    "{}",
-                    crate::tools::dlq_list(&*broker, &stream, count).await?
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            DlqCommand::Replay { redis, stream, ids } => {
-                let broker = RedisBroker::connect(&redis, Trimming::default()).await?;
-                let n = crate::tools::dlq_replay(&*broker, &stream, &ids).await?;
-                println!("replayed {n} dead letters from {stream}");
-                Ok(ExitCode::SUCCESS)
-            }
-        },
+        Command::Emit(args) => cmd_emit(args).await,
+        Command::Dlq { command } => cmd_dlq(command).await,
         Command::Replay {
             redis,
             stream,
@@ -383,7 +280,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             count,
             plugin,
         } => {
-            let broker = RedisBroker::connect(&redis, Trimming::default()).await?;
+            let broker = redis.connect().await?;
             let report = crate::tools::replay(
                 &*broker,
                 &stream,
@@ -399,6 +296,153 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `runnel run`: the service until SIGINT/SIGTERM (or idle, if asked), then
+/// its summary.
+async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let signalled = CancellationToken::new();
+    install_signal_handlers(signalled.clone())?;
+    let options = ServiceOptions {
+        input: args.input,
+        exit_when_idle: args.exit_when_idle,
+        admin: args.admin,
+    };
+    let service = Service::start(args.config, options).await?;
+    let runtime = service.runtime().clone();
+    let report = service.run(signalled.cancelled_owned()).await?;
+    print!("{}", summary_table(&report.summary));
+    if args.exit_when_idle {
+        print!("{}", Service::dead_letters(&runtime).await?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `runnel plugins ...`: one request to a running host's admin API.
+async fn cmd_plugins(
+    admin: String,
+    token_env: String,
+    command: PluginsCommand,
+) -> anyhow::Result<ExitCode> {
+    let (method, path) = match &command {
+        PluginsCommand::List => ("GET", "/plugins".to_string()),
+        PluginsCommand::Reload { name } => ("POST", format!("/plugins/{name}/reload")),
+        PluginsCommand::Promote { name } => ("POST", format!("/plugins/{name}/promote")),
+        PluginsCommand::ReloadConfig => ("POST", "/config/reload".to_string()),
+    };
+    let token = std::env::var(&token_env).ok();
+    let url = format!("{}{path}", admin.trim_end_matches('/'));
+    let (ok, body) = tokio::task::spawn_blocking(move || call_admin(method, &url, token))
+        .await
+        .context("the admin client thread failed")??;
+    println!("{body}");
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `runnel new`: a plugin project from the scaffold.
+fn cmd_new(lang: crate::scaffold::Lang, name: String, dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let project = crate::scaffold::create(lang, &name, &dir)?;
+    println!("created {}", project.display());
+    println!(
+        "next: cd {} && ./build.sh && runnel test {name}.wasm --events events.ndjson",
+        project.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `runnel test`: a plugin over a file of events, in process; compared with
+/// an expected report when one is given.
+async fn cmd_test(args: TestArgs) -> anyhow::Result<ExitCode> {
+    let events = &args.events;
+    let text = std::fs::read_to_string(events)
+        .with_context(|| format!("{}: cannot read", events.display()))?;
+    let events_parsed = crate::input::parse(&text).with_context(|| events.display().to_string())?;
+    let options = crate::harness::HarnessOptions {
+        max_attempts: args.max_attempts,
+        timeout: Duration::from_millis(args.timeout_ms),
+        grants: crate::config::Grants {
+            stdio: args.grant_stdio,
+            ..Default::default()
+        },
+    };
+    let report = crate::harness::run(&args.plugin, events_parsed, &options).await?;
+    print!("{report}");
+    let Some(path) = args.expect else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let expected = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    match crate::harness::difference(&report, &expected) {
+        None => Ok(ExitCode::SUCCESS),
+        Some(d) => {
+            eprintln!("differs from {}: {d}", path.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `runnel emit`: one event from flags, or NDJSON from stdin, to Redis.
+async fn cmd_emit(args: EmitArgs) -> anyhow::Result<ExitCode> {
+    let events = match args.name {
+        Some(name) => {
+            let bytes = match (args.payload, args.payload_file) {
+                (Some(json), _) => {
+                    serde_json::from_str::<serde_json::Value>(&json)
+                        .context("--payload is not JSON")?;
+                    json.into_bytes()
+                }
+                (None, Some(file)) => std::fs::read(&file)
+                    .with_context(|| format!("{}: cannot read", file.display()))?,
+                (None, None) => Vec::new(),
+            };
+            let mut event = Event::new(name, bytes);
+            event.meta.correlation_id = args.correlation_id;
+            event.meta.is_dry_run = args.dry_run;
+            vec![InputEvent {
+                stream: None,
+                event,
+                is_envelope: false,
+            }]
+        }
+        None => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading NDJSON events from stdin")?;
+            crate::input::parse(&text).context("stdin")?
+        }
+    };
+    let broker = args.redis.connect().await?;
+    let n = crate::tools::emit(&*broker, args.stream.as_deref(), events).await?;
+    println!("emitted {n} events");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `runnel dlq ...`: list or replay dead letters.
+async fn cmd_dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DlqCommand::List {
+            redis,
+            stream,
+            count,
+        } => {
+            let broker = redis.connect().await?;
+            print!(
+                "{}",
+                crate::tools::dlq_list(&*broker, &stream, count).await?
+            );
+        }
+        DlqCommand::Replay { redis, stream, ids } => {
+            let broker = redis.connect().await?;
+            let n = crate::tools::dlq_replay(&*broker, &stream, &ids).await?;
+            println!("replayed {n} dead letters from {stream}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// One request to the admin API; returns whether it succeeded and the body.
 fn call_admin(method: &str, url: &str, token: Option<String>) -> anyhow::Result<(bool, String)> {
     let mut request = ureq::request(method, url).timeout(std::time::Duration::from_secs(120));
@@ -412,153 +456,6 @@ fn call_admin(method: &str, url: &str, token: Option<String>) -> anyhow::Result<
     };
     let ok = response.status() < 300;
     Ok((ok, response.into_string().context("reading the answer")?))
-}
-
-async fn run(
-    config_path: PathBuf,
-    input: Option<String>,
-    exit_when_idle: bool,
-    admin_addr: Option<std::net::SocketAddr>,
-) -> anyhow::Result<ExitCode> {
-    let shutdown = CancellationToken::new();
-    install_signal_handlers(shutdown.clone())?;
-    let config = Config::load(&config_path)?;
-    let deadline = Duration::from_millis(config.service.shutdown_deadline_ms);
-    let runtime = Arc::new(Runtime::from_config(config).await?);
-    let mut tasks = runtime.start(&shutdown).await?;
-    tracing::info!(plugins = runtime.plugins.len(), "consuming");
-    if let Some(reloader) = &runtime.reloader {
-        if runtime.config.service.watch_plugins {
-            // Hot reload by file is a convenience: without it (no inotify
-            // watches left, say) the service still runs and reloads on
-            // request.
-            if let Err(e) = reloader.clone().watch(shutdown.clone()) {
-                tracing::warn!("not watching plugin files, reload through the admin API: {e:#}");
-            }
-        }
-        reload_config_on_sighup(reloader.clone(), config_path.clone())?;
-    }
-    let admin_config = runtime.config.admin.as_ref();
-    let listen = admin_addr
-        .map(|a| a.to_string())
-        .or_else(|| admin_config.map(|a| a.listen.clone()));
-    if let Some(listen) = listen {
-        let token = match admin_config.and_then(|a| a.token_env.as_ref()) {
-            Some(var) => Some(
-                std::env::var(var)
-                    .with_context(|| format!("admin.token_env names {var:?}, which is not set"))?,
-            ),
-            None => None,
-        };
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .with_context(|| format!("admin API: binding {listen}"))?;
-        tracing::info!("admin API listening on http://{}", listener.local_addr()?);
-        let admin = Arc::new(crate::admin::Admin {
-            runtime: runtime.clone(),
-            token,
-            config_path: Some(config_path.clone()),
-        });
-        tokio::spawn(crate::admin::serve(listener, admin, shutdown.clone()));
-    }
-
-    if let Some(input) = input {
-        let text = if input == "-" {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("reading events from stdin")?;
-            text
-        } else {
-            std::fs::read_to_string(&input).with_context(|| format!("{input}: cannot read"))?
-        };
-        let events = crate::input::parse(&text).with_context(|| input.clone())?;
-        let count = events.len();
-        runtime
-            .inject(events)
-            .await
-            .with_context(|| input.clone())?;
-        tracing::info!("injected {count} events from {input}");
-    }
-    // Until asked to stop (or idle, if asked to exit then), watch the
-    // subscribers: one that ends early has failed, and a service that has
-    // silently stopped consuming is worse than one that exits.
-    let idle = async {
-        if exit_when_idle {
-            runtime.wait_idle().await
-        } else {
-            std::future::pending().await
-        }
-    };
-    tokio::select! {
-        r = idle => r?,
-        _ = shutdown.cancelled() => {}
-        Some(ended) = tasks.join_next() => {
-            if shutdown.is_cancelled() {
-                // Not early: a signal arrived and this one drained first.
-                ended??;
-            } else {
-                shutdown.cancel();
-                let reason = match ended {
-                Ok(Ok(())) => "stopped".to_string(),
-                Ok(Err(e)) => format!("{e:#}"),
-                    Err(e) => format!("panicked: {e}"),
-                };
-                anyhow::bail!("a subscriber ended unexpectedly: {reason}");
-            }
-        }
-    }
-    shutdown.cancel();
-    let drain = async {
-        while let Some(done) = tasks.join_next().await {
-            done??;
-        }
-        anyhow::Ok(())
-    };
-    tokio::pin!(drain);
-    match tokio::time::timeout(deadline, &mut drain).await {
-        Ok(drained) => drained?,
-        Err(_) => {
-            tracing::warn!(
-                "shutdown deadline of {deadline:?} passed: leaving unfinished events pending"
-            );
-            runtime.abandon.cancel();
-            drain.await?;
-        }
-    }
-    print!("{}", summary_table(&runtime.summary()));
-    if exit_when_idle {
-        print_dead_letters(&runtime).await?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Lists what was dead-lettered on the plugins' streams: with the in-memory
-/// backend, the last chance to see it.
-async fn print_dead_letters(runtime: &Runtime) -> anyhow::Result<()> {
-    let mut streams: Vec<String> = runtime
-        .plugins
-        .iter()
-        .flat_map(|p| p.config.streams.iter())
-        .map(|s| runtime.config.dead_letter_stream(s))
-        .collect();
-    streams.sort();
-    streams.dedup();
-    for stream in streams {
-        let entries = runtime.broker.range(&stream, None, None, 100).await?;
-        if entries.is_empty() {
-            continue;
-        }
-        println!("\ndead letters on {stream}:");
-        for entry in &entries {
-            let r = DeadLetterRecord::from_entry(entry);
-            println!(
-                "  {} plugin={} kind={} attempts={}: {}",
-                r.id, r.plugin, r.kind, r.attempts, r.reason
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Listens for SIGINT and SIGTERM. The handlers are installed here, before
@@ -583,23 +480,6 @@ fn install_signal_handlers(shutdown: CancellationToken) -> anyhow::Result<()> {
             } else {
                 tracing::warn!("second signal: exiting without draining");
                 std::process::exit(130);
-            }
-        }
-    });
-    Ok(())
-}
-
-/// SIGHUP re-reads the config and applies what can change while running.
-fn reload_config_on_sighup(reloader: Arc<Reloader>, path: PathBuf) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            match Config::load(&path) {
-                Ok(config) => {
-                    reloader.apply(&config).await;
-                }
-                Err(e) => tracing::error!("config reload refused, nothing changed: {e}"),
             }
         }
     });

@@ -22,12 +22,15 @@
 //! - [`config`] reads and checks `runnel.toml`.
 //! - [`runtime`] wires a config into running subscribers.
 //! - [`stats`] counts outcomes per plugin.
-//! - [`cli`] is the `runnel` command; [`bench`] is `runnel bench`;
+//! - [`cli`] is the `runnel` command, a thin dispatcher: one function per
+//!   subcommand; [`bench`] is `runnel bench`;
 //!   [`harness`] is `runnel test` and [`scaffold`] is `runnel new`, for
 //!   plugin authors.
 //!
 //! Running as a service:
 //!
+//! - [`service`] is the lifecycle of `runnel run`: start, serve until told
+//!   to stop, drain, report.
 //! - [`live`] is a plugin slot whose version can be swapped under load;
 //!   [`reload`] compiles, vets and installs new versions (file watcher,
 //!   admin API, config reload); [`shadow`] runs a candidate beside the live
@@ -52,6 +55,7 @@ pub mod reload;
 pub mod routes;
 pub mod runtime;
 pub mod scaffold;
+pub mod service;
 pub mod shadow;
 pub mod stats;
 pub mod subscriber;

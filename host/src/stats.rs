@@ -74,3 +74,19 @@ impl Stats {
         }
     }
 }
+
+/// Renders the per-plugin summary as an aligned table.
+pub fn summary_table(rows: &[(String, Snapshot)]) -> String {
+    let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0).max(6);
+    let mut out = format!(
+        "{:<width$}  {:>8}  {:>8}  {:>8}  {:>13}  {:>8}  {:>12}\n",
+        "plugin", "handled", "retried", "failed", "dead-lettered", "skipped", "deduplicated"
+    );
+    for (name, s) in rows {
+        out.push_str(&format!(
+            "{:<width$}  {:>8}  {:>8}  {:>8}  {:>13}  {:>8}  {:>12}\n",
+            name, s.handled, s.retried, s.failed, s.dead_lettered, s.skipped, s.deduplicated
+        ));
+    }
+    out
+}

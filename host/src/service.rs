@@ -1,0 +1,260 @@
+//! `runnel run` as a library: the service lifecycle, from a config file to a
+//! drained exit, testable without a subprocess.
+//!
+//! [`Service::start`] loads the config and the plugins, starts one subscriber
+//! per plugin, the file watcher, SIGHUP config reloads and the admin API;
+//! [`Service::run`] serves until its shutdown future resolves (or, when asked,
+//! until every event is handled), then stops reading, drains in-flight events
+//! within `service.shutdown_deadline_ms` and returns the counters. Signals are
+//! the binary's business (`cli.rs`): it turns SIGINT/SIGTERM into that future.
+
+use std::future::Future;
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::dead_letter::DeadLetterRecord;
+use crate::reload::Reloader;
+use crate::runtime::Runtime;
+use crate::stats::Snapshot;
+
+/// How `runnel run` was asked to behave, beyond the config file.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceOptions {
+    /// NDJSON events to inject once consuming has started (`-` for stdin).
+    pub input: Option<String>,
+    /// Return once every plugin has finished every entry of its streams.
+    pub exit_when_idle: bool,
+    /// Serve the admin API here, overriding the config's `[admin] listen`.
+    pub admin: Option<SocketAddr>,
+}
+
+/// A started host: subscribers consuming, admin API serving.
+pub struct Service {
+    runtime: Arc<Runtime>,
+    tasks: JoinSet<anyhow::Result<()>>,
+    /// Cancelled when the service stops, whatever the reason; every task of
+    /// the service (subscribers, watcher, admin API) ends with it.
+    stop: CancellationToken,
+    options: ServiceOptions,
+    /// Where the admin API listens, when it does.
+    admin_addr: Option<SocketAddr>,
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct Report {
+    /// Counters per plugin, in config order.
+    pub summary: Vec<(String, Snapshot)>,
+}
+
+impl Service {
+    /// Loads `config_path`, loads every plugin, starts consuming and serves
+    /// the admin API. Fails, naming the file or plugin, if anything does not
+    /// load.
+    pub async fn start(config_path: PathBuf, options: ServiceOptions) -> anyhow::Result<Service> {
+        let stop = CancellationToken::new();
+        let config = Config::load(&config_path)?;
+        let runtime = Arc::new(Runtime::from_config(config).await?);
+        let tasks = runtime.start(&stop).await?;
+        tracing::info!(plugins = runtime.plugins.len(), "consuming");
+        if let Some(reloader) = &runtime.reloader {
+            if runtime.config.service.watch_plugins {
+                // Hot reload by file is a convenience: without it (no inotify
+                // watches left, say) the service still runs and reloads on
+                // request.
+                if let Err(e) = reloader.clone().watch(stop.clone()) {
+                    tracing::warn!(
+                        "not watching plugin files, reload through the admin API: {e:#}"
+                    );
+                }
+            }
+            reload_config_on_sighup(reloader.clone(), config_path.clone())?;
+        }
+        let admin_addr = serve_admin(&runtime, &options, &config_path, &stop).await?;
+        let service = Service {
+            runtime,
+            tasks,
+            stop,
+            options,
+            admin_addr,
+        };
+        service.inject_input().await?;
+        Ok(service)
+    }
+
+    /// The running host: its config, broker, plugins and counters.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The admin API's address, when it listens.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    async fn inject_input(&self) -> anyhow::Result<()> {
+        let Some(input) = &self.options.input else {
+            return Ok(());
+        };
+        let text = if input == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading events from stdin")?;
+            text
+        } else {
+            std::fs::read_to_string(input).with_context(|| format!("{input}: cannot read"))?
+        };
+        let events = crate::input::parse(&text).with_context(|| input.clone())?;
+        let count = events.len();
+        self.runtime
+            .inject(events)
+            .await
+            .with_context(|| input.clone())?;
+        tracing::info!("injected {count} events from {input}");
+        Ok(())
+    }
+
+    /// Serves until `shutdown` resolves (or until idle, with
+    /// [`ServiceOptions::exit_when_idle`]), then drains: no new reads,
+    /// in-flight events finish and are acked; past the shutdown deadline what
+    /// is unfinished stays pending for another consumer. Fails if a
+    /// subscriber ends on its own: a service that has silently stopped
+    /// consuming is worse than one that exits.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<Report> {
+        let runtime = self.runtime.clone();
+        let idle = async {
+            if self.options.exit_when_idle {
+                runtime.wait_idle().await
+            } else {
+                std::future::pending().await
+            }
+        };
+        tokio::select! {
+            r = idle => r?,
+            _ = shutdown => {}
+            Some(ended) = self.tasks.join_next() => {
+                self.stop.cancel();
+                let reason = match ended {
+                    Ok(Ok(())) => "stopped".to_string(),
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(e) => format!("panicked: {e}"),
+                };
+                anyhow::bail!("a subscriber ended unexpectedly: {reason}");
+            }
+        }
+        self.stop.cancel();
+        let deadline = Duration::from_millis(runtime.config.service.shutdown_deadline_ms);
+        let tasks = &mut self.tasks;
+        let drain = async {
+            while let Some(done) = tasks.join_next().await {
+                done??;
+            }
+            anyhow::Ok(())
+        };
+        tokio::pin!(drain);
+        match tokio::time::timeout(deadline, &mut drain).await {
+            Ok(drained) => drained?,
+            Err(_) => {
+                tracing::warn!(
+                    "shutdown deadline of {deadline:?} passed: leaving unfinished events pending"
+                );
+                runtime.abandon.cancel();
+                drain.await?;
+            }
+        }
+        Ok(Report {
+            summary: runtime.summary(),
+        })
+    }
+
+    /// The entries on the plugins' dead-letter streams, one line each: with
+    /// the in-memory backend, the last chance to see them. Empty when none.
+    pub async fn dead_letters(runtime: &Runtime) -> anyhow::Result<String> {
+        let mut streams: Vec<String> = runtime
+            .plugins
+            .iter()
+            .flat_map(|p| p.config.streams.iter())
+            .map(|s| runtime.config.dead_letter_stream(s))
+            .collect();
+        streams.sort();
+        streams.dedup();
+        let mut out = String::new();
+        for stream in streams {
+            let entries = runtime.broker.range(&stream, None, None, 100).await?;
+            if entries.is_empty() {
+                continue;
+            }
+            out.push_str(&format!("\ndead letters on {stream}:\n"));
+            for entry in &entries {
+                let r = DeadLetterRecord::from_entry(entry);
+                out.push_str(&format!(
+                    "  {} plugin={} kind={} attempts={}: {}\n",
+                    r.id, r.plugin, r.kind, r.attempts, r.reason
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Binds and serves the admin API if the options or the config ask for it.
+async fn serve_admin(
+    runtime: &Arc<Runtime>,
+    options: &ServiceOptions,
+    config_path: &std::path::Path,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let admin_config = runtime.config.admin.as_ref();
+    let listen = options
+        .admin
+        .map(|a| a.to_string())
+        .or_else(|| admin_config.map(|a| a.listen.clone()));
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    let token = match admin_config.and_then(|a| a.token_env.as_ref()) {
+        Some(var) => Some(
+            std::env::var(var)
+                .with_context(|| format!("admin.token_env names {var:?}, which is not set"))?,
+        ),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("admin API: binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!("admin API listening on http://{addr}");
+    let admin = Arc::new(crate::admin::Admin {
+        runtime: runtime.clone(),
+        token,
+        config_path: Some(config_path.to_path_buf()),
+    });
+    tokio::spawn(crate::admin::serve(listener, admin, stop.clone()));
+    Ok(Some(addr))
+}
+
+/// SIGHUP re-reads the config and applies what can change while running.
+fn reload_config_on_sighup(reloader: Arc<Reloader>, path: PathBuf) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match Config::load(&path) {
+                Ok(config) => {
+                    reloader.apply(&config).await;
+                }
+                Err(e) => tracing::error!("config reload refused, nothing changed: {e}"),
+            }
+        }
+    });
+    Ok(())
+}
