@@ -104,16 +104,28 @@ async fn ready(State(admin): State<Arc<Admin>>) -> Response {
         .filter(|p| p.breaker.position() != crate::subscriber::breaker::Position::Closed)
         .map(|p| p.config.name.as_str())
         .collect();
+    // A plugin whose subscriber cannot read (its group is being created,
+    // the backend refuses it) is a reason: its events are not handled.
+    let not_reading: Vec<Value> = runtime
+        .plugins
+        .iter()
+        .filter(|p| !p.is_shadow())
+        .filter_map(|p| {
+            let why = p.health.problem()?;
+            Some(json!({ "plugin": p.config.name, "streams": p.config.streams, "reason": why }))
+        })
+        .collect();
+    let status = match (&backend, not_reading.is_empty()) {
+        (Ok(()), true) => StatusCode::OK,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
     let body = json!({
         "tripped": tripped,
         "backend": backend.as_ref().map_or_else(|e| e.as_str(), |_| "up"),
         "backend_reconnects": runtime.broker.reconnects(),
         "plugins": runtime.plugins.len(),
+        "not_reading": not_reading,
     });
-    let status = match backend {
-        Ok(()) => StatusCode::OK,
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
-    };
     (status, Json(body)).into_response()
 }
 

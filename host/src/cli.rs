@@ -119,6 +119,10 @@ struct RunArgs {
     /// picks a free one), overriding the config's `[admin] listen`.
     #[arg(long)]
     admin: Option<std::net::SocketAddr>,
+    /// Exit with an error if the backend does not answer at start (for
+    /// batch jobs); by default a service waits for it, not ready meanwhile.
+    #[arg(long)]
+    fail_fast: bool,
 }
 
 /// `runnel test`'s flags.
@@ -305,6 +309,7 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
         input: args.input,
         exit_when_idle: args.exit_when_idle,
         admin: args.admin,
+        fail_fast: args.fail_fast,
     };
     let service = Service::start(args.config, options).await?;
     let runtime = service.runtime().clone();

@@ -72,6 +72,33 @@ pub struct AdminConfig {
     /// (`Authorization: Bearer ...`). Kept out of the file so that configs
     /// can be committed.
     pub token_env: Option<String>,
+    /// A file holding the token (surrounding whitespace ignored), as secret
+    /// stores mount them; relative to the config file.
+    pub token_file: Option<PathBuf>,
+    /// Listen beyond loopback without a token. Refused otherwise, as Redis's
+    /// protected mode does; when set, every start warns.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+}
+
+impl AdminConfig {
+    /// The bearer token, from `token_env` or `token_file`; `None` when
+    /// neither is set. The token itself never appears in an error or log.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        let token = match (&self.token_env, &self.token_file) {
+            (Some(var), _) => std::env::var(var)
+                .map_err(|_| anyhow::anyhow!("admin.token_env names {var:?}, which is not set"))?,
+            (None, Some(file)) => std::fs::read_to_string(file).map_err(|e| {
+                anyhow::anyhow!("admin.token_file {}: cannot read: {e}", file.display())
+            })?,
+            (None, None) => return Ok(None),
+        };
+        let token = token.trim();
+        if token.is_empty() {
+            anyhow::bail!("admin token is empty (admin.token_env or admin.token_file)");
+        }
+        Ok(Some(token.to_string()))
+    }
 }
 
 fn default_admin_listen() -> String {
@@ -408,7 +435,11 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Reads and validates a config file; plugin paths become absolute.
+    /// Reads and validates a config file. Every path in it (plugins,
+    /// directory grants, the admin token file, the compile cache) becomes
+    /// absolute, relative to the config file's directory, however the file
+    /// itself was named (`runnel.toml`, `./runnel.toml`, `/etc/...`): a bare
+    /// file name has an empty parent, and a file watcher cannot watch "".
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
@@ -417,16 +448,29 @@ impl Config {
             reason: format!("cannot read: {e}"),
         })?;
         let mut config = Config::parse(&text, path)?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let absolute = std::path::absolute(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: String::new(),
+            reason: format!("cannot tell where it is: {e}"),
+        })?;
+        let base = absolute.parent().unwrap_or(Path::new("/"));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
         for plugin in &mut config.plugins {
-            if plugin.path.is_relative() {
-                plugin.path = base.join(&plugin.path);
-            }
+            resolve(&mut plugin.path);
             for dir in &mut plugin.grants.dirs {
-                if dir.host.is_relative() {
-                    dir.host = base.join(&dir.host);
-                }
+                resolve(&mut dir.host);
             }
+        }
+        if let Some(file) = config.admin.as_mut().and_then(|a| a.token_file.as_mut()) {
+            resolve(file);
+        }
+        if let Some(dir) = config.engine.cache_dir.as_mut() {
+            resolve(dir);
         }
         Ok(config)
     }
@@ -494,6 +538,12 @@ impl Config {
                 return Err((
                     "admin.listen".into(),
                     format!("{:?} is not an address like 127.0.0.1:9464", admin.listen),
+                ));
+            }
+            if admin.token_env.is_some() && admin.token_file.is_some() {
+                return Err((
+                    "admin.token_file".into(),
+                    "set token_env or token_file, not both".into(),
                 ));
             }
         }

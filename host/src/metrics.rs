@@ -34,6 +34,8 @@ struct PluginFigures {
     shadow: Option<Agreement>,
     breaker_trips: u64,
     breaker_open: bool,
+    /// Whether its subscriber reads (shadows: whether their live one does).
+    reading: bool,
 }
 
 /// Everything one scrape reports.
@@ -70,6 +72,7 @@ impl Scrape {
                 reloads: p.live.status(),
                 breaker_trips: p.breaker.trips.load(std::sync::atomic::Ordering::Relaxed),
                 breaker_open: p.breaker.position() != Position::Closed,
+                reading: p.is_shadow() || p.health.problem().is_none(),
                 rescued_calls: p
                     .live
                     .rescued_calls
@@ -122,7 +125,7 @@ fn by_plugin(p: &PluginFigures) -> Labels<'_> {
 
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counters: [CounterSpec; 7] = [
+        let counters: [CounterSpec; 8] = [
             (
                 "runnel_events_handled",
                 "Events handled successfully.",
@@ -158,6 +161,11 @@ impl Collector for Scrape {
                 "Traps in handle or handle-error.",
                 |s| s.traps,
             ),
+            (
+                "runnel_groups_recreated",
+                "Consumer groups created again after they vanished (stream deleted, group destroyed, Redis restarted empty).",
+                |s| s.groups_recreated,
+            ),
         ];
 
         for (name, help, read) in counters {
@@ -188,6 +196,15 @@ impl Collector for Scrape {
             self.plugins
                 .iter()
                 .map(|p| (by_plugin(p), ConstCounter::new(p.breaker_trips))),
+        )?;
+        family(
+            &mut encoder,
+            "runnel_plugin_reading",
+            "1 while the plugin's subscriber reads its streams; 0 while it cannot (see /readyz for why).",
+            MetricType::Gauge,
+            self.plugins
+                .iter()
+                .map(|p| (by_plugin(p), ConstGauge::new(i64::from(p.reading)))),
         )?;
         family(
             &mut encoder,

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, Trimming};
-use crate::broker::Broker;
+use crate::broker::{Broker, MissingGroup};
 use crate::config::{Backend, Config, PluginConfig};
 use crate::handler::Handler;
 use crate::input::InputEvent;
@@ -21,7 +21,7 @@ use crate::reload::Reloader;
 use crate::routes::Routes;
 use crate::shadow::Shadow;
 use crate::stats::{Snapshot, Stats};
-use crate::subscriber::{Breaker, Subscriber, Subscription};
+use crate::subscriber::{ensure_group, Breaker, ReadHealth, Subscriber, Subscription};
 
 /// Entries read at once per subscriber on the in-memory backend.
 const READ_COUNT: usize = 64;
@@ -38,6 +38,8 @@ pub struct RunningPlugin {
     pub handler: Arc<dyn Handler>,
     pub stats: Arc<Stats>,
     pub breaker: Arc<Breaker>,
+    /// Whether its subscriber reads, and why not.
+    pub health: Arc<ReadHealth>,
 }
 
 impl RunningPlugin {
@@ -54,6 +56,7 @@ impl RunningPlugin {
             live,
             stats: Arc::default(),
             breaker: Arc::new(breaker),
+            health: Arc::default(),
         }
     }
 
@@ -134,20 +137,42 @@ impl Runtime {
 
     /// Creates the consumer groups and starts one subscriber per plugin.
     /// They run until `shutdown` is cancelled; the returned set finishes when
-    /// they have drained.
+    /// they have drained. Fails if a group cannot be created: see
+    /// [`Runtime::spawn_subscribers`] for a start that waits for the backend.
     pub async fn start(
         &self,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<JoinSet<anyhow::Result<()>>> {
+        self.create_groups().await?;
+        Ok(self.spawn_subscribers(shutdown))
+    }
+
+    /// Creates every plugin's consumer groups that do not exist yet, once.
+    /// Before anything is injected: a group that starts at "new" would not
+    /// see events appended before it.
+    pub async fn create_groups(&self) -> anyhow::Result<()> {
+        for p in self.plugins.iter().filter(|p| !p.is_shadow()) {
+            let group = self.config.group_of(&p.config);
+            for stream in &p.config.streams {
+                ensure_group(
+                    &*self.broker,
+                    &p.config.name,
+                    stream,
+                    &group,
+                    p.config.start.clone(),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts one subscriber per plugin. Each creates its groups if they are
+    /// missing, waiting (and retrying) while the backend does not answer, so
+    /// a service comes up before its backend does.
+    pub fn spawn_subscribers(&self, shutdown: &CancellationToken) -> JoinSet<anyhow::Result<()>> {
         let mut tasks = JoinSet::new();
         for p in self.plugins.iter().filter(|p| !p.is_shadow()) {
-            for stream in &p.config.streams {
-                let group = self.config.group_of(&p.config);
-                self.broker
-                    .create_group(stream, &group, p.config.start)
-                    .await
-                    .with_context(|| format!("creating group {group:?} on {stream:?}"))?;
-            }
             let subscriber = Subscriber::new(
                 self.broker.clone(),
                 self.publisher.clone(),
@@ -155,10 +180,11 @@ impl Runtime {
                 p.stats.clone(),
             )
             .abandon_on(self.abandon.clone())
-            .with_breaker(p.breaker.clone());
+            .with_breaker(p.breaker.clone())
+            .with_health(p.health.clone());
             tasks.spawn(subscriber.consume(p.handler.clone(), shutdown.clone()));
         }
-        Ok(tasks)
+        tasks
     }
 
     fn subscription(&self, p: &PluginConfig) -> Subscription {
@@ -180,6 +206,7 @@ impl Runtime {
         Subscription {
             plugin: p.name.clone(),
             group: self.config.group_of(p),
+            start: p.start.clone(),
             consumer: self.consumer.clone(),
             streams: p.streams.clone(),
             events: p.events.clone(),
@@ -216,17 +243,20 @@ impl Runtime {
         self.publisher.publish(&routed).await
     }
 
-    /// Whether every plugin has finished every entry of its streams.
+    /// Whether every plugin has finished every entry of its streams. A
+    /// group that does not exist (yet, or any more) has not.
     pub async fn is_idle(&self) -> anyhow::Result<bool> {
         for p in &self.plugins {
             for stream in &p.config.streams {
-                if self
+                match self
                     .broker
                     .backlog(stream, &self.config.group_of(&p.config))
-                    .await?
-                    > 0
+                    .await
                 {
-                    return Ok(false);
+                    Ok(0) => {}
+                    Ok(_) => return Ok(false),
+                    Err(e) if MissingGroup::in_error(&e) => return Ok(false),
+                    Err(e) => return Err(e),
                 }
             }
         }

@@ -34,6 +34,10 @@ pub struct ServiceOptions {
     pub exit_when_idle: bool,
     /// Serve the admin API here, overriding the config's `[admin] listen`.
     pub admin: Option<SocketAddr>,
+    /// Exit at start if the backend does not answer (or refuses to create a
+    /// group), for batch jobs; a service otherwise comes up, reports itself
+    /// not ready, and starts consuming once the backend answers.
+    pub fail_fast: bool,
 }
 
 /// A started host: subscribers consuming, admin API serving.
@@ -56,15 +60,18 @@ pub struct Report {
 }
 
 impl Service {
-    /// Loads `config_path`, loads every plugin, starts consuming and serves
-    /// the admin API. Fails, naming the file or plugin, if anything does not
-    /// load.
+    /// Loads `config_path` and every plugin, binds the admin API, then
+    /// starts consuming. Fails, naming the file, plugin or address, if
+    /// anything does not load or bind, before a single entry is read. A
+    /// backend that does not answer yet is waited for (unless
+    /// [`ServiceOptions::fail_fast`]): `/readyz` says so meanwhile.
     pub async fn start(config_path: PathBuf, options: ServiceOptions) -> anyhow::Result<Service> {
         let stop = CancellationToken::new();
         let config = Config::load(&config_path)?;
         let runtime = Arc::new(Runtime::from_config(config).await?);
-        let tasks = runtime.start(&stop).await?;
-        tracing::info!(plugins = runtime.plugins.len(), "consuming");
+        // Bound before reading: a port clash must not exit after entries
+        // were taken.
+        let admin_addr = serve_admin(&runtime, &options, &config_path, &stop).await?;
         if let Some(reloader) = &runtime.reloader {
             if runtime.config.service.watch_plugins {
                 // Hot reload by file is a convenience: without it (no inotify
@@ -78,7 +85,16 @@ impl Service {
             }
             reload_config_on_sighup(reloader.clone(), config_path.clone())?;
         }
-        let admin_addr = serve_admin(&runtime, &options, &config_path, &stop).await?;
+        if let Err(e) = runtime.create_groups().await {
+            if options.fail_fast {
+                return Err(e);
+            }
+            tracing::warn!(
+                "{e:#}; consuming starts once the backend answers (--fail-fast exits instead)"
+            );
+        }
+        let tasks = runtime.spawn_subscribers(&stop);
+        tracing::info!(plugins = runtime.plugins.len(), "consuming");
         let service = Service {
             runtime,
             tasks,
@@ -221,13 +237,22 @@ async fn serve_admin(
     let Some(listen) = listen else {
         return Ok(None);
     };
-    let token = match admin_config.and_then(|a| a.token_env.as_ref()) {
-        Some(var) => Some(
-            std::env::var(var)
-                .with_context(|| format!("admin.token_env names {var:?}, which is not set"))?,
-        ),
+    let token = match admin_config {
+        Some(admin) => admin.token()?,
         None => None,
     };
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("admin API: {listen:?} is not an address"))?;
+    let allowed = admin_config.is_some_and(|a| a.allow_unauthenticated);
+    if !addr.ip().is_loopback() && token.is_none() {
+        if !allowed {
+            anyhow::bail!(
+                "admin API: refusing to listen on {addr} without a token, since anyone who reaches it could inject events and reload plugins: set [admin] token_env or token_file, listen on loopback, or set allow_unauthenticated = true"
+            );
+        }
+        tracing::warn!("admin API on {addr} has no token (allow_unauthenticated = true): anyone who reaches it can inject events and reload plugins");
+    }
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("admin API: binding {listen}"))?;

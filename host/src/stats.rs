@@ -25,6 +25,8 @@ pub struct Stats {
     pub traps: AtomicU64,
     /// Calls to `handle-error` that trapped.
     pub error_handler_failures: AtomicU64,
+    /// Consumer groups created again after they vanished from a stream.
+    pub groups_recreated: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -38,6 +40,7 @@ pub struct Snapshot {
     pub deduplicated: u64,
     pub traps: u64,
     pub error_handler_failures: u64,
+    pub groups_recreated: u64,
 }
 
 impl Default for Stats {
@@ -52,6 +55,7 @@ impl Default for Stats {
             deduplicated: AtomicU64::default(),
             traps: AtomicU64::default(),
             error_handler_failures: AtomicU64::default(),
+            groups_recreated: AtomicU64::default(),
         }
     }
 }
@@ -71,6 +75,7 @@ impl Stats {
             deduplicated: self.deduplicated.load(Relaxed),
             traps: self.traps.load(Relaxed),
             error_handler_failures: self.error_handler_failures.load(Relaxed),
+            groups_recreated: self.groups_recreated.load(Relaxed),
         }
     }
 }

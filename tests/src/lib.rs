@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: where the compiled plugins are, a
 //! recording wrapper around a handler, and a runtime built from TOML.
 
+pub mod redis_server;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -222,13 +224,21 @@ impl Process {
         log: &str,
         env: &[(&str, &str)],
     ) -> Process {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(bin)
+        let mut command = std::process::Command::new(bin);
+        command
             .arg("run")
             .arg("--config")
             .arg(config)
             .env("RUNNEL_LOG", log)
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Process::spawn(command)
+    }
+
+    /// Starts `command` (a `runnel` invocation of any shape), its stdout and
+    /// stderr piped.
+    pub fn spawn(mut command: std::process::Command) -> Process {
+        use std::io::BufRead;
+        let mut child = command
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -276,6 +286,27 @@ impl Process {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits for the process to exit on its own; returns whether it
+    /// succeeded and every stderr line it wrote. Panics after `limit`.
+    pub fn exit_within(mut self, limit: Duration) -> (bool, Vec<String>) {
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread ends with the pipe; take every line it read.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        (status.success(), std::mem::take(&mut self.seen))
     }
 
     /// SIGKILL: no draining, no acks.
@@ -329,4 +360,38 @@ pub fn handled_in_summary(summary: &str, plugin: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no row for {plugin} in:\n{summary}"))
+}
+
+/// (status, body) of one HTTP request; `token` goes in as a bearer token.
+/// Blocking: call it from a blocking thread in async tests.
+pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let mut request = ureq::request(method, url).timeout(Duration::from_secs(30));
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    let result = match body {
+        Some(body) => request.send_string(body),
+        None => request.call(),
+    };
+    match result {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+/// Polls until `done` holds, failing after `limit`.
+pub async fn until<F, Fut>(limit: Duration, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -3,16 +3,17 @@
 //! and a poison event across process restarts. Nothing may be lost.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use runnel::broker::redis::{RedisBroker, Trimming};
 use runnel::broker::{Append, Broker, StartFrom};
 use runnel::dead_letter::DeadLetterRecord;
 use runnel::event::Event;
 use runnel::publisher::event_fields;
-use runnel_tests::{handled_in_summary, plugin, redis_url, unique, Process};
+use runnel_tests::redis_server::{RedisServer, PERSISTENT};
+use runnel_tests::{handled_in_summary, plugin, redis_url, unique, until, Process};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -65,19 +66,6 @@ async fn fill(broker: &RedisBroker, streams: &[String], per_stream: usize, paylo
             })
             .collect();
         broker.append(appends).await.unwrap();
-    }
-}
-
-/// Polls until `done` holds, failing after `limit`.
-async fn until<F, Fut>(limit: Duration, what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -213,87 +201,11 @@ async fn a_process_killed_mid_run_leaves_its_events_to_the_other() {
     );
 }
 
-/// A Redis server of the test's own, with an append-only file so that a
-/// restart keeps the streams.
-struct OwnRedis {
-    port: u16,
-    dir: PathBuf,
-    args: Vec<String>,
-    child: Option<std::process::Child>,
-}
-
-impl OwnRedis {
-    fn start(dir: &Path) -> OwnRedis {
-        OwnRedis::start_with(dir, 0, &[])
-    }
-
-    /// `slot` tells apart the servers of one test process.
-    fn start_with(dir: &Path, slot: u16, args: &[&str]) -> OwnRedis {
-        let port = 20_000 + (std::process::id() % 10_000) as u16 * 2 + slot;
-        let mut server = OwnRedis {
-            port,
-            dir: dir.to_path_buf(),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            child: None,
-        };
-        server.launch();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn launch(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(&self.args)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "own redis did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn restart(&mut self) {
-        let _ = std::process::Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "shutdown"])
-            .status();
-        if let Some(mut child) = self.child.take() {
-            child.wait().unwrap();
-        }
-        self.launch();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connections_and_a_redis_restart_lose_nothing() {
     const EVENTS: usize = 300;
     let setup = Setup::new("restart", "");
-    let mut server = OwnRedis::start(&setup.dir);
+    let mut server = RedisServer::start(&setup.dir, PERSISTENT);
     let setup = Setup {
         url: server.url(),
         ..setup
@@ -480,7 +392,7 @@ async fn handling_longer_than_the_claim_idle_time_is_not_stolen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reader_logs_in_and_selects_the_database_of_the_url() {
     let setup = Setup::new("auth", "");
-    let server = OwnRedis::start_with(&setup.dir, 1, &["--requirepass", "s3cret"]);
+    let server = RedisServer::start(&setup.dir, &["--requirepass", "s3cret"]);
     let url = format!("redis://:s3cret@127.0.0.1:{}/3", server.port);
     let redis = broker(&url).await;
     let stream = unique("auth");

@@ -9,7 +9,7 @@ use runnel::broker::redis::{RedisBroker, Trimming};
 use runnel::broker::{Append, Broker};
 use runnel::event::Event;
 use runnel::publisher::event_fields;
-use runnel_tests::{plugin, redis_url, unique, Process};
+use runnel_tests::{call, plugin, redis_url, unique, Process};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -35,23 +35,6 @@ fn admin_url(process: &mut Process) -> String {
         .unwrap()
         .trim_end_matches('"')
         .to_string()
-}
-
-/// (status, body) of one request; `token` goes in as a bearer token.
-fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
-    let mut request = ureq::request(method, url).timeout(Duration::from_secs(30));
-    if let Some(token) = token {
-        request = request.set("Authorization", &format!("Bearer {token}"));
-    }
-    let result = match body {
-        Some(body) => request.send_string(body),
-        None => request.call(),
-    };
-    match result {
-        Ok(r) => (r.status(), r.into_string().unwrap()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
-        Err(e) => panic!("{url}: {e}"),
-    }
 }
 
 fn poll(what: &str, mut done: impl FnMut() -> bool) {
@@ -86,10 +69,12 @@ fn the_admin_api_answers_checks_its_token_and_reports_plugins_and_metrics() {
     let base = admin_url(&mut process);
     let url = |path: &str| format!("{base}{path}");
 
-    // Probes need no token.
+    // Probes need no token. The API answers before consuming starts
+    // (it binds first), and says ready once the plugin reads.
     assert_eq!(call("GET", &url("/healthz"), None, None).0, 200);
-    let (status, ready) = call("GET", &url("/readyz"), None, None);
-    assert_eq!(status, 200, "{ready}");
+    poll("/readyz to say ready", || {
+        call("GET", &url("/readyz"), None, None).0 == 200
+    });
 
     // Everything else does, and only the right one.
     assert_eq!(call("GET", &url("/plugins"), None, None).0, 401);

@@ -334,6 +334,7 @@ async fn measure(
     let subscription = Subscription {
         plugin: "bench".into(),
         group: "bench".into(),
+        start: StartFrom::Beginning,
         consumer: "bench".into(),
         streams: vec![stream.clone()],
         events: Vec::new(),

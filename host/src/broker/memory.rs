@@ -10,11 +10,13 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{parse_entry_id, Append, Broker, Delivery, Entry, StartFrom};
+use super::{
+    parse_entry_id, Append, Broker, Delivery, Entry, GroupCreated, MissingGroup, StartFrom,
+};
 
 /// The in-memory broker. Cheap to share: clone the `Arc`.
 pub struct MemoryBroker {
@@ -170,21 +172,34 @@ impl Broker for MemoryBroker {
         stream: &str,
         group: &str,
         start: StartFrom,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<GroupCreated> {
         let mut state = self.lock();
         let s = state.entry(stream.to_string()).or_default();
         if s.next_seq == 0 {
             s.next_seq = 1;
         }
+        if s.groups.contains_key(group) {
+            return Ok(GroupCreated::Existed);
+        }
+        let first = s.entries.front().map_or(s.last_seq(), |e| e.seq - 1);
         let cursor = match start {
             StartFrom::New => s.last_seq(),
-            StartFrom::Beginning => s.entries.front().map_or(s.last_seq(), |e| e.seq - 1),
+            StartFrom::Beginning => first,
+            StartFrom::After(id) => seq_of(&id)?.max(first),
         };
-        s.groups.entry(group.to_string()).or_insert(Group {
-            cursor,
-            pending: BTreeMap::new(),
-        });
-        Ok(())
+        let skipped = s
+            .entries
+            .iter()
+            .filter(|e| e.seq <= cursor && !e.deleted)
+            .count() as u64;
+        s.groups.insert(
+            group.to_string(),
+            Group {
+                cursor,
+                pending: BTreeMap::new(),
+            },
+        );
+        Ok(GroupCreated::Created { skipped })
     }
 
     async fn read(
@@ -205,15 +220,14 @@ impl Broker for MemoryBroker {
                 let mut state = self.lock();
                 let now = Instant::now();
                 for name in streams {
-                    let s = state
-                        .get_mut(name)
-                        .ok_or_else(|| anyhow!("no stream {name:?}: create its group first"))?;
+                    let missing = || MissingGroup {
+                        stream: name.clone(),
+                        group: group.to_string(),
+                    };
+                    let s = state.get_mut(name).ok_or_else(missing)?;
                     let last = s.last_seq();
                     let first = s.entries.front().map_or(last + 1, |e| e.seq);
-                    let g = s
-                        .groups
-                        .get(group)
-                        .ok_or_else(|| anyhow!("no consumer group {group:?} on stream {name:?}"))?;
+                    let g = s.groups.get(group).ok_or_else(missing)?;
                     let mut seq = (g.cursor + 1).max(first);
                     let mut taken = Vec::new();
                     let mut cursor = g.cursor;
@@ -393,11 +407,13 @@ impl Broker for MemoryBroker {
 
     async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64> {
         let state = self.lock();
-        let Some(s) = state.get(stream) else {
-            return Ok(0);
-        };
-        let Some(g) = s.groups.get(group) else {
-            return Ok(0);
+        let g = state.get(stream).and_then(|s| s.groups.get(group));
+        let (Some(s), Some(g)) = (state.get(stream), g) else {
+            return Err(MissingGroup {
+                stream: stream.to_string(),
+                group: group.to_string(),
+            }
+            .into());
         };
         Ok(s.last_seq().saturating_sub(g.cursor) + g.pending.len() as u64)
     }

@@ -52,7 +52,7 @@ pub struct Delivery {
 }
 
 /// Where a new consumer group starts reading.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StartFrom {
     /// Only entries added after the group is created (the Go library's choice).
@@ -60,6 +60,42 @@ pub enum StartFrom {
     New,
     /// Every entry still on the stream.
     Beginning,
+    /// Entries after this id: a group the subscriber recreates after it
+    /// vanished, past what this consumer had already read. Not a config value.
+    #[serde(skip)]
+    After(String),
+}
+
+/// What [`Broker::create_group`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupCreated {
+    /// The group was there already; nothing was written.
+    Existed,
+    /// The group is new. `skipped` entries were on the stream before its
+    /// start and will never be delivered to it (`StartFrom::New` on a stream
+    /// that already held entries).
+    Created { skipped: u64 },
+}
+
+/// A consumer group, or the stream it belongs to, does not exist: it was
+/// never created, or it vanished under a running host (`DEL` of the stream,
+/// `XGROUP DESTROY`, a Redis restarted without persistence). Brokers return
+/// it (possibly wrapped in context) so that callers can tell it from a
+/// backend that does not answer: see [`MissingGroup::in_error`].
+#[derive(Debug, thiserror::Error)]
+#[error("consumer group {group:?} does not exist on stream {stream:?}")]
+pub struct MissingGroup {
+    /// The stream the backend named (for a read of several streams, the
+    /// one it complained about).
+    pub stream: String,
+    pub group: String,
+}
+
+impl MissingGroup {
+    /// Whether `error` is, or wraps, a missing group.
+    pub fn in_error(error: &anyhow::Error) -> bool {
+        error.downcast_ref::<MissingGroup>().is_some()
+    }
 }
 
 /// An entry to append: which stream, and its fields.
@@ -76,14 +112,22 @@ pub trait Broker: Send + Sync + 'static {
     /// stream is full rather than dropping anything.
     async fn append(&self, entries: Vec<Append>) -> anyhow::Result<Vec<String>>;
 
-    /// Creates `group` on `stream` (and the stream) unless it exists.
-    async fn create_group(&self, stream: &str, group: &str, start: StartFrom)
-        -> anyhow::Result<()>;
+    /// Creates `group` on `stream` (and the stream) unless it exists. A
+    /// group that exists is left as it is, without a write: a Redis at
+    /// `maxmemory` refuses `XGROUP CREATE` but still serves reads and acks,
+    /// which is what drains it.
+    async fn create_group(
+        &self,
+        stream: &str,
+        group: &str,
+        start: StartFrom,
+    ) -> anyhow::Result<GroupCreated>;
 
     /// Reads about `count` new entries for `consumer` across `streams`
     /// (Redis may return a few more when several streams have entries),
     /// waiting up to `block` for the first one. Entries read become pending
-    /// for that consumer until acknowledged.
+    /// for that consumer until acknowledged. A missing group or stream is a
+    /// [`MissingGroup`] error.
     async fn read(
         &self,
         group: &str,
@@ -140,8 +184,15 @@ pub trait Broker: Send + Sync + 'static {
     async fn delete(&self, stream: &str, ids: &[String]) -> anyhow::Result<()>;
 
     /// Entries of `stream` that `group` has not finished: not yet delivered
-    /// plus delivered but unacknowledged.
+    /// plus delivered but unacknowledged. A missing group or stream is a
+    /// [`MissingGroup`] error, never 0: nothing reads there.
     async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64>;
+
+    /// Ends `consumer`'s blocking read now, as if its `block` had run out
+    /// (the reply, empty or not, still arrives whole), so that a service
+    /// stops within moments whatever its `block` is. Without effect when no
+    /// read is blocked; a backend whose reads block briefly may ignore it.
+    async fn wake_reader(&self, _group: &str, _consumer: &str) {}
 
     /// Whether the backend answers now, for readiness checks.
     async fn ping(&self) -> anyhow::Result<()> {

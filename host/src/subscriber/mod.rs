@@ -16,11 +16,16 @@ mod acks;
 pub mod breaker;
 mod custody;
 mod delivery;
+mod groups;
+mod health;
 mod queue;
 
 pub use breaker::Breaker;
 pub use delivery::decode;
+pub use groups::ensure_group;
+pub use health::ReadHealth;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +34,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Delivery, MissingGroup, StartFrom};
 use crate::config::Backoff;
 use crate::handler::Handler;
 use crate::publisher::Publisher;
@@ -42,6 +47,8 @@ pub struct Subscription {
     /// Names the subscriber in logs and dead letters (the plugin's name).
     pub plugin: String,
     pub group: String,
+    /// Where the group starts when the subscriber has to create it.
+    pub start: StartFrom,
     pub consumer: String,
     pub streams: Vec<String>,
     /// Event-name patterns to handle; empty means every event.
@@ -100,7 +107,18 @@ pub struct Subscriber {
     stats: Arc<Stats>,
     abandon: CancellationToken,
     breaker: Arc<Breaker>,
+    health: Arc<ReadHealth>,
 }
+
+/// How a backend that fails (does not answer, refuses a write) is retried:
+/// soon at first, then every couple of seconds, so that consuming resumes
+/// within moments of the backend coming back. Not the plugin's backoff,
+/// which paces a handler's retries.
+pub(crate) const BACKEND_RETRY: Backoff = Backoff {
+    initial_ms: 100,
+    max_ms: 2_000,
+    multiplier: 2.0,
+};
 
 /// Where an entry lives, for acks and keep-alives.
 type EntryRef = (String, String);
@@ -128,6 +146,7 @@ struct Shared {
     waits: TaskTracker,
     shutdown: CancellationToken,
     abandon: CancellationToken,
+    health: Arc<ReadHealth>,
 }
 
 impl Subscriber {
@@ -144,7 +163,14 @@ impl Subscriber {
             stats,
             abandon: CancellationToken::new(),
             breaker: Arc::new(Breaker::never()),
+            health: Arc::default(),
         }
+    }
+
+    /// Reports whether it reads, and why not, to `health`.
+    pub fn with_health(mut self, health: Arc<ReadHealth>) -> Self {
+        self.health = health;
+        self
     }
 
     /// Calls go through `breaker`, which stops them while the plugin keeps
@@ -190,6 +216,7 @@ impl Subscriber {
             waits: TaskTracker::new(),
             shutdown: shutdown.clone(),
             abandon: self.abandon,
+            health: self.health,
         });
         let slots = Arc::new(Semaphore::new(shared.sub.max_in_flight()));
         let mut lanes = JoinSet::new();
@@ -201,7 +228,23 @@ impl Subscriber {
                 }
             });
         }
-        let mut read_failures = 0u32;
+        let mut failures = 0u32;
+        // The group may be missing (never created, since Redis did not
+        // answer at start, or gone since): nothing is read before it exists.
+        while !shutdown.is_cancelled() {
+            match shared.ensure_groups().await {
+                Ok(()) => break,
+                Err(e) => {
+                    failures += 1;
+                    let wait = BACKEND_RETRY.delay(failures);
+                    shared.cannot_read(&e, failures, wait);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
         let mut last_maintenance = Instant::now();
         let maintenance_every = (shared.sub.claim_min_idle / 3).max(Duration::from_millis(10));
         // Keep-alives run on their own, not in the read loop: when every slot
@@ -223,6 +266,9 @@ impl Subscriber {
             }
         });
 
+        // The last entry read from each stream: where a group that vanishes
+        // is created again (see `recreate_groups`).
+        let mut last_read: HashMap<String, String> = HashMap::new();
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -246,34 +292,32 @@ impl Subscriber {
                 deliveries = shared.reclaim(room.num_permits()).await;
             }
             if deliveries.is_empty() {
-                let read = shared.broker.read(
-                    &shared.sub.group,
-                    &shared.sub.consumer,
-                    &shared.sub.streams,
-                    room.num_permits(),
-                    shared.sub.block.min(maintenance_every),
-                );
-                // Never dropped half-way, even at shutdown: Redis assigns
-                // entries to this consumer as it answers, so a dropped answer
-                // would strand them as pending until another consumer
-                // reclaims them. A read ends within its BLOCK time.
-                let result = read.await;
-                match result {
+                let block = shared.sub.block.min(maintenance_every);
+                match shared.read(room.num_permits(), block).await {
                     Ok(d) => {
-                        if read_failures > 0 {
-                            tracing::info!(plugin = %shared.sub.plugin, "reading again after {read_failures} failures");
+                        if failures > 0 {
+                            tracing::info!(plugin = %shared.sub.plugin, "reading again after {failures} failures");
                         }
-                        read_failures = 0;
+                        failures = 0;
+                        shared.health.reading();
+                        note_last_read(&mut last_read, &d);
                         deliveries = d;
                     }
                     Err(e) => {
-                        read_failures += 1;
-                        let wait = Backoff::default().delay(read_failures.min(8));
-                        tracing::warn!(plugin = %shared.sub.plugin, "read failed (retrying in {wait:?}): {e:#}");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(wait) => continue,
+                        failures += 1;
+                        let recovered = match MissingGroup::in_error(&e) {
+                            true => shared.recreate_groups(&last_read).await,
+                            false => Err(e),
+                        };
+                        if let Err(e) = recovered {
+                            let wait = BACKEND_RETRY.delay(failures);
+                            shared.cannot_read(&e, failures, wait);
+                            tokio::select! {
+                                _ = shutdown.cancelled() => break,
+                                _ = tokio::time::sleep(wait) => {}
+                            }
                         }
+                        continue;
                     }
                 }
             }
@@ -326,5 +370,59 @@ impl Subscriber {
         drop(shared);
         acker.await?;
         Ok(())
+    }
+}
+
+impl Shared {
+    /// One read for this consumer. Never dropped half-way, even at shutdown:
+    /// Redis assigns entries to this consumer as it answers, so a dropped
+    /// answer would strand them as pending until another consumer reclaims
+    /// them. At shutdown the broker is asked to end the read's `BLOCK` now
+    /// (again, until it does: the request may reach Redis before the read),
+    /// so that stopping takes moments whatever `block_ms` is.
+    async fn read(&self, count: usize, block: Duration) -> anyhow::Result<Vec<Delivery>> {
+        let (group, consumer) = (&self.sub.group, &self.sub.consumer);
+        let read = self
+            .broker
+            .read(group, consumer, &self.sub.streams, count, block);
+        tokio::pin!(read);
+        tokio::select! {
+            biased;
+            done = &mut read => return done,
+            _ = self.shutdown.cancelled() => {}
+        }
+        loop {
+            self.broker.wake_reader(group, consumer).await;
+            tokio::select! {
+                done = &mut read => return done,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+
+    /// Records why the subscriber cannot read, for `/readyz`, and says so:
+    /// at the first failure and every thirtieth after (about once a minute
+    /// at the longest wait), so that a long outage does not flood the log.
+    fn cannot_read(&self, e: &anyhow::Error, failures: u32, wait: Duration) {
+        let streams = self.sub.streams.join(", ");
+        self.health.failing(format!("stream {streams}: {e:#}"));
+        if failures == 1 || failures.is_multiple_of(30) {
+            tracing::warn!(plugin = %self.sub.plugin, "cannot read {streams} (failure {failures}, retrying every {wait:?} at most): {e:#}");
+        } else {
+            tracing::debug!(plugin = %self.sub.plugin, "cannot read {streams}, retrying in {wait:?}: {e:#}");
+        }
+    }
+}
+
+/// Remembers the last entry of each stream in a read (a read holds each
+/// stream's entries together, in id order).
+fn note_last_read(last_read: &mut HashMap<String, String>, deliveries: &[Delivery]) {
+    for (i, d) in deliveries.iter().enumerate() {
+        let last_of_stream = deliveries
+            .get(i + 1)
+            .is_none_or(|next| next.stream != d.stream);
+        if last_of_stream {
+            last_read.insert(d.stream.clone(), d.entry.id.clone());
+        }
     }
 }

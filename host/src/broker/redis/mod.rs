@@ -15,14 +15,17 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context as _};
+use anyhow::anyhow;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamInfoGroup, StreamInfoGroupsReply};
 use redis::{Client, Value};
 use redis_protocol::resp2::types::RangeFrame;
 use tokio::sync::Mutex;
 
-use super::{parse_entry_id, Append, Broker, Delivery, Entry, Field, StartFrom};
+use super::{
+    parse_entry_id, Append, Broker, Delivery, Entry, Field, GroupCreated, MissingGroup, StartFrom,
+};
 use reader::{bytes, describe, Reader};
 
 /// How streams are trimmed on append.
@@ -54,6 +57,9 @@ pub struct RedisBroker {
     /// One dedicated connection per blocking reader (group and consumer);
     /// `None` after it failed, until the next read connects again.
     readers: std::sync::Mutex<HashMap<(String, String), ReaderSlot>>,
+    /// The server's client id of each blocking reader's connection, for
+    /// `CLIENT UNBLOCK` at shutdown ([`Broker::wake_reader`]).
+    reader_ids: std::sync::Mutex<HashMap<(String, String), i64>>,
     trimming: Trimming,
     reconnects: AtomicU64,
 }
@@ -67,27 +73,78 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl RedisBroker {
-    /// Connects to `url` (`redis://[user:pass@]host:port[/db]`).
+    /// A broker for `url` (`redis://[user:pass@]host:port[/db]`). Only a
+    /// malformed URL fails here: the connection is made by the first command
+    /// and made again after Redis restarts or drops it, so that a service can
+    /// start while Redis is down and consume once it answers.
     pub async fn connect(url: &str, trimming: Trimming) -> anyhow::Result<Arc<Self>> {
         let address = redact(url);
-        let client = Client::open(url).with_context(|| format!("redis URL {address}"))?;
+        let client = Client::open(url).map_err(|e| anyhow!("redis URL {address}: {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        let commands = client
-            .get_connection_manager_with_config(config)
-            .await
-            .with_context(|| format!("cannot connect to redis at {address}"))?;
+        let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| anyhow!("redis at {address}: {e}"))?;
         Ok(Arc::new(RedisBroker {
             client,
             address,
             commands,
             readers: Default::default(),
+            reader_ids: Default::default(),
             trimming,
             reconnects: AtomicU64::new(0),
         }))
+    }
+
+    /// Runs one command on the shared connection. Errors read as one line,
+    /// "`what` on redis at `address`: Redis's words", each cause once (a
+    /// redis-rs error repeats its I/O source in its own text); `NOGROUP`
+    /// becomes a [`MissingGroup`] of `stream` and `group`.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        what: impl FnOnce() -> String,
+        group: Option<(&str, &str)>,
+    ) -> anyhow::Result<T> {
+        cmd.query_async(&mut self.commands.clone())
+            .await
+            .map_err(|e| self.error(e, what(), group))
+    }
+
+    fn error(
+        &self,
+        e: redis::RedisError,
+        what: String,
+        group: Option<(&str, &str)>,
+    ) -> anyhow::Error {
+        let line = format!("{what} on redis at {}: {e}", self.address);
+        match group {
+            Some((stream, group)) if e.code() == Some("NOGROUP") => {
+                anyhow::Error::new(MissingGroup {
+                    stream: stream.to_string(),
+                    group: group.to_string(),
+                })
+                .context(line)
+            }
+            _ => anyhow!(line),
+        }
+    }
+
+    /// The groups of `stream` as `XINFO GROUPS` reports them; none when the
+    /// stream does not exist.
+    async fn groups(&self, stream: &str) -> anyhow::Result<Vec<StreamInfoGroup>> {
+        let cmd = redis::cmd("XINFO").arg("GROUPS").arg(stream).to_owned();
+        match cmd
+            .query_async::<StreamInfoGroupsReply>(&mut self.commands.clone())
+            .await
+        {
+            Ok(reply) => Ok(reply.groups),
+            // Redis's words for a missing key; it has no code of its own.
+            Err(e) if e.to_string().contains("no such key") => Ok(Vec::new()),
+            Err(e) => Err(self.error(e, format!("XINFO GROUPS {stream}"), None)),
+        }
     }
 
     /// The server's address, without credentials.
@@ -137,7 +194,14 @@ impl RedisBroker {
             .arg(ids.len() * 2 + 10)
             .arg(consumer)
             .query_async(&mut self.commands.clone())
-            .await?;
+            .await
+            .map_err(|e| {
+                self.error(
+                    e,
+                    format!("XPENDING {stream} {group}"),
+                    Some((stream, group)),
+                )
+            })?;
         let mut counts = HashMap::new();
         for row in array(reply) {
             let row = array(row);
@@ -167,7 +231,7 @@ impl Broker for RedisBroker {
         let ids: Vec<String> = pipe
             .query_async(&mut self.commands.clone())
             .await
-            .with_context(|| format!("XADD to redis at {}", self.address))?;
+            .map_err(|e| self.error(e, "XADD".into(), None))?;
         Ok(ids)
     }
 
@@ -176,25 +240,44 @@ impl Broker for RedisBroker {
         stream: &str,
         group: &str,
         start: StartFrom,
-    ) -> anyhow::Result<()> {
-        let from = match start {
-            StartFrom::New => "$",
-            StartFrom::Beginning => "0",
+    ) -> anyhow::Result<GroupCreated> {
+        // Looked up first: a Redis at maxmemory refuses XGROUP CREATE even
+        // for a group that exists, and that group's consumer is exactly what
+        // would drain the backlog.
+        if self.groups(stream).await?.iter().any(|g| g.name == group) {
+            return Ok(GroupCreated::Existed);
+        }
+        let (from, skipped) = match &start {
+            StartFrom::New => {
+                let len: u64 = self
+                    .query(
+                        redis::cmd("XLEN").arg(stream),
+                        || format!("XLEN {stream}"),
+                        None,
+                    )
+                    .await?;
+                ("$", len)
+            }
+            StartFrom::Beginning => ("0", 0),
+            StartFrom::After(id) => (id.as_str(), 0),
         };
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(stream)
-            .arg(group)
-            .arg(from)
-            .arg("MKSTREAM")
-            .query_async(&mut self.commands.clone())
+        let created = self
+            .query::<()>(
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(stream)
+                    .arg(group)
+                    .arg(from)
+                    .arg("MKSTREAM"),
+                || format!("XGROUP CREATE {stream} {group}"),
+                None,
+            )
             .await;
         match created {
-            Err(e) if e.code() != Some("BUSYGROUP") => Err(anyhow!(e).context(format!(
-                "XGROUP CREATE {stream} {group} on redis at {}",
-                self.address
-            ))),
-            _ => Ok(()),
+            Ok(()) => Ok(GroupCreated::Created { skipped }),
+            // Another consumer created it meanwhile.
+            Err(e) if e.to_string().contains("BUSYGROUP") => Ok(GroupCreated::Existed),
+            Err(e) => Err(e),
         }
     }
 
@@ -213,9 +296,16 @@ impl Broker for RedisBroker {
         // so that connection is dropped and the next read opens a new one.
         let mut conn = match slot.take() {
             Some(conn) => conn,
-            None => Reader::connect(self.client.get_connection_info(), CONNECT_TIMEOUT)
-                .await
-                .with_context(|| format!("cannot connect to redis at {}", self.address))?,
+            None => {
+                let conn = Reader::connect(self.client.get_connection_info(), CONNECT_TIMEOUT)
+                    .await
+                    .map_err(|e| anyhow!("cannot connect to redis at {}: {e:#}", self.address))?;
+                self.reader_ids
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((group.to_string(), consumer.to_string()), conn.client_id());
+                conn
+            }
         };
         // COUNT applies to each stream: share it out, so that the reply stays
         // near what the caller has room for.
@@ -239,23 +329,33 @@ impl Broker for RedisBroker {
         match reply {
             Ok(deliveries) => {
                 *slot = Some(conn);
-                deliveries.map_err(|e| anyhow!("XREADGROUP on redis at {}: {e}", self.address))
+                deliveries.map_err(|e| {
+                    let line = format!("XREADGROUP on redis at {}: {e}", self.address);
+                    match e.strip_prefix("NOGROUP") {
+                        Some(words) => anyhow::Error::new(MissingGroup {
+                            stream: quoted_key(words).unwrap_or_else(|| streams.join(", ")),
+                            group: group.to_string(),
+                        })
+                        .context(line),
+                        None => anyhow!(line),
+                    }
+                })
             }
             Err(e) => {
                 self.reconnects.fetch_add(1, Relaxed);
-                Err(e.context(format!("XREADGROUP on redis at {}", self.address)))
+                Err(anyhow!("XREADGROUP on redis at {}: {e:#}", self.address))
             }
         }
     }
 
     async fn ack(&self, group: &str, stream: &str, ids: &[String]) -> anyhow::Result<()> {
-        let _: u64 = redis::cmd("XACK")
-            .arg(stream)
-            .arg(group)
-            .arg(ids)
-            .query_async(&mut self.commands.clone())
-            .await
-            .with_context(|| format!("XACK {stream} {group} on redis at {}", self.address))?;
+        let _: u64 = self
+            .query(
+                redis::cmd("XACK").arg(stream).arg(group).arg(ids),
+                || format!("XACK {stream} {group}"),
+                Some((stream, group)),
+            )
+            .await?;
         Ok(())
     }
 
@@ -272,19 +372,20 @@ impl Broker for RedisBroker {
         // Follow the cursor to the end of the pending list (the Go library
         // stops after one batch), or until `count` entries are ours.
         loop {
-            let reply: Value = redis::cmd("XAUTOCLAIM")
-                .arg(stream)
-                .arg(group)
-                .arg(consumer)
-                .arg(min_idle.as_millis() as u64)
-                .arg(&cursor)
-                .arg("COUNT")
-                .arg(count - claimed.len())
-                .query_async(&mut self.commands.clone())
-                .await
-                .with_context(|| {
-                    format!("XAUTOCLAIM {stream} {group} on redis at {}", self.address)
-                })?;
+            let reply: Value = self
+                .query(
+                    redis::cmd("XAUTOCLAIM")
+                        .arg(stream)
+                        .arg(group)
+                        .arg(consumer)
+                        .arg(min_idle.as_millis() as u64)
+                        .arg(&cursor)
+                        .arg("COUNT")
+                        .arg(count - claimed.len()),
+                    || format!("XAUTOCLAIM {stream} {group}"),
+                    Some((stream, group)),
+                )
+                .await?;
             let mut parts = array(reply).into_iter();
             let next = parts
                 .next()
@@ -321,21 +422,19 @@ impl Broker for RedisBroker {
     ) -> anyhow::Result<()> {
         // XCLAIM to ourselves with JUSTID resets the idle time without
         // counting a delivery.
-        let _: Value = redis::cmd("XCLAIM")
-            .arg(stream)
-            .arg(group)
-            .arg(consumer)
-            .arg(0)
-            .arg(ids)
-            .arg("JUSTID")
-            .query_async(&mut self.commands.clone())
-            .await
-            .with_context(|| {
-                format!(
-                    "XCLAIM JUSTID {stream} {group} on redis at {}",
-                    self.address
-                )
-            })?;
+        let _: Value = self
+            .query(
+                redis::cmd("XCLAIM")
+                    .arg(stream)
+                    .arg(group)
+                    .arg(consumer)
+                    .arg(0)
+                    .arg(ids)
+                    .arg("JUSTID"),
+                || format!("XCLAIM JUSTID {stream} {group}"),
+                Some((stream, group)),
+            )
+            .await?;
         Ok(())
     }
 
@@ -346,37 +445,41 @@ impl Broker for RedisBroker {
         to: Option<&str>,
         count: usize,
     ) -> anyhow::Result<Vec<Entry>> {
-        let reply: Value = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(from.unwrap_or("-"))
-            .arg(to.unwrap_or("+"))
-            .arg("COUNT")
-            .arg(count.min(i64::MAX as usize))
-            .query_async(&mut self.commands.clone())
-            .await
-            .with_context(|| format!("XRANGE {stream} on redis at {}", self.address))?;
+        let reply: Value = self
+            .query(
+                redis::cmd("XRANGE")
+                    .arg(stream)
+                    .arg(from.unwrap_or("-"))
+                    .arg(to.unwrap_or("+"))
+                    .arg("COUNT")
+                    .arg(count.min(i64::MAX as usize)),
+                || format!("XRANGE {stream}"),
+                None,
+            )
+            .await?;
         Ok(entries(reply))
     }
 
     async fn is_marked(&self, key: &str) -> anyhow::Result<bool> {
-        let exists: u64 = redis::cmd("EXISTS")
-            .arg(key)
-            .query_async(&mut self.commands.clone())
-            .await
-            .with_context(|| format!("EXISTS on redis at {}", self.address))?;
+        let exists: u64 = self
+            .query(redis::cmd("EXISTS").arg(key), || "EXISTS".into(), None)
+            .await?;
         Ok(exists > 0)
     }
 
     async fn mark(&self, key: &str, ttl: Duration) -> anyhow::Result<()> {
-        let _: Value = redis::cmd("SET")
-            .arg(key)
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .query_async(&mut self.commands.clone())
-            .await
-            .with_context(|| format!("SET NX on redis at {}", self.address))?;
+        let _: Value = self
+            .query(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl.as_millis().max(1) as u64),
+                || "SET NX".into(),
+                None,
+            )
+            .await?;
         Ok(())
     }
 
@@ -384,20 +487,19 @@ impl Broker for RedisBroker {
         if ids.is_empty() {
             return Ok(());
         }
-        let _: u64 = redis::cmd("XDEL")
-            .arg(stream)
-            .arg(ids)
-            .query_async(&mut self.commands.clone())
-            .await
-            .with_context(|| format!("XDEL {stream} on redis at {}", self.address))?;
+        let _: u64 = self
+            .query(
+                redis::cmd("XDEL").arg(stream).arg(ids),
+                || format!("XDEL {stream}"),
+                None,
+            )
+            .await?;
         Ok(())
     }
 
     async fn ping(&self) -> anyhow::Result<()> {
-        redis::cmd("PING")
-            .query_async::<()>(&mut self.commands.clone())
+        self.query(&redis::cmd("PING"), || "PING".into(), None)
             .await
-            .with_context(|| format!("PING redis at {}", self.address))
     }
 
     fn reconnects(&self) -> u64 {
@@ -405,30 +507,48 @@ impl Broker for RedisBroker {
     }
 
     async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64> {
-        let reply: redis::RedisResult<Value> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(stream)
-            .query_async(&mut self.commands.clone())
-            .await;
-        let reply = match reply {
-            Ok(v) => v,
-            // No stream, no backlog.
-            Err(e) if e.to_string().contains("no such key") => return Ok(0),
-            Err(e) => return Err(anyhow!(e).context(format!("XINFO GROUPS {stream}"))),
-        };
-        for info in array(reply) {
-            let fields = pairs(info);
-            if fields.get("name").and_then(text).as_deref() != Some(group) {
-                continue;
+        let groups = self.groups(stream).await?;
+        let Some(info) = groups.iter().find(|g| g.name == group) else {
+            return Err(MissingGroup {
+                stream: stream.to_string(),
+                group: group.to_string(),
             }
-            let pending = fields.get("pending").and_then(int).unwrap_or(0);
-            // `lag` is nil when Redis cannot tell (after deletions): count
-            // the group as behind until it can.
-            let lag = fields.get("lag").and_then(int).unwrap_or(1);
-            return Ok((pending + lag).max(0) as u64);
-        }
-        Ok(0)
+            .into());
+        };
+        // `lag` is nil when Redis cannot tell (after deletions): count the
+        // group as behind until it can.
+        Ok((info.pending + info.lag.unwrap_or(1)) as u64)
     }
+
+    async fn wake_reader(&self, group: &str, consumer: &str) {
+        let id = self
+            .reader_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(group.to_string(), consumer.to_string()))
+            .copied();
+        if let Some(id) = id {
+            // The default mode (TIMEOUT) answers the blocked XREADGROUP as if
+            // its BLOCK had run out: an empty reply, whole.
+            let unblocked = self
+                .query::<u64>(
+                    redis::cmd("CLIENT").arg("UNBLOCK").arg(id),
+                    || "CLIENT UNBLOCK".into(),
+                    None,
+                )
+                .await;
+            if let Err(e) = unblocked {
+                tracing::debug!("waking the reader of {group}: {e:#}");
+            }
+        }
+    }
+}
+
+/// The first `'quoted'` word of a Redis error: the key `NOGROUP` names.
+fn quoted_key(words: &str) -> Option<String> {
+    let start = words.find('\'')? + 1;
+    let len = words[start..].find('\'')?;
+    Some(words[start..start + len].to_string())
 }
 
 /// `redis://user:secret@host` → `redis://user:***@host`.
@@ -467,17 +587,6 @@ fn int(v: &Value) -> Option<i64> {
         Value::Int(i) => Some(*i),
         other => text(other)?.parse().ok(),
     }
-}
-
-fn pairs(v: Value) -> HashMap<String, Value> {
-    let mut out = HashMap::new();
-    let mut items = array(v).into_iter();
-    while let (Some(k), Some(v)) = (items.next(), items.next()) {
-        if let Some(k) = text(&k) {
-            out.insert(k, v);
-        }
-    }
-    out
 }
 
 /// `[[id, [field, value, ...]], ...]`, keeping field order (the first field

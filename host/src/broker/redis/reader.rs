@@ -29,6 +29,9 @@ const READ_ROOM: usize = 128 * 1024;
 pub struct Reader {
     io: Box<dyn Io>,
     buf: Vec<u8>,
+    /// The server's id of this connection (`CLIENT ID`), which another
+    /// connection names to end a blocked read (`CLIENT UNBLOCK`).
+    client_id: i64,
 }
 
 impl Reader {
@@ -56,6 +59,7 @@ impl Reader {
         let mut reader = Reader {
             io,
             buf: Vec::new(),
+            client_id: 0,
         };
         let settings = info.redis_settings();
         if let Some(password) = settings.password() {
@@ -70,7 +74,23 @@ impl Reader {
             let select = redis::cmd("SELECT").arg(settings.db()).to_owned();
             reader.expect_ok(&select, timeout).await.context("SELECT")?;
         }
+        reader.client_id = reader
+            .call(
+                &redis::cmd("CLIENT").arg("ID").to_owned(),
+                timeout,
+                |buf, frame| match frame {
+                    RangeFrame::Integer(id) => Ok(id),
+                    other => Err(anyhow!("unexpected reply {}", describe(buf, &other))),
+                },
+            )
+            .await?
+            .context("CLIENT ID")?;
         Ok(reader)
+    }
+
+    /// The server's id of this connection.
+    pub fn client_id(&self) -> i64 {
+        self.client_id
     }
 
     async fn expect_ok(&mut self, cmd: &Cmd, timeout: Duration) -> anyhow::Result<()> {

@@ -1,0 +1,103 @@
+//! A subscriber's consumer groups: created at start if missing, and created
+//! again when they vanish under a running host (`DEL` of the stream,
+//! `XGROUP DESTROY`, a Redis restarted without persistence).
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+
+use super::Shared;
+use crate::broker::{Broker, GroupCreated, StartFrom};
+use crate::stats::Stats;
+
+/// Makes sure `group` exists on `stream`. A new group that starts after
+/// entries already on the stream (`start = "new"`) skips them for good: that
+/// is said once, with the count and the setting that includes them.
+pub async fn ensure_group(
+    broker: &dyn Broker,
+    plugin: &str,
+    stream: &str,
+    group: &str,
+    start: StartFrom,
+) -> anyhow::Result<GroupCreated> {
+    let created = broker
+        .create_group(stream, group, start.clone())
+        .await
+        .with_context(|| format!("creating group {group:?} on {stream:?}"))?;
+    if let (GroupCreated::Created { skipped }, StartFrom::New) = (created, &start) {
+        if skipped > 0 {
+            tracing::warn!(
+                plugin,
+                stream,
+                group,
+                "new group starts at the end of the stream (start = \"new\"): the {skipped} entries already on it will not be handled; start = \"beginning\" includes them"
+            );
+        }
+    }
+    Ok(created)
+}
+
+impl Shared {
+    /// Creates the subscription's groups that are missing, each as configured.
+    pub(super) async fn ensure_groups(&self) -> anyhow::Result<()> {
+        for stream in &self.sub.streams {
+            ensure_group(
+                &*self.broker,
+                &self.sub.plugin,
+                stream,
+                &self.sub.group,
+                self.sub.start.clone(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Creates again the groups that vanished. Where the stream still holds
+    /// the last entry this consumer read, only the group was lost: it starts
+    /// after that entry, so that what was handled is not handled again (at
+    /// most what other consumers of the group read later comes twice).
+    /// Otherwise the stream itself is new (deleted, or lost in a restart)
+    /// and every entry on it is new to the group: it starts from the first.
+    pub(super) async fn recreate_groups(
+        &self,
+        last_read: &HashMap<String, String>,
+    ) -> anyhow::Result<()> {
+        for stream in &self.sub.streams {
+            let start = match last_read.get(stream) {
+                Some(id) if self.holds(stream, id).await? => StartFrom::After(id.clone()),
+                _ => StartFrom::Beginning,
+            };
+            let from = match &start {
+                StartFrom::After(id) => format!("after {id}, the last entry this consumer read"),
+                _ => "from its first entry: the stream is new".to_string(),
+            };
+            let created = ensure_group(
+                &*self.broker,
+                &self.sub.plugin,
+                stream,
+                &self.sub.group,
+                start,
+            )
+            .await?;
+            if created != GroupCreated::Existed {
+                Stats::bump(&self.stats.groups_recreated);
+                tracing::warn!(
+                    stream = %stream,
+                    "consumer group {:?} had vanished (stream deleted, group destroyed or Redis restarted empty): created it again, reading {from}",
+                    self.sub.group
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `stream` still holds the entry `id`.
+    async fn holds(&self, stream: &str, id: &str) -> anyhow::Result<bool> {
+        Ok(!self
+            .broker
+            .range(stream, Some(id), Some(id), 1)
+            .await?
+            .is_empty())
+    }
+}

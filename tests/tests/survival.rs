@@ -1,0 +1,487 @@
+//! What production does to a host, on real Redis servers: groups and streams
+//! that vanish under it, a Redis that is down or full when it starts, a
+//! shutdown while a read is blocked, an admin port that clashes or is exposed,
+//! a config named by a bare file name. (Issue #17.)
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runnel::broker::redis::{RedisBroker, Trimming};
+use runnel::broker::{Append, Broker, MissingGroup, StartFrom};
+use runnel::event::Event;
+use runnel::publisher::event_fields;
+use runnel::service::{Service, ServiceOptions};
+use runnel_tests::redis_server::{free_port, RedisServer, EPHEMERAL};
+use runnel_tests::{call, plugin, redis_url, unique, until, Process};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_runnel-under-test"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A config with the `worker` plugin on `stream` in `group`, its `worked`
+/// events (payload: the handled event's id) routed to `out`.
+fn worker_config(dir: &Path, url: &str, stream: &str, group: &str, out: &str) -> PathBuf {
+    let path = dir.join("runnel.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[backend]
+kind = "redis"
+url = "{url}"
+block_ms = 300
+claim_min_idle_ms = 900
+
+[routes]
+"worked" = "{out}"
+
+[[plugin]]
+name = "worker"
+path = {:?}
+group = "{group}"
+streams = ["{stream}"]
+start = "beginning"
+"#,
+            plugin("worker").display().to_string()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn broker(url: &str) -> Arc<RedisBroker> {
+    RedisBroker::connect(url, Trimming::default())
+        .await
+        .unwrap()
+}
+
+/// Appends one `work` event, retrying while Redis comes back from a
+/// restart; returns its event id.
+async fn add(broker: &RedisBroker, stream: &str) -> String {
+    let event = Event::new("work", r#"{"iterations":1}"#);
+    let append = vec![Append {
+        stream: stream.to_string(),
+        fields: event_fields(&event),
+    }];
+    let deadline = Instant::now() + LIMIT;
+    while let Err(e) = broker.append(append.clone()).await {
+        assert!(Instant::now() < deadline, "cannot append: {e:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    event.id
+}
+
+/// The event ids the worker has handled, duplicates included (empty while
+/// Redis does not answer).
+async fn worked(broker: &RedisBroker, out: &str) -> Vec<String> {
+    broker
+        .range(out, None, None, usize::MAX)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|e| String::from_utf8(Event::from_json(&e.fields[0].1).unwrap().payload).unwrap())
+        .collect()
+}
+
+async fn start(config: &Path, fail_fast: bool) -> anyhow::Result<Service> {
+    let options = ServiceOptions {
+        admin: Some("127.0.0.1:0".parse().unwrap()),
+        fail_fast,
+        ..ServiceOptions::default()
+    };
+    Service::start(config.to_path_buf(), options).await
+}
+
+/// GET on the service's admin API, off the async threads.
+async fn get(service: &Service, path: &str) -> (u16, String) {
+    let url = format!("http://{}{path}", service.admin_addr().unwrap());
+    tokio::task::spawn_blocking(move || call("GET", &url, None, None))
+        .await
+        .unwrap()
+}
+
+/// Stops a service the way SIGTERM does, and waits for its drain.
+async fn stop(service: Service) {
+    service.run(async {}).await.unwrap();
+}
+
+/// How a group vanishes under a running host.
+#[derive(Clone, Copy, Debug)]
+enum Vanish {
+    StreamDeleted,
+    GroupDestroyed,
+    RedisRestartedEmpty,
+}
+
+/// Every way a group can vanish: the host creates it again, the event added
+/// afterwards is handled exactly once, the one handled before is not handled
+/// again, and the recreation is counted in `/metrics`.
+async fn a_vanished_group_is_created_again(how: Vanish) {
+    let dir = scratch("vanish");
+    let mut own =
+        matches!(how, Vanish::RedisRestartedEmpty).then(|| RedisServer::start(&dir, EPHEMERAL));
+    let url = own.as_ref().map_or_else(redis_url, |s| s.url());
+    let (stream, group, out) = (unique("vanish"), unique("g"), unique("worked"));
+    let service = start(&worker_config(&dir, &url, &stream, &group, &out), true)
+        .await
+        .unwrap();
+    let redis = broker(&url).await;
+    let a1 = add(&redis, &stream).await;
+    until(LIMIT, "a1 to be handled", || async {
+        worked(&redis, &out).await.contains(&a1)
+    })
+    .await;
+
+    let mut conn = redis.commands();
+    match how {
+        Vanish::StreamDeleted => {
+            let _: u64 = redis::cmd("DEL")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        Vanish::GroupDestroyed => {
+            let _: u64 = redis::cmd("XGROUP")
+                .arg("DESTROY")
+                .arg(&stream)
+                .arg(&group)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        Vanish::RedisRestartedEmpty => {
+            let server = own.as_mut().unwrap();
+            server.stop();
+            // While Redis is down the plugin cannot read, and /readyz says
+            // which plugin and which stream.
+            until(
+                LIMIT,
+                "/readyz to name the plugin that cannot read",
+                || async {
+                    let (status, body) = get(&service, "/readyz").await;
+                    status == 503
+                        && body.contains("\"plugin\":\"worker\"")
+                        && body.contains(&stream)
+                },
+            )
+            .await;
+            server.launch();
+        }
+    }
+    let a2 = add(&redis, &stream).await;
+    until(LIMIT, "a2 to be handled", || async {
+        worked(&redis, &out).await.contains(&a2)
+    })
+    .await;
+    let (_, metrics) = get(&service, "/metrics").await;
+    assert!(
+        metrics.contains("runnel_groups_recreated_total{plugin=\"worker\"} 1"),
+        "{how:?}: the recreation is counted once:\n{metrics}"
+    );
+    // Whatever else comes in meanwhile has had its chance to be handled.
+    until(LIMIT, "the group to finish its stream", || async {
+        redis.backlog(&stream, &group).await.ok() == Some(0)
+    })
+    .await;
+    stop(service).await;
+    let ids = worked(&redis, &out).await;
+    assert_eq!(
+        ids.iter().filter(|id| **id == a2).count(),
+        1,
+        "{how:?}: a2 handled exactly once: {ids:?}"
+    );
+    if !matches!(how, Vanish::RedisRestartedEmpty) {
+        // (After an empty restart, `out` itself starts over.)
+        assert_eq!(
+            ids.iter().filter(|id| **id == a1).count(),
+            1,
+            "{how:?}: a1 is not handled again: {ids:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_stream_gets_its_group_back_and_new_entries_are_handled() {
+    a_vanished_group_is_created_again(Vanish::StreamDeleted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroyed_group_is_created_after_what_was_read() {
+    a_vanished_group_is_created_again(Vanish::GroupDestroyed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_without_persistence_is_consumed_again() {
+    a_vanished_group_is_created_again(Vanish::RedisRestartedEmpty).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_group_has_no_backlog_of_zero() {
+    let redis = broker(&redis_url()).await;
+    let stream = unique("nobacklog");
+    let missing = redis.backlog(&stream, "nobody").await.unwrap_err();
+    assert!(MissingGroup::in_error(&missing), "{missing:#}");
+    add(&redis, &stream).await;
+    let missing = redis.backlog(&stream, "nobody").await.unwrap_err();
+    assert!(MissingGroup::in_error(&missing), "{missing:#}");
+    let memory = runnel::broker::memory::MemoryBroker::new(16);
+    let missing = memory.backlog("s", "nobody").await.unwrap_err();
+    assert!(MissingGroup::in_error(&missing), "{missing:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_started_before_its_redis_waits_for_it_then_consumes() {
+    let dir = scratch("late");
+    let mut server = RedisServer::on_port(free_port(), &dir, EPHEMERAL);
+    let (stream, group, out) = (unique("late"), unique("g"), unique("worked"));
+    let config = worker_config(&dir, &server.url(), &stream, &group, &out);
+
+    // A batch job asks to fail: one line, naming the server.
+    let error = start(&config, true).await.err().expect("fails fast");
+    let text = format!("{error:#}");
+    assert!(text.contains(&server.url()), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+
+    // A service comes up anyway: alive, not ready, and says why.
+    let service = start(&config, false).await.unwrap();
+    assert_eq!(get(&service, "/healthz").await.0, 200);
+    let (status, body) = get(&service, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains(&format!("127.0.0.1:{}", server.port)),
+        "{body}"
+    );
+
+    server.launch();
+    let redis = broker(&server.url()).await;
+    let id = add(&redis, &stream).await;
+    until(
+        LIMIT,
+        "the event to be handled once Redis answers",
+        || async { worked(&redis, &out).await.contains(&id) },
+    )
+    .await;
+    until(LIMIT, "/readyz to say ready", || async {
+        get(&service, "/readyz").await.0 == 200
+    })
+    .await;
+    stop(service).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_is_drained_by_a_host_whose_group_exists() {
+    const EVENTS: usize = 500;
+    let dir = scratch("full");
+    let server = RedisServer::start(&dir, EPHEMERAL);
+    let (stream, group) = (unique("full"), unique("g"));
+    let redis = broker(&server.url()).await;
+    redis
+        .create_group(&stream, &group, StartFrom::Beginning)
+        .await
+        .unwrap();
+    let payload = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1000));
+    let appends = (0..EVENTS)
+        .map(|_| Append {
+            stream: stream.clone(),
+            fields: event_fields(&Event::new("work", payload.as_str())),
+        })
+        .collect();
+    redis.append(appends).await.unwrap();
+    // Full: Redis now refuses every write that could grow memory, group
+    // creation included.
+    let mut conn = redis.commands();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let used = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(&used)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let refused = redis
+        .create_group(&stream, "another", StartFrom::Beginning)
+        .await
+        .unwrap_err();
+    assert!(format!("{refused:#}").contains("OOM"), "{refused:#}");
+
+    let path = dir.join("runnel.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[backend]\nkind = \"redis\"\nurl = \"{}\"\nblock_ms = 300\nclaim_min_idle_ms = 900\n\n[[plugin]]\nname = \"noop\"\npath = {:?}\ngroup = \"{group}\"\nstreams = [\"{stream}\"]\n",
+            server.url(),
+            plugin("noop").display().to_string()
+        ),
+    )
+    .unwrap();
+    // Fail-fast: a start-up that needed a write would fail here.
+    let service = start(&path, true).await.unwrap();
+    until(LIMIT, "the full Redis to be drained", || async {
+        redis.backlog(&stream, &group).await.ok() == Some(0)
+    })
+    .await;
+    let handled = service.runtime().plugins[0].stats.snapshot().handled;
+    stop(service).await;
+    assert_eq!(handled, EVENTS as u64);
+}
+
+#[test]
+fn sigterm_ends_a_blocked_read_at_once() {
+    let dir = scratch("unblock");
+    let stream = unique("unblock");
+    let path = dir.join("runnel.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[backend]\nkind = \"redis\"\nurl = \"{}\"\nblock_ms = 60000\nclaim_min_idle_ms = 180000\n\n[[plugin]]\nname = \"noop\"\npath = {:?}\nstreams = [\"{stream}\"]\ngroup = \"{}\"\n",
+            redis_url(),
+            plugin("noop").display().to_string(),
+            unique("g")
+        ),
+    )
+    .unwrap();
+    let mut process = Process::run(&bin(), &path, "info");
+    process.wait_for("consuming", LIMIT);
+    // Let the first read reach Redis and block there.
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    let (ok, _) = process.terminate();
+    let took = asked.elapsed();
+    assert!(ok, "exits 0");
+    // A minute of BLOCK left; the exit must not wait for it.
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_that_skips_entries_says_how_many_and_how_to_include_them() {
+    let dir = scratch("skip");
+    let stream = unique("skip");
+    let redis = broker(&redis_url()).await;
+    for _ in 0..3 {
+        add(&redis, &stream).await;
+    }
+    let path = dir.join("runnel.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[backend]\nkind = \"redis\"\nurl = \"{}\"\nblock_ms = 300\nclaim_min_idle_ms = 900\n\n[[plugin]]\nname = \"noop\"\npath = {:?}\nstreams = [\"{stream}\"]\ngroup = \"{}\"\nstart = \"new\"\n",
+            redis_url(),
+            plugin("noop").display().to_string(),
+            unique("g")
+        ),
+    )
+    .unwrap();
+    let mut process = Process::run(&bin(), &path, "info");
+    let line = process.wait_for("will not be handled", LIMIT);
+    assert!(line.contains("the 3 entries"), "{line}");
+    assert!(line.contains(&stream), "{line}");
+    assert!(line.contains(r#"start = "beginning""#), "{line}");
+    assert!(process.terminate().0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_port_clash_exits_before_anything_is_read() {
+    let dir = scratch("clash");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (stream, group) = (unique("clash"), unique("g"));
+    let redis = broker(&redis_url()).await;
+    add(&redis, &stream).await;
+    let path = dir.join("runnel.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[backend]\nkind = \"redis\"\nurl = \"{}\"\n\n[admin]\nlisten = \"{}\"\n\n[[plugin]]\nname = \"noop\"\npath = {:?}\nstreams = [\"{stream}\"]\ngroup = \"{group}\"\nstart = \"beginning\"\n",
+            redis_url(),
+            taken.local_addr().unwrap(),
+            plugin("noop").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let (ok, lines) = Process::run(&bin(), &path, "info").exit_within(LIMIT);
+    assert!(!ok, "exits 1: {lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("admin API: binding")),
+        "{lines:?}"
+    );
+    // Not even the group was made: nothing was taken from the stream.
+    let missing = redis.backlog(&stream, &group).await.unwrap_err();
+    assert!(MissingGroup::in_error(&missing), "{missing:#}");
+}
+
+#[test]
+fn an_admin_api_beyond_loopback_needs_a_token() {
+    let dir = scratch("exposed");
+    let port = free_port();
+    let section = |extra: &str| {
+        format!(
+            "[admin]\nlisten = \"0.0.0.0:{port}\"\n{extra}\n\n[[plugin]]\nname = \"noop\"\npath = {:?}\nstreams = [\"{}\"]\n",
+            plugin("noop").display().to_string(),
+            unique("exposed")
+        )
+    };
+    let path = dir.join("runnel.toml");
+    std::fs::write(&path, section("")).unwrap();
+    let (ok, lines) = Process::run(&bin(), &path, "info").exit_within(LIMIT);
+    assert!(!ok, "refuses to start: {lines:?}");
+    let error: Vec<&String> = lines.iter().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error.len(), 1, "{lines:?}");
+    assert!(error[0].contains("0.0.0.0"), "{}", error[0]);
+    assert!(error[0].contains("token_file"), "{}", error[0]);
+
+    // A token from a file (relative to the config) opens it.
+    std::fs::write(dir.join("admin.token"), "s3cret-token\n").unwrap();
+    std::fs::write(&path, section("token_file = \"admin.token\"")).unwrap();
+    let mut process = Process::run(&bin(), &path, "info");
+    process.wait_for("admin API listening on", LIMIT);
+    let url = format!("http://127.0.0.1:{port}/plugins");
+    assert_eq!(call("GET", &url, None, None).0, 401);
+    assert_eq!(call("GET", &url, Some("s3cret-token"), None).0, 200);
+    let (ok, _) = process.terminate();
+    assert!(ok);
+}
+
+#[test]
+fn a_config_named_by_a_bare_file_name_watches_its_plugins() {
+    let dir = scratch("bare");
+    std::fs::copy(plugin("noop"), dir.join("p.wasm")).unwrap();
+    std::fs::write(
+        dir.join("runnel.toml"),
+        format!(
+            "[[plugin]]\nname = \"p\"\npath = \"p.wasm\"\nstreams = [\"{}\"]\n",
+            unique("bare")
+        ),
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(bin());
+    command
+        .args(["run", "--config", "runnel.toml"])
+        .current_dir(&dir)
+        .env("RUNNEL_LOG", "info");
+    let mut process = Process::spawn(command);
+    process.wait_for("consuming", LIMIT);
+    // Replaced the way build tools do: a new file renamed over the old.
+    std::fs::copy(plugin("logger"), dir.join("p.wasm.new")).unwrap();
+    std::fs::rename(dir.join("p.wasm.new"), dir.join("p.wasm")).unwrap();
+    process.wait_for("file changed", LIMIT);
+    assert!(process.terminate().0);
+}
