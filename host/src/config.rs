@@ -150,6 +150,11 @@ pub struct RedisConfig {
     /// outlast a few keep-alive rounds (a third of it each), not a handler.
     #[serde(default = "default_claim_min_idle_ms")]
     pub claim_min_idle_ms: u64,
+    /// When a plugin's subscriber starts, consumers of its group idle this
+    /// long (ms) and holding no pending entries are removed: each restart
+    /// leaves one behind (the name carries the pid). 0: never.
+    #[serde(default = "default_forget_idle_consumers_ms")]
+    pub forget_idle_consumers_ms: u64,
     /// `MAXLEN` of every stream Runnel appends to.
     #[serde(default = "default_max_len")]
     pub max_len: u64,
@@ -169,6 +174,9 @@ fn default_block_ms() -> u64 {
 }
 fn default_claim_min_idle_ms() -> u64 {
     60_000
+}
+fn default_forget_idle_consumers_ms() -> u64 {
+    3_600_000
 }
 fn default_max_len() -> u64 {
     1_000_000

@@ -217,6 +217,12 @@ impl Runtime {
             block,
             claim_min_idle,
             dead_letter: self.config.dead_letter.clone(),
+            forget_consumers_after: match &self.config.backend {
+                Backend::Redis(r) if r.forget_idle_consumers_ms > 0 => {
+                    Some(Duration::from_millis(r.forget_idle_consumers_ms))
+                }
+                _ => None,
+            },
             dedup_window: p.dedup_window_ms.map(Duration::from_millis),
             // Base64 grows a payload by 4/3; the rest of the envelope is small.
             max_envelope_bytes: self.config.max_payload_bytes / 3 * 4 + 64 * 1024,

@@ -485,3 +485,76 @@ fn a_config_named_by_a_bare_file_name_watches_its_plugins() {
     process.wait_for("file changed", LIMIT);
     assert!(process.terminate().0);
 }
+
+/// The names of a group's consumers.
+async fn consumers(redis: &RedisBroker, stream: &str, group: &str) -> Vec<String> {
+    let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(group)
+        .query_async(&mut redis.commands())
+        .await
+        .unwrap();
+    reply.consumers.into_iter().map(|c| c.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_left_behind_are_removed_unless_they_hold_entries() {
+    let dir = scratch("forget");
+    let redis = broker(&redis_url()).await;
+    let (stream, group, foreign) = (unique("forget"), unique("g"), unique("foreign"));
+    for g in [&group, &foreign] {
+        redis
+            .create_group(&stream, g, StartFrom::Beginning)
+            .await
+            .unwrap();
+    }
+    add(&redis, &stream).await;
+    let mut conn = redis.commands();
+    // "holder" takes the entry and keeps it pending; "gone" holds nothing;
+    // "stranger" belongs to a group this host does not own.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(&group)
+        .arg("holder")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for (g, name) in [(&group, "gone"), (&foreign, "stranger")] {
+        let _: i64 = redis::cmd("XGROUP")
+            .arg("CREATECONSUMER")
+            .arg(&stream)
+            .arg(g)
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let path = dir.join("runnel.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[backend]\nkind = \"redis\"\nurl = \"{}\"\nconsumer = \"me\"\nblock_ms = 300\nclaim_min_idle_ms = 60000\nforget_idle_consumers_ms = 1\n\n[[plugin]]\nname = \"noop\"\npath = {:?}\nstreams = [\"{stream}\"]\ngroup = \"{group}\"\n",
+            redis_url(),
+            plugin("noop").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let service = start(&path, true).await.unwrap();
+    until(LIMIT, "the idle consumer to be removed", || async {
+        !consumers(&redis, &stream, &group)
+            .await
+            .contains(&"gone".to_string())
+    })
+    .await;
+    stop(service).await;
+    let ours = consumers(&redis, &stream, &group).await;
+    assert!(ours.contains(&"holder".to_string()), "{ours:?}");
+    let theirs = consumers(&redis, &stream, &foreign).await;
+    assert_eq!(theirs, vec!["stranger".to_string()]);
+}

@@ -188,6 +188,22 @@ pub trait Broker: Send + Sync + 'static {
     /// [`MissingGroup`] error, never 0: nothing reads there.
     async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64>;
 
+    /// Removes the consumers of `group` on `stream` that hold no pending
+    /// entries and have been idle longer than `idle`, except `keep` (the
+    /// caller itself): every restart of a host leaves a consumer behind,
+    /// named after its process. A consumer that holds entries is never
+    /// removed (that would drop them from the group's pending list); the
+    /// check and the removal are one atomic step. Returns the names removed.
+    async fn forget_idle_consumers(
+        &self,
+        _stream: &str,
+        _group: &str,
+        _idle: Duration,
+        _keep: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     /// Ends `consumer`'s blocking read now, as if its `block` had run out
     /// (the reply, empty or not, still arrives whole), so that a service
     /// stops within moments whatever its `block` is. Without effect when no

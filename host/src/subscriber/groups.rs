@@ -92,6 +92,34 @@ impl Shared {
         Ok(())
     }
 
+    /// Removes the group's consumers that other processes left behind (see
+    /// [`Broker::forget_idle_consumers`]); a failure only costs a warning.
+    pub(super) async fn forget_idle_consumers(&self) {
+        let Some(idle) = self.sub.forget_consumers_after else {
+            return;
+        };
+        for stream in &self.sub.streams {
+            let forgotten = self
+                .broker
+                .forget_idle_consumers(stream, &self.sub.group, idle, &self.sub.consumer)
+                .await;
+            match forgotten {
+                Ok(names) if names.is_empty() => {}
+                Ok(names) => tracing::info!(
+                    plugin = %self.sub.plugin,
+                    stream = %stream,
+                    "removed {} consumers of group {:?} idle for over {idle:?} and holding nothing: {}",
+                    names.len(),
+                    self.sub.group,
+                    names.join(", ")
+                ),
+                Err(e) => {
+                    tracing::warn!(plugin = %self.sub.plugin, "removing idle consumers: {e:#}")
+                }
+            }
+        }
+    }
+
     /// Whether `stream` still holds the entry `id`.
     async fn holds(&self, stream: &str, id: &str) -> anyhow::Result<bool> {
         Ok(!self

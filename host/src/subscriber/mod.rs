@@ -70,6 +70,9 @@ pub struct Subscription {
     pub dead_letter: String,
     /// Entries whose envelope is larger than this many bytes are not decoded.
     pub max_envelope_bytes: usize,
+    /// Consumers of the group idle longer than this and holding nothing are
+    /// removed when the subscriber starts. `None`: never.
+    pub forget_consumers_after: Option<Duration>,
     /// How long a successfully handled event id is remembered, so that a
     /// redelivery of it is acknowledged without a call. `None`: off.
     pub dedup_window: Option<Duration>,
@@ -233,7 +236,10 @@ impl Subscriber {
         // answer at start, or gone since): nothing is read before it exists.
         while !shutdown.is_cancelled() {
             match shared.ensure_groups().await {
-                Ok(()) => break,
+                Ok(()) => {
+                    shared.forget_idle_consumers().await;
+                    break;
+                }
                 Err(e) => {
                     failures += 1;
                     let wait = BACKEND_RETRY.delay(failures);

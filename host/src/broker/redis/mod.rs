@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{StreamInfoGroup, StreamInfoGroupsReply};
+use redis::streams::{StreamInfoConsumersReply, StreamInfoGroup, StreamInfoGroupsReply};
 use redis::{Client, Value};
 use redis_protocol::resp2::types::RangeFrame;
 use tokio::sync::Mutex;
@@ -520,6 +520,46 @@ impl Broker for RedisBroker {
         Ok((info.pending + info.lag.unwrap_or(1)) as u64)
     }
 
+    async fn forget_idle_consumers(
+        &self,
+        stream: &str,
+        group: &str,
+        idle: Duration,
+        keep: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        let reply: StreamInfoConsumersReply = self
+            .query(
+                redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(group),
+                || format!("XINFO CONSUMERS {stream} {group}"),
+                Some((stream, group)),
+            )
+            .await?;
+        let mut forgotten = Vec::new();
+        for c in reply.consumers {
+            if c.name == keep || c.pending > 0 || (c.idle as u128) <= idle.as_millis() {
+                continue;
+            }
+            // Deleted only if it still holds nothing, atomically: it may
+            // have claimed entries since XINFO answered.
+            let deleted: i64 = self
+                .query(
+                    redis::cmd("EVAL")
+                        .arg(FORGET_IF_EMPTY)
+                        .arg(1)
+                        .arg(stream)
+                        .arg(group)
+                        .arg(&c.name),
+                    || format!("forgetting consumer {:?} of {group} on {stream}", c.name),
+                    Some((stream, group)),
+                )
+                .await?;
+            if deleted == 0 {
+                forgotten.push(c.name);
+            }
+        }
+        Ok(forgotten)
+    }
+
     async fn wake_reader(&self, group: &str, consumer: &str) {
         let id = self
             .reader_ids
@@ -543,6 +583,14 @@ impl Broker for RedisBroker {
         }
     }
 }
+
+/// Deletes consumer ARGV[2] of group ARGV[1] on stream KEYS[1] if it holds
+/// no pending entry: returns 0 when deleted, -1 when it holds entries.
+const FORGET_IF_EMPTY: &str = r#"
+local held = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #held > 0 then return -1 end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+"#;
 
 /// The first `'quoted'` word of a Redis error: the key `NOGROUP` names.
 fn quoted_key(words: &str) -> Option<String> {
