@@ -209,7 +209,8 @@ enum DlqCommand {
         #[arg(long, default_value_t = 100)]
         count: usize,
     },
-    /// Puts dead letters back on their source streams and removes them here.
+    /// Hands dead letters back to the consumer group that failed each (its
+    /// replay stream; no other group sees them) and removes them here.
     Replay {
         #[command(flatten)]
         redis: RedisArgs,
@@ -218,6 +219,10 @@ enum DlqCommand {
         /// Entry ids to replay; all of them when none is given.
         #[arg(long = "id")]
         ids: Vec<String>,
+        /// The group for dead letters that do not name theirs (written by
+        /// an older runnel).
+        #[arg(long)]
+        group: Option<String>,
     },
 }
 
@@ -439,9 +444,14 @@ async fn cmd_dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
                 crate::tools::dlq_list(&*broker, &stream, count).await?
             );
         }
-        DlqCommand::Replay { redis, stream, ids } => {
+        DlqCommand::Replay {
+            redis,
+            stream,
+            ids,
+            group,
+        } => {
             let broker = redis.connect().await?;
-            let n = crate::tools::dlq_replay(&*broker, &stream, &ids).await?;
+            let n = crate::tools::dlq_replay(&*broker, &stream, &ids, group.as_deref()).await?;
             println!("replayed {n} dead letters from {stream}");
         }
     }

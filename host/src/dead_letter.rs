@@ -4,17 +4,32 @@
 //! unchanged, so a dead-letter stream reads like any event stream (a Go
 //! consumer, or `runnel dlq replay`, gets the original envelope back). The
 //! other fields say what happened.
+//!
+//! A replayed dead letter goes back to the one group that failed it, never
+//! to the source stream (where every other group, Go services' included,
+//! would see it again): to that group's replay stream,
+//! [`replay_stream`], which its subscribers read beside the source.
 
 use crate::broker::{Entry, Field, EVENT_FIELD};
 use crate::event::{format_rfc3339_nano, now_utc};
 use crate::handler::FailureKind;
 
+/// The stream that replayed dead letters of `group` from `source` go to:
+/// `<source>.replay.<group>`. Only that group reads it (from its first
+/// entry); it shares the source's Redis Cluster hash tag, if any.
+pub fn replay_stream(source: &str, group: &str) -> String {
+    format!("{source}.replay.{group}")
+}
+
 /// Why and where an entry was given up on.
 #[derive(Clone, Debug)]
 pub struct DeadLetter<'a> {
+    /// The stream the event was published to (not a replay stream).
     pub source_stream: &'a str,
     pub entry: &'a Entry,
     pub plugin: &'a str,
+    /// The consumer group that gave up on it: where a replay goes.
+    pub group: &'a str,
     pub kind: FailureKind,
     pub reason: &'a str,
     pub attempts: u32,
@@ -34,6 +49,7 @@ impl DeadLetter<'_> {
             ("reason".to_string(), self.reason.as_bytes().to_vec()),
             ("kind".to_string(), self.kind.as_str().as_bytes().to_vec()),
             ("plugin".to_string(), self.plugin.as_bytes().to_vec()),
+            ("group".to_string(), self.group.as_bytes().to_vec()),
             (
                 "attempts".to_string(),
                 self.attempts.to_string().into_bytes(),
@@ -71,6 +87,8 @@ pub struct DeadLetterRecord {
     pub reason: String,
     pub kind: String,
     pub plugin: String,
+    /// Empty in dead letters written before groups were recorded.
+    pub group: String,
     pub attempts: u32,
     pub stream: String,
     pub failed_at: String,
@@ -97,6 +115,7 @@ impl DeadLetterRecord {
             reason: field("reason"),
             kind: field("kind"),
             plugin: field("plugin"),
+            group: field("group"),
             attempts: field("attempts").parse().unwrap_or(0),
             stream: field("stream"),
             failed_at: field("failed_at"),

@@ -54,10 +54,10 @@ impl Scrape {
         let mut backlog = Vec::new();
         let backend_up = runtime.broker.ping().await.is_ok();
         for p in runtime.plugins.iter().filter(|p| !p.is_shadow()) {
-            for stream in &p.config.streams {
+            for stream in runtime.streams_read_by(&p.config) {
                 let group = runtime.config.group_of(&p.config);
-                if let Ok(n) = runtime.broker.backlog(stream, &group).await {
-                    backlog.push((p.config.name.clone(), stream.clone(), n));
+                if let Ok(n) = runtime.broker.backlog(&stream, &group).await {
+                    backlog.push((p.config.name.clone(), stream, n));
                 }
             }
         }

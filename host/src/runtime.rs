@@ -12,6 +12,7 @@ use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, Trimming};
 use crate::broker::{Broker, MissingGroup};
 use crate::config::{Backend, Config, PluginConfig};
+use crate::dead_letter::replay_stream;
 use crate::handler::Handler;
 use crate::input::InputEvent;
 use crate::live::{LivePlugin, Version};
@@ -249,11 +250,19 @@ impl Runtime {
         self.publisher.publish(&routed).await
     }
 
+    /// Every stream a plugin's group reads: its sources, then their replay
+    /// streams (see [`crate::dead_letter::replay_stream`]).
+    pub fn streams_read_by(&self, p: &PluginConfig) -> Vec<String> {
+        let group = self.config.group_of(p);
+        let replays = p.streams.iter().map(|s| replay_stream(s, &group));
+        p.streams.iter().cloned().chain(replays).collect()
+    }
+
     /// Whether every plugin has finished every entry of its streams. A
     /// group that does not exist (yet, or any more) has not.
     pub async fn is_idle(&self) -> anyhow::Result<bool> {
         for p in &self.plugins {
-            for stream in &p.config.streams {
+            for stream in &self.streams_read_by(&p.config) {
                 match self
                     .broker
                     .backlog(stream, &self.config.group_of(&p.config))

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 
 use crate::broker::{Append, Broker, EVENT_FIELD};
 use crate::config::Grants;
-use crate::dead_letter::DeadLetterRecord;
+use crate::dead_letter::{replay_stream, DeadLetterRecord};
 use crate::event::Event;
 use crate::handler::Handler;
 use crate::input::InputEvent;
@@ -64,19 +64,23 @@ pub async fn dlq_list(broker: &dyn Broker, stream: &str, count: usize) -> anyhow
             .unwrap_or_else(|_| "<undecodable entry>".into());
         writeln!(
             out,
-            "{}  {event}  from={} plugin={} kind={} attempts={} at={}\n    {}",
-            r.id, r.stream, r.plugin, r.kind, r.attempts, r.failed_at, r.reason
+            "{}  {event}  from={} plugin={} group={} kind={} attempts={} at={}\n    {}",
+            r.id, r.stream, r.plugin, r.group, r.kind, r.attempts, r.failed_at, r.reason
         )?;
     }
     Ok(out)
 }
 
-/// Puts dead letters back on the streams they came from (all of them, or
-/// those with the given ids) and removes them from the dead-letter stream.
+/// Hands dead letters (all of them, or those with the given ids) back to
+/// the consumer group that failed each, through its replay stream
+/// ([`replay_stream`]), and removes them from the dead-letter stream. No
+/// other group sees them again. A dead letter that names no group (written
+/// by an older Runnel) needs `group`, which otherwise overrides nothing.
 pub async fn dlq_replay(
     broker: &dyn Broker,
     stream: &str,
     ids: &[String],
+    group: Option<&str>,
 ) -> anyhow::Result<usize> {
     let entries = broker.range(stream, None, None, usize::MAX).await?;
     let chosen: Vec<_> = entries
@@ -94,9 +98,17 @@ pub async fn dlq_replay(
             "{stream} {}: no source stream recorded",
             r.id
         );
+        let group = match (r.group.as_str(), group) {
+            ("", Some(given)) => given,
+            ("", None) => anyhow::bail!(
+                "{stream} {}: the dead letter names no consumer group (written by an older runnel): pass --group",
+                r.id
+            ),
+            (recorded, _) => recorded,
+        };
         broker
             .append(vec![Append {
-                stream: r.stream.clone(),
+                stream: replay_stream(&r.stream, group),
                 fields: vec![(EVENT_FIELD.to_string(), r.event.clone())],
             }])
             .await?;

@@ -90,7 +90,7 @@ async fn emit_publishes_one_event_or_ndjson_from_stdin() {
 }
 
 #[tokio::test]
-async fn dead_letters_are_listed_and_replayed_onto_their_stream() {
+async fn dead_letters_are_listed_and_replayed_to_the_group_that_failed_them() {
     let url = redis_url();
     let stream = unique("dlq");
     let dead = format!("{stream}.dead");
@@ -113,7 +113,7 @@ async fn dead_letters_are_listed_and_replayed_onto_their_stream() {
         "{listed}"
     );
     assert!(
-        listed.contains("plugin=rejecter kind=rejected attempts=1"),
+        listed.contains("plugin=rejecter group=rejecter kind=rejected attempts=1"),
         "{listed}"
     );
     assert!(
@@ -123,9 +123,13 @@ async fn dead_letters_are_listed_and_replayed_onto_their_stream() {
 
     let out = runnel(&["dlq", "replay", "--redis", &url, "--stream", &dead], None);
     assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 1 dead letters"));
-    let back = events_on(&stream).await;
-    assert_eq!(back.len(), 2, "the original and its replay");
-    assert_eq!(back[1], event, "the original envelope, unchanged");
+    assert_eq!(
+        events_on(&stream).await.len(),
+        1,
+        "nothing goes back on the source stream, which every group reads"
+    );
+    let back = events_on(&format!("{stream}.replay.rejecter")).await;
+    assert_eq!(back, vec![event], "the original envelope, unchanged");
     assert!(
         events_on(&dead).await.is_empty(),
         "replayed letters leave the dead-letter stream"

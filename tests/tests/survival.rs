@@ -558,3 +558,111 @@ async fn consumers_left_behind_are_removed_unless_they_hold_entries() {
     let theirs = consumers(&redis, &stream, &foreign).await;
     assert_eq!(theirs, vec!["stranger".to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_dead_letter_reaches_only_the_group_that_failed_it() {
+    let dir = scratch("replay");
+    let url = redis_url();
+    let redis = broker(&url).await;
+    let (stream, go_group) = (unique("replay"), unique("go-service"));
+    // A Go service reads the same stream with a group of its own.
+    redis
+        .create_group(&stream, &go_group, StartFrom::New)
+        .await
+        .unwrap();
+    let path = dir.join("runnel.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[backend]
+kind = "redis"
+url = "{url}"
+block_ms = 300
+claim_min_idle_ms = 900
+
+[[plugin]]
+name = "good"
+path = {:?}
+streams = ["{stream}"]
+group = "{good}"
+
+[[plugin]]
+name = "bad"
+path = {:?}
+streams = ["{stream}"]
+group = "{bad}"
+max_attempts = 1
+"#,
+            plugin("logger").display().to_string(),
+            plugin("rejecter").display().to_string(),
+            good = unique("good"),
+            bad = unique("bad"),
+        ),
+    )
+    .unwrap();
+    let service = start(&path, true).await.unwrap();
+    let r1 = Event::new("refund.requested", "{}");
+    redis
+        .append(vec![Append {
+            stream: stream.clone(),
+            fields: event_fields(&r1),
+        }])
+        .await
+        .unwrap();
+    let dead = format!("{stream}.dead");
+    until(LIMIT, "bad to dead-letter r1", || async {
+        redis.range(&dead, None, None, 10).await.unwrap().len() == 1
+    })
+    .await;
+    let go_read = |conn: redis::aio::ConnectionManager| {
+        let (stream, go_group) = (stream.clone(), go_group.clone());
+        async move {
+            let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(&go_group)
+                .arg("go-1")
+                .arg("COUNT")
+                .arg(10)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(">")
+                .query_async(&mut conn.clone())
+                .await
+                .unwrap();
+            reply.map_or(0, |r| r.keys.iter().map(|k| k.ids.len()).sum::<usize>())
+        }
+    };
+    assert_eq!(go_read(redis.commands()).await, 1, "the Go service saw r1");
+
+    let out = std::process::Command::new(bin())
+        .args(["dlq", "replay", "--redis", &url, "--stream", &dead])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    until(LIMIT, "bad to dead-letter the replay", || async {
+        redis.range(&dead, None, None, 10).await.unwrap().len() == 1
+            && service.runtime().plugins[1].stats.snapshot().dead_lettered == 2
+    })
+    .await;
+    let plugins = &service.runtime().plugins;
+    let (good, bad) = (plugins[0].stats.snapshot(), plugins[1].stats.snapshot());
+    stop(service).await;
+    assert_eq!(good.handled, 1, "good handled r1 once");
+    assert_eq!(bad.failed, 2, "bad was called twice");
+    assert_eq!(
+        go_read(redis.commands()).await,
+        0,
+        "the Go service never sees it again"
+    );
+    // The second dead letter names the source stream, not the replay
+    // stream, so it can be replayed the same way again.
+    let again = redis.range(&dead, None, None, 10).await.unwrap();
+    let record = runnel::dead_letter::DeadLetterRecord::from_entry(&again[0]);
+    assert_eq!(record.stream, stream);
+    assert_eq!(record.event, r1.to_json());
+}

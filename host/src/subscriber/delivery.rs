@@ -336,16 +336,18 @@ impl Shared {
         reason: &str,
         attempts: u32,
     ) -> bool {
+        let source = self.sub.source_of(&delivery.stream);
         let letter = DeadLetter {
-            source_stream: &delivery.stream,
+            source_stream: source,
             entry: &delivery.entry,
             plugin: &self.sub.plugin,
+            group: &self.sub.group,
             kind,
             reason,
             attempts,
         };
         let append = crate::broker::Append {
-            stream: self.sub.dead_letter.replace("{stream}", &delivery.stream),
+            stream: self.sub.dead_letter.replace("{stream}", source),
             fields: letter.fields(),
         };
         let mut failures = 0;

@@ -38,7 +38,10 @@ pub async fn ensure_group(
 }
 
 impl Shared {
-    /// Creates the subscription's groups that are missing, each as configured.
+    /// Creates the subscription's groups that are missing, each as
+    /// configured, and those of its replay streams. A replay group that
+    /// cannot be created (a Redis at maxmemory refuses the new stream) does
+    /// not hold up reading the sources: replay reads create it later.
     pub(super) async fn ensure_groups(&self) -> anyhow::Result<()> {
         for stream in &self.sub.streams {
             ensure_group(
@@ -47,6 +50,25 @@ impl Shared {
                 stream,
                 &self.sub.group,
                 self.sub.start.clone(),
+            )
+            .await?;
+        }
+        if let Err(e) = self.ensure_replay_groups().await {
+            tracing::warn!(plugin = %self.sub.plugin, "replayed dead letters cannot be read yet: {e:#}");
+        }
+        Ok(())
+    }
+
+    /// Creates the groups of the replay streams that are missing, from
+    /// their first entry: everything on them is for this group.
+    pub(super) async fn ensure_replay_groups(&self) -> anyhow::Result<()> {
+        for stream in self.sub.replay_streams() {
+            ensure_group(
+                &*self.broker,
+                &self.sub.plugin,
+                &stream,
+                &self.sub.group,
+                StartFrom::Beginning,
             )
             .await?;
         }

@@ -36,6 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::{Broker, Delivery, MissingGroup, StartFrom};
 use crate::config::Backoff;
+use crate::dead_letter::replay_stream;
 use crate::handler::Handler;
 use crate::publisher::Publisher;
 use crate::routes::name_matches;
@@ -79,6 +80,24 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The group's replay streams, one per source stream: where
+    /// `runnel dlq replay` puts back what this group dead-lettered.
+    pub fn replay_streams(&self) -> Vec<String> {
+        self.streams
+            .iter()
+            .map(|s| replay_stream(s, &self.group))
+            .collect()
+    }
+
+    /// The source stream of an entry's stream: itself, or the source whose
+    /// replay stream it is.
+    fn source_of<'a>(&'a self, stream: &'a str) -> &'a str {
+        self.streams
+            .iter()
+            .find(|s| stream.len() > s.len() && replay_stream(s, &self.group) == stream)
+            .map_or(stream, |s| s.as_str())
+    }
+
     fn wants(&self, name: &str) -> bool {
         self.events.is_empty() || self.events.iter().any(|p| name_matches(p, name))
     }
@@ -122,6 +141,10 @@ pub(crate) const BACKEND_RETRY: Backoff = Backoff {
     max_ms: 2_000,
     multiplier: 2.0,
 };
+
+/// How often a subscriber looks for replayed dead letters (one read that
+/// does not wait, per plugin).
+const REPLAYS_EVERY: Duration = Duration::from_secs(1);
 
 /// Where an entry lives, for acks and keep-alives.
 type EntryRef = (String, String);
@@ -252,6 +275,8 @@ impl Subscriber {
             }
         }
         let mut last_maintenance = Instant::now();
+        let mut last_replay_check = Instant::now();
+        let replays = shared.sub.replay_streams();
         let maintenance_every = (shared.sub.claim_min_idle / 3).max(Duration::from_millis(10));
         // Keep-alives run on their own, not in the read loop: when every slot
         // is taken by long handlers the loop waits for room, and that is
@@ -297,9 +322,14 @@ impl Subscriber {
                 last_maintenance = Instant::now();
                 deliveries = shared.reclaim(room.num_permits()).await;
             }
+            if deliveries.is_empty() && last_replay_check.elapsed() >= REPLAYS_EVERY {
+                last_replay_check = Instant::now();
+                deliveries = shared.read_replays(&replays, room.num_permits()).await;
+            }
             if deliveries.is_empty() {
                 let block = shared.sub.block.min(maintenance_every);
-                match shared.read(room.num_permits(), block).await {
+                let streams = &shared.sub.streams;
+                match shared.read(streams, room.num_permits(), block).await {
                     Ok(d) => {
                         if failures > 0 {
                             tracing::info!(plugin = %shared.sub.plugin, "reading again after {failures} failures");
@@ -386,11 +416,14 @@ impl Shared {
     /// them. At shutdown the broker is asked to end the read's `BLOCK` now
     /// (again, until it does: the request may reach Redis before the read),
     /// so that stopping takes moments whatever `block_ms` is.
-    async fn read(&self, count: usize, block: Duration) -> anyhow::Result<Vec<Delivery>> {
+    async fn read(
+        &self,
+        streams: &[String],
+        count: usize,
+        block: Duration,
+    ) -> anyhow::Result<Vec<Delivery>> {
         let (group, consumer) = (&self.sub.group, &self.sub.consumer);
-        let read = self
-            .broker
-            .read(group, consumer, &self.sub.streams, count, block);
+        let read = self.broker.read(group, consumer, streams, count, block);
         tokio::pin!(read);
         tokio::select! {
             biased;
@@ -416,6 +449,30 @@ impl Shared {
             tracing::warn!(plugin = %self.sub.plugin, "cannot read {streams} (failure {failures}, retrying every {wait:?} at most): {e:#}");
         } else {
             tracing::debug!(plugin = %self.sub.plugin, "cannot read {streams}, retrying in {wait:?}: {e:#}");
+        }
+    }
+}
+
+impl Shared {
+    /// What was replayed to this group, without waiting: a look at its
+    /// replay streams beside the blocking read of its sources, rather than
+    /// in it, so that the sources keep the whole read size. A missing
+    /// replay group (the stream was deleted) is created again from the
+    /// first entry: everything on a replay stream is for this group.
+    async fn read_replays(&self, replays: &[String], count: usize) -> Vec<Delivery> {
+        let read = self.read(replays, count, Duration::ZERO).await;
+        match read {
+            Ok(deliveries) => deliveries,
+            Err(e) => {
+                let recreated = match MissingGroup::in_error(&e) {
+                    true => self.ensure_replay_groups().await,
+                    false => Err(e),
+                };
+                if let Err(e) = recreated {
+                    tracing::debug!(plugin = %self.sub.plugin, "reading replayed dead letters: {e:#}");
+                }
+                Vec::new()
+            }
         }
     }
 }

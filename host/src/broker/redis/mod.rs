@@ -315,11 +315,12 @@ impl Broker for RedisBroker {
             .arg(group)
             .arg(consumer)
             .arg("COUNT")
-            .arg(per_stream)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(streams);
+            .arg(per_stream);
+        // BLOCK 0 would wait forever: a read that must not wait has none.
+        if !block.is_zero() {
+            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        }
+        cmd.arg("STREAMS").arg(streams);
         for _ in streams {
             cmd.arg(">");
         }
