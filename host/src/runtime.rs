@@ -232,8 +232,11 @@ impl Runtime {
 
     /// Publishes injected events (`--input`, `POST /events`) in one batch,
     /// each to its own stream or else its name's route. Fails before
-    /// publishing anything if one has neither.
+    /// publishing anything if one has neither, or if the plugins' groups
+    /// cannot be made sure of first: a group created after the events (the
+    /// backend was down at start, say) would skip them at `start = "new"`.
     pub async fn inject(&self, events: Vec<InputEvent>) -> anyhow::Result<()> {
+        self.create_groups().await?;
         let mut routed = Vec::with_capacity(events.len());
         for (i, e) in events.into_iter().enumerate() {
             let stream = match e.stream {
@@ -278,12 +281,23 @@ impl Runtime {
         Ok(true)
     }
 
-    /// Waits until [`Runtime::is_idle`], polling.
+    /// Waits until [`Runtime::is_idle`], polling. A backend that does not
+    /// answer is waited for, as the subscribers wait for it.
     pub async fn wait_idle(&self) -> anyhow::Result<()> {
-        while !self.is_idle().await? {
+        let mut failures = 0u32;
+        loop {
+            match self.is_idle().await {
+                Ok(true) => return Ok(()),
+                Ok(false) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!("cannot tell whether everything is handled yet: {e:#}");
+                    }
+                }
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok(())
     }
 
     /// Counters per plugin, in config order.

@@ -67,6 +67,9 @@ impl Service {
     /// [`ServiceOptions::fail_fast`]): `/readyz` says so meanwhile.
     pub async fn start(config_path: PathBuf, options: ServiceOptions) -> anyhow::Result<Service> {
         let stop = CancellationToken::new();
+        // A start that fails half-way stops what it had started (the admin
+        // API, the watcher, subscribers).
+        let started = stop.clone().drop_guard();
         let config = Config::load(&config_path)?;
         let runtime = Arc::new(Runtime::from_config(config).await?);
         // Bound before reading: a port clash must not exit after entries
@@ -103,6 +106,7 @@ impl Service {
             admin_addr,
         };
         service.inject_input().await?;
+        started.disarm();
         Ok(service)
     }
 
@@ -154,19 +158,16 @@ impl Service {
                 std::future::pending().await
             }
         };
-        tokio::select! {
-            r = idle => r?,
-            _ = shutdown => {}
-            Some(ended) = self.tasks.join_next() => {
-                self.stop.cancel();
-                let reason = match ended {
-                    Ok(Ok(())) => "stopped".to_string(),
-                    Ok(Err(e)) => format!("{e:#}"),
-                    Err(e) => format!("panicked: {e}"),
-                };
-                anyhow::bail!("a subscriber ended unexpectedly: {reason}");
-            }
-        }
+        let ended_early = tokio::select! {
+            r = idle => r.map(|()| None)?,
+            _ = shutdown => None,
+            Some(ended) = self.tasks.join_next() => Some(match ended {
+                Ok(Ok(())) => "stopped".to_string(),
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(e) => format!("panicked: {e}"),
+            }),
+        };
+        // The others drain either way: what they took is finished and acked.
         self.stop.cancel();
         let deadline = Duration::from_millis(runtime.config.service.shutdown_deadline_ms);
         let tasks = &mut self.tasks;
@@ -186,6 +187,9 @@ impl Service {
                 runtime.abandon.cancel();
                 drain.await?;
             }
+        }
+        if let Some(reason) = ended_early {
+            anyhow::bail!("a subscriber ended unexpectedly: {reason}");
         }
         Ok(Report {
             summary: runtime.summary(),
@@ -219,6 +223,14 @@ impl Service {
             }
         }
         Ok(out)
+    }
+}
+
+/// A service dropped without [`Service::run`] (an embedder's error path)
+/// stops what it started.
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 

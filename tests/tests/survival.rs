@@ -666,3 +666,90 @@ max_attempts = 1
     assert_eq!(record.stream, stream);
     assert_eq!(record.event, r1.to_json());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroyed_group_restarts_where_the_group_was_not_where_this_host_was() {
+    // Another host of the group read and acked a1 before this one started:
+    // this host never read anything itself, yet the group must not start
+    // over when it is recreated.
+    let dir = scratch("position");
+    let url = redis_url();
+    let redis = broker(&url).await;
+    let (stream, group, out) = (unique("position"), unique("g"), unique("worked"));
+    redis
+        .create_group(&stream, &group, StartFrom::Beginning)
+        .await
+        .unwrap();
+    let a1 = add(&redis, &stream).await;
+    let taken = redis
+        .read(
+            &group,
+            "other-host",
+            std::slice::from_ref(&stream),
+            10,
+            Duration::from_millis(10),
+        )
+        .await
+        .unwrap();
+    let ids: Vec<String> = taken.iter().map(|d| d.entry.id.clone()).collect();
+    redis.ack(&group, &stream, &ids).await.unwrap();
+
+    let service = start(&worker_config(&dir, &url, &stream, &group, &out), true)
+        .await
+        .unwrap();
+    until(LIMIT, "/readyz to say ready", || async {
+        get(&service, "/readyz").await.0 == 200
+    })
+    .await;
+    let _: u64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&stream)
+        .arg(&group)
+        .query_async(&mut redis.commands())
+        .await
+        .unwrap();
+    let a2 = add(&redis, &stream).await;
+    until(LIMIT, "a2 to be handled", || async {
+        worked(&redis, &out).await.contains(&a2)
+    })
+    .await;
+    stop(service).await;
+    let handled = worked(&redis, &out).await;
+    assert!(!handled.contains(&a1), "a1 was handled again: {handled:?}");
+    assert_eq!(handled, vec![a2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_refused_at_start_is_tried_again_once_the_user_exists() {
+    let dir = scratch("acl");
+    let server = RedisServer::start(&dir, EPHEMERAL);
+    let url = format!("redis://runnel:pw@127.0.0.1:{}", server.port);
+    let (stream, group, out) = (unique("acl"), unique("g"), unique("worked"));
+    let service = start(&worker_config(&dir, &url, &stream, &group, &out), false)
+        .await
+        .unwrap();
+    let (status, body) = get(&service, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(!body.contains("pw@"), "no password in answers: {body}");
+    // The user is provisioned after the host started.
+    let admin = broker(&server.url()).await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("runnel")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query_async(&mut admin.commands())
+        .await
+        .unwrap();
+    let id = add(&admin, &stream).await;
+    until(
+        LIMIT,
+        "the event to be handled once the login works",
+        || async { worked(&admin, &out).await.contains(&id) },
+    )
+    .await;
+    stop(service).await;
+}

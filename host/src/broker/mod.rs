@@ -188,6 +188,15 @@ pub trait Broker: Send + Sync + 'static {
     /// [`MissingGroup`] error, never 0: nothing reads there.
     async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64>;
 
+    /// The id of the last entry delivered to `group` on `stream` (by any of
+    /// its consumers), `None` before the first; a [`MissingGroup`] error if
+    /// the group does not exist. Where a group that vanishes is created
+    /// again without handling twice what was read. A backend whose groups
+    /// cannot vanish may answer `None`.
+    async fn last_delivered(&self, _stream: &str, _group: &str) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Removes the consumers of `group` on `stream` that hold no pending
     /// entries and have been idle longer than `idle`, except `keep` (the
     /// caller itself): every restart of a host leaves a consumer behind,

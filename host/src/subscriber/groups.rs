@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use anyhow::Context as _;
 
 use super::Shared;
-use crate::broker::{Broker, GroupCreated, StartFrom};
+use crate::broker::{parse_entry_id, Broker, Delivery, GroupCreated, StartFrom};
 use crate::stats::Stats;
 
 /// Makes sure `group` exists on `stream`. A new group that starts after
@@ -37,7 +37,47 @@ pub async fn ensure_group(
     Ok(created)
 }
 
+/// The last entry known to be delivered to the group, per source stream:
+/// from this consumer's reads and, each maintenance round, from the backend
+/// (the group's other consumers read too). Where a group that vanishes
+/// starts again.
+#[derive(Debug, Default)]
+pub(super) struct Positions(HashMap<String, String>);
+
+impl Positions {
+    /// Records `id` on `stream` unless a later entry is known already.
+    fn note(&mut self, stream: &str, id: &str) {
+        let later = |known: &String| parse_entry_id(known).ok() >= parse_entry_id(id).ok();
+        if !self.0.get(stream).is_some_and(later) {
+            self.0.insert(stream.to_string(), id.to_string());
+        }
+    }
+
+    /// Records the last entry of each stream in a read (a read holds each
+    /// stream's entries together, in id order).
+    pub(super) fn note_read(&mut self, deliveries: &[Delivery]) {
+        for (i, d) in deliveries.iter().enumerate() {
+            let last_of_stream = deliveries
+                .get(i + 1)
+                .is_none_or(|next| next.stream != d.stream);
+            if last_of_stream {
+                self.note(&d.stream, &d.entry.id);
+            }
+        }
+    }
+}
+
 impl Shared {
+    /// Learns how far the group has read each source stream, whoever read
+    /// it. A failure leaves what was known.
+    pub(super) async fn refresh_positions(&self, positions: &mut Positions) {
+        for stream in &self.sub.streams {
+            if let Ok(Some(id)) = self.broker.last_delivered(stream, &self.sub.group).await {
+                positions.note(stream, &id);
+            }
+        }
+    }
+
     /// Creates the subscription's groups that are missing, each as
     /// configured, and those of its replay streams. A replay group that
     /// cannot be created (a Redis at maxmemory refuses the new stream) does
@@ -75,23 +115,23 @@ impl Shared {
         Ok(())
     }
 
-    /// Creates again the groups that vanished. Where the stream still holds
-    /// the last entry this consumer read, only the group was lost: it starts
-    /// after that entry, so that what was handled is not handled again (at
-    /// most what other consumers of the group read later comes twice).
-    /// Otherwise the stream itself is new (deleted, or lost in a restart)
-    /// and every entry on it is new to the group: it starts from the first.
-    pub(super) async fn recreate_groups(
-        &self,
-        last_read: &HashMap<String, String>,
-    ) -> anyhow::Result<()> {
+    /// Creates again the groups that vanished; returns whether one had.
+    /// Where the stream still holds the last entry known delivered to the
+    /// group, only the group was lost: it starts after that entry, so that
+    /// what was handled is not handled again (at most what the group read
+    /// since the last maintenance round comes twice). Otherwise the stream
+    /// itself is new (deleted, or lost in a restart; or trimmed past that
+    /// entry, when the two starts are the same) and every entry on it is new
+    /// to the group: it starts from the first.
+    pub(super) async fn recreate_groups(&self, positions: &Positions) -> anyhow::Result<bool> {
+        let mut recreated = false;
         for stream in &self.sub.streams {
-            let start = match last_read.get(stream) {
+            let start = match positions.0.get(stream) {
                 Some(id) if self.holds(stream, id).await? => StartFrom::After(id.clone()),
                 _ => StartFrom::Beginning,
             };
             let from = match &start {
-                StartFrom::After(id) => format!("after {id}, the last entry this consumer read"),
+                StartFrom::After(id) => format!("after {id}, the last entry it had read"),
                 _ => "from its first entry: the stream is new".to_string(),
             };
             let created = ensure_group(
@@ -103,6 +143,7 @@ impl Shared {
             )
             .await?;
             if created != GroupCreated::Existed {
+                recreated = true;
                 Stats::bump(&self.stats.groups_recreated);
                 tracing::warn!(
                     stream = %stream,
@@ -111,7 +152,7 @@ impl Shared {
                 );
             }
         }
-        Ok(())
+        Ok(recreated)
     }
 
     /// Removes the group's consumers that other processes left behind (see

@@ -23,9 +23,9 @@ mod queue;
 pub use breaker::Breaker;
 pub use delivery::decode;
 pub use groups::ensure_group;
+use groups::Positions;
 pub use health::ReadHealth;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -297,9 +297,10 @@ impl Subscriber {
             }
         });
 
-        // The last entry read from each stream: where a group that vanishes
-        // is created again (see `recreate_groups`).
-        let mut last_read: HashMap<String, String> = HashMap::new();
+        // How far the group has read: where a group that vanishes is
+        // created again (see `recreate_groups`).
+        let mut positions = Positions::default();
+        shared.refresh_positions(&mut positions).await;
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -320,6 +321,7 @@ impl Subscriber {
             let mut deliveries = Vec::new();
             if last_maintenance.elapsed() >= maintenance_every {
                 last_maintenance = Instant::now();
+                shared.refresh_positions(&mut positions).await;
                 deliveries = shared.reclaim(room.num_permits()).await;
             }
             if deliveries.is_empty() && last_replay_check.elapsed() >= REPLAYS_EVERY {
@@ -336,13 +338,19 @@ impl Subscriber {
                         }
                         failures = 0;
                         shared.health.reading();
-                        note_last_read(&mut last_read, &d);
+                        positions.note_read(&d);
                         deliveries = d;
                     }
                     Err(e) => {
                         failures += 1;
                         let recovered = match MissingGroup::in_error(&e) {
-                            true => shared.recreate_groups(&last_read).await,
+                            true => match shared.recreate_groups(&positions).await {
+                                Ok(true) => Ok(()),
+                                // Told the group is missing, found it there:
+                                // wait like any failure rather than spin.
+                                Ok(false) => Err(e),
+                                Err(e) => Err(e),
+                            },
                             false => Err(e),
                         };
                         if let Err(e) = recovered {
@@ -430,12 +438,17 @@ impl Shared {
             done = &mut read => return done,
             _ = self.shutdown.cancelled() => {}
         }
-        loop {
-            self.broker.wake_reader(group, consumer).await;
-            tokio::select! {
-                done = &mut read => return done,
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        // Woken beside the read, which stays polled: a wake that is slow
+        // (Redis not answering) must not hold up a reply that has come.
+        let wake = async {
+            loop {
+                self.broker.wake_reader(group, consumer).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        };
+        tokio::select! {
+            done = &mut read => done,
+            never = wake => never,
         }
     }
 
@@ -473,19 +486,6 @@ impl Shared {
                 }
                 Vec::new()
             }
-        }
-    }
-}
-
-/// Remembers the last entry of each stream in a read (a read holds each
-/// stream's entries together, in id order).
-fn note_last_read(last_read: &mut HashMap<String, String>, deliveries: &[Delivery]) {
-    for (i, d) in deliveries.iter().enumerate() {
-        let last_of_stream = deliveries
-            .get(i + 1)
-            .is_none_or(|next| next.stream != d.stream);
-        if last_of_stream {
-            last_read.insert(d.stream.clone(), d.entry.id.clone());
         }
     }
 }

@@ -53,7 +53,10 @@ pub struct RedisBroker {
     client: Client,
     /// The URL without its password, for messages.
     address: String,
-    commands: ConnectionManager,
+    /// Replaced when its connection cannot be set up for a reason that
+    /// retrying the same connection would not change (a refused login):
+    /// the manager keeps such a failure, retrying only I/O errors.
+    commands: arc_swap::ArcSwap<ConnectionManager>,
     /// One dedicated connection per blocking reader (group and consumer);
     /// `None` after it failed, until the next read connects again.
     readers: std::sync::Mutex<HashMap<(String, String), ReaderSlot>>,
@@ -80,17 +83,11 @@ impl RedisBroker {
     pub async fn connect(url: &str, trimming: Trimming) -> anyhow::Result<Arc<Self>> {
         let address = redact(url);
         let client = Client::open(url).map_err(|e| anyhow!("redis URL {address}: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let commands = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| anyhow!("redis at {address}: {e}"))?;
+        let commands = manager(&client).map_err(|e| anyhow!("redis at {address}: {e}"))?;
         Ok(Arc::new(RedisBroker {
             client,
             address,
-            commands,
+            commands: arc_swap::ArcSwap::from_pointee(commands),
             readers: Default::default(),
             reader_ids: Default::default(),
             trimming,
@@ -108,7 +105,7 @@ impl RedisBroker {
         what: impl FnOnce() -> String,
         group: Option<(&str, &str)>,
     ) -> anyhow::Result<T> {
-        cmd.query_async(&mut self.commands.clone())
+        cmd.query_async(&mut self.commands())
             .await
             .map_err(|e| self.error(e, what(), group))
     }
@@ -119,6 +116,13 @@ impl RedisBroker {
         what: String,
         group: Option<(&str, &str)>,
     ) -> anyhow::Error {
+        if e.kind() == redis::ErrorKind::AuthenticationFailed {
+            // The next command logs in afresh (credentials may have been
+            // granted since), rather than repeat this failure forever.
+            if let Ok(fresh) = manager(&self.client) {
+                self.commands.store(Arc::new(fresh));
+            }
+        }
         let line = format!("{what} on redis at {}: {e}", self.address);
         match group {
             Some((stream, group)) if e.code() == Some("NOGROUP") => {
@@ -137,7 +141,7 @@ impl RedisBroker {
     async fn groups(&self, stream: &str) -> anyhow::Result<Vec<StreamInfoGroup>> {
         let cmd = redis::cmd("XINFO").arg("GROUPS").arg(stream).to_owned();
         match cmd
-            .query_async::<StreamInfoGroupsReply>(&mut self.commands.clone())
+            .query_async::<StreamInfoGroupsReply>(&mut self.commands())
             .await
         {
             Ok(reply) => Ok(reply.groups),
@@ -154,7 +158,7 @@ impl RedisBroker {
 
     /// A fresh connection to run commands on, for tools and tests.
     pub fn commands(&self) -> ConnectionManager {
-        self.commands.clone()
+        (**self.commands.load()).clone()
     }
 
     fn max_len(&self, stream: &str) -> u64 {
@@ -193,7 +197,7 @@ impl RedisBroker {
             .arg(last)
             .arg(ids.len() * 2 + 10)
             .arg(consumer)
-            .query_async(&mut self.commands.clone())
+            .query_async(&mut self.commands())
             .await
             .map_err(|e| {
                 self.error(
@@ -229,7 +233,7 @@ impl Broker for RedisBroker {
             }
         }
         let ids: Vec<String> = pipe
-            .query_async(&mut self.commands.clone())
+            .query_async(&mut self.commands())
             .await
             .map_err(|e| self.error(e, "XADD".into(), None))?;
         Ok(ids)
@@ -300,10 +304,12 @@ impl Broker for RedisBroker {
                 let conn = Reader::connect(self.client.get_connection_info(), CONNECT_TIMEOUT)
                     .await
                     .map_err(|e| anyhow!("cannot connect to redis at {}: {e:#}", self.address))?;
-                self.reader_ids
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert((group.to_string(), consumer.to_string()), conn.client_id());
+                if let Some(id) = conn.client_id() {
+                    self.reader_ids
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert((group.to_string(), consumer.to_string()), id);
+                }
                 conn
             }
         };
@@ -344,6 +350,12 @@ impl Broker for RedisBroker {
             }
             Err(e) => {
                 self.reconnects.fetch_add(1, Relaxed);
+                // That connection is gone: its id may name another client
+                // after a restart, which a shutdown must not unblock.
+                self.reader_ids
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&(group.to_string(), consumer.to_string()));
                 Err(anyhow!("XREADGROUP on redis at {}: {e:#}", self.address))
             }
         }
@@ -521,6 +533,18 @@ impl Broker for RedisBroker {
         Ok((info.pending + info.lag.unwrap_or(1)) as u64)
     }
 
+    async fn last_delivered(&self, stream: &str, group: &str) -> anyhow::Result<Option<String>> {
+        let groups = self.groups(stream).await?;
+        let Some(info) = groups.iter().find(|g| g.name == group) else {
+            return Err(MissingGroup {
+                stream: stream.to_string(),
+                group: group.to_string(),
+            }
+            .into());
+        };
+        Ok(Some(info.last_delivered_id.clone()).filter(|id| id != "0-0"))
+    }
+
     async fn forget_idle_consumers(
         &self,
         stream: &str,
@@ -598,6 +622,16 @@ fn quoted_key(words: &str) -> Option<String> {
     let start = words.find('\'')? + 1;
     let len = words[start..].find('\'')?;
     Some(words[start..start + len].to_string())
+}
+
+/// The command connection of `client`, connected by its first command.
+fn manager(client: &Client) -> redis::RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
 /// `redis://user:secret@host` → `redis://user:***@host`.

@@ -30,8 +30,10 @@ pub struct Reader {
     io: Box<dyn Io>,
     buf: Vec<u8>,
     /// The server's id of this connection (`CLIENT ID`), which another
-    /// connection names to end a blocked read (`CLIENT UNBLOCK`).
-    client_id: i64,
+    /// connection names to end a blocked read (`CLIENT UNBLOCK`). `None`
+    /// where the server refuses `CLIENT` (a restricted ACL user, a proxy):
+    /// reading works all the same, a shutdown then waits out the BLOCK.
+    client_id: Option<i64>,
 }
 
 impl Reader {
@@ -59,7 +61,7 @@ impl Reader {
         let mut reader = Reader {
             io,
             buf: Vec::new(),
-            client_id: 0,
+            client_id: None,
         };
         let settings = info.redis_settings();
         if let Some(password) = settings.password() {
@@ -74,22 +76,27 @@ impl Reader {
             let select = redis::cmd("SELECT").arg(settings.db()).to_owned();
             reader.expect_ok(&select, timeout).await.context("SELECT")?;
         }
-        reader.client_id = reader
+        let id = reader
             .call(
                 &redis::cmd("CLIENT").arg("ID").to_owned(),
                 timeout,
                 |buf, frame| match frame {
                     RangeFrame::Integer(id) => Ok(id),
-                    other => Err(anyhow!("unexpected reply {}", describe(buf, &other))),
+                    other => Err(describe(buf, &other)),
                 },
             )
-            .await?
-            .context("CLIENT ID")?;
+            .await?;
+        match id {
+            Ok(id) => reader.client_id = Some(id),
+            Err(refused) => tracing::debug!(
+                "CLIENT ID refused ({refused}): a shutdown will wait for blocked reads to time out"
+            ),
+        }
         Ok(reader)
     }
 
-    /// The server's id of this connection.
-    pub fn client_id(&self) -> i64 {
+    /// The server's id of this connection, if it told.
+    pub fn client_id(&self) -> Option<i64> {
         self.client_id
     }
 
