@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::redis::{RedisBroker, Trimming};
+use crate::broker::redis::{RedisBroker, TlsFiles, Trimming};
 use crate::config::EngineConfig;
 use crate::event::Event;
 use crate::input::InputEvent;
@@ -174,14 +174,37 @@ struct EmitArgs {
 /// Which Redis a tool talks to; shared by every command that does.
 #[derive(clap::Args)]
 struct RedisArgs {
-    /// `redis://[user:password@]host:port[/db]`.
-    #[arg(long = "redis", default_value = "redis://127.0.0.1:6379")]
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    #[arg(
+        long = "redis",
+        env = "RUNNEL_REDIS",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     url: String,
+    /// TLS: the CA that signed the server's certificate (PEM), instead of
+    /// the system's roots.
+    #[arg(long, env = "RUNNEL_REDIS_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// TLS: this client's certificate (PEM), for mutual TLS.
+    #[arg(long, env = "RUNNEL_REDIS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS: the client certificate's key (PEM).
+    #[arg(long, env = "RUNNEL_REDIS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// TLS: accept any server certificate (a test server only).
+    #[arg(long)]
+    tls_insecure: bool,
 }
 
 impl RedisArgs {
     async fn connect(&self) -> anyhow::Result<Arc<RedisBroker>> {
-        RedisBroker::connect(&self.url, Trimming::default()).await
+        let tls = TlsFiles {
+            ca_file: self.tls_ca.clone(),
+            cert_file: self.tls_cert.clone(),
+            key_file: self.tls_key.clone(),
+            insecure_skip_verify: self.tls_insecure,
+        };
+        RedisBroker::connect_with_tls(&self.url, Trimming::default(), &tls).await
     }
 }
 

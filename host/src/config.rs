@@ -124,15 +124,21 @@ pub enum Backend {
         capacity: usize,
     },
     /// Redis Streams: several processes share the work through groups.
-    Redis(RedisConfig),
+    Redis(Box<RedisConfig>),
 }
 
 /// How to use Redis Streams.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://...` for TLS
+    /// (see `tls`).
     pub url: String,
+    /// TLS for a `rediss://` URL: `ca_file`, `cert_file` + `key_file`
+    /// (mutual TLS), `insecure_skip_verify`. Paths are relative to this
+    /// file. Without it the server is verified against the system's roots.
+    #[serde(default)]
+    pub tls: crate::broker::redis::TlsFiles,
     /// This process's consumer name in every group; by default host, pid and
     /// a random suffix, unique per process as consumer groups need.
     pub consumer: Option<String>,
@@ -480,6 +486,14 @@ impl Config {
         if let Some(dir) = config.engine.cache_dir.as_mut() {
             resolve(dir);
         }
+        if let Backend::Redis(redis) = &mut config.backend {
+            let tls = &mut redis.tls;
+            for file in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file] {
+                if let Some(file) = file.as_mut() {
+                    resolve(file);
+                }
+            }
+        }
         Ok(config)
     }
 
@@ -521,6 +535,18 @@ impl Config {
             }
             if r.max_len == 0 {
                 return Err(("backend.max_len".into(), "must be at least 1".into()));
+            }
+            if r.tls != Default::default() && !r.url.starts_with("rediss://") {
+                return Err((
+                    "backend.tls".into(),
+                    "is set, but backend.url is not rediss://".into(),
+                ));
+            }
+            if r.tls.cert_file.is_some() != r.tls.key_file.is_some() {
+                return Err((
+                    "backend.tls".into(),
+                    "cert_file and key_file go together (mutual TLS)".into(),
+                ));
             }
             if r.claim_min_idle_ms < 3 * r.block_ms {
                 return Err((
@@ -655,18 +681,14 @@ impl Config {
     /// The consumer group a plugin reads through: its own `group`, else
     /// `{backend group}.{plugin}`, else the plugin's name.
     pub fn group_of(&self, plugin: &PluginConfig) -> String {
-        match (&plugin.group, &self.backend) {
+        let prefix = match &self.backend {
+            Backend::Redis(redis) => redis.group.as_ref(),
+            Backend::Memory { .. } => None,
+        };
+        match (&plugin.group, prefix) {
             (Some(group), _) => group.clone(),
-            (
-                None,
-                Backend::Redis(RedisConfig {
-                    group: Some(prefix),
-                    ..
-                }),
-            ) => {
-                format!("{prefix}.{}", plugin.name)
-            }
-            _ => plugin.name.clone(),
+            (None, Some(prefix)) => format!("{prefix}.{}", plugin.name),
+            (None, None) => plugin.name.clone(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: where the compiled plugins are, a
 //! recording wrapper around a handler, and a runtime built from TOML.
 
+pub mod certs;
 pub mod redis_server;
 
 use std::path::PathBuf;

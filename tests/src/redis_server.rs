@@ -51,6 +51,44 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Starts a server that speaks only TLS, on a free port, with the
+    /// server certificate `server` signed by `ca`; `clients_need_certs`
+    /// makes it require a client certificate signed by `ca` (mutual TLS).
+    /// Stop it by dropping it (`stop` speaks plain TCP).
+    pub fn start_tls(
+        dir: &Path,
+        ca: &Path,
+        server: &crate::certs::Identity,
+        clients_need_certs: bool,
+    ) -> RedisServer {
+        let port = free_port();
+        let port_text = port.to_string();
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port_text,
+            "--appendonly",
+            "no",
+            "--tls-cert-file",
+            server.cert.to_str().unwrap(),
+            "--tls-key-file",
+            server.key.to_str().unwrap(),
+            "--tls-ca-cert-file",
+            ca.to_str().unwrap(),
+            "--tls-auth-clients",
+            if clients_need_certs { "yes" } else { "no" },
+        ];
+        let mut server = RedisServer::on_port(port, dir, &args);
+        server.launch();
+        server
+    }
+
+    /// The `rediss://` URL of a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
     /// Starts the server and waits until it accepts connections.
     pub fn launch(&mut self) {
         let child = std::process::Command::new("redis-server")

@@ -753,3 +753,166 @@ async fn a_login_refused_at_start_is_tried_again_once_the_user_exists() {
     .await;
     stop(service).await;
 }
+
+/// A config with the worker plugin on a `rediss://` server, and its
+/// `[backend.tls]` section.
+fn tls_worker_config(dir: &Path, url: &str, tls: &str, stream: &str, out: &str) -> PathBuf {
+    let path = worker_config(dir, url, stream, &unique("g"), out);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replacen(
+        "\n[routes]",
+        &format!("\n[backend.tls]\n{tls}\n\n[routes]"),
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_consumes_over_mutual_tls() {
+    use runnel_tests::certs::Authority;
+    let dir = scratch("tls");
+    let ca = Authority::new(&dir, "ca");
+    let server = RedisServer::start_tls(&dir, &ca.cert, &ca.server(), true);
+    let client = ca.client();
+    let tls = format!(
+        "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}",
+        ca.cert.display().to_string(),
+        client.cert.display().to_string(),
+        client.key.display().to_string(),
+    );
+    let (stream, out) = (unique("tls"), unique("worked"));
+    let config = tls_worker_config(&dir, &server.tls_url(), &tls, &stream, &out);
+    let service = start(&config, true).await.unwrap();
+
+    // `runnel emit` over TLS too, with the same files as flags.
+    let emitted = std::process::Command::new(bin())
+        .args(["emit", "--redis", &server.tls_url(), "--stream", &stream])
+        .args(["--name", "work", "--payload", r#"{"iterations":1}"#])
+        .arg("--tls-ca")
+        .arg(&ca.cert)
+        .arg("--tls-cert")
+        .arg(&client.cert)
+        .arg("--tls-key")
+        .arg(&client.key)
+        .output()
+        .unwrap();
+    assert!(
+        emitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&emitted.stderr)
+    );
+    let redis = service.runtime().broker.clone();
+    until(LIMIT, "the event to be handled over TLS", || async {
+        redis
+            .range(&out, None, None, 10)
+            .await
+            .is_ok_and(|e| e.len() == 1)
+    })
+    .await;
+    stop(service).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_signed_by_another_ca_is_refused_in_one_line() {
+    use runnel::broker::redis::TlsFiles;
+    use runnel_tests::certs::Authority;
+    let dir = scratch("wrongca");
+    let ca = Authority::new(&dir, "ca");
+    let other = Authority::new(&dir, "other");
+    let server = RedisServer::start_tls(&dir, &ca.cert, &ca.server(), false);
+    let connect = |ca_file: Option<PathBuf>, insecure_skip_verify: bool| {
+        let url = server.tls_url();
+        async move {
+            let tls = TlsFiles {
+                ca_file,
+                insecure_skip_verify,
+                ..TlsFiles::default()
+            };
+            RedisBroker::connect_with_tls(&url, Trimming::default(), &tls)
+                .await
+                .unwrap()
+        }
+    };
+    let stream = unique("wrongca");
+    let wrong = connect(Some(other.cert.clone()), false).await;
+    for error in [
+        wrong.ping().await.unwrap_err(),
+        // The blocking reader's own connection says the same.
+        wrong
+            .read(
+                "g",
+                "c",
+                std::slice::from_ref(&stream),
+                1,
+                Duration::from_millis(10),
+            )
+            .await
+            .unwrap_err(),
+    ] {
+        let text = format!("{error:#}");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains(&server.tls_url()), "names the server: {text}");
+        assert!(text.contains("UnknownIssuer"), "names the problem: {text}");
+    }
+    // The right CA, or no verification when asked, work.
+    connect(Some(ca.cert.clone()), false)
+        .await
+        .ping()
+        .await
+        .unwrap();
+    let insecure = connect(None, true).await;
+    insecure
+        .create_group(&stream, "g", StartFrom::Beginning)
+        .await
+        .unwrap();
+    add(&insecure, &stream).await;
+    let read = insecure
+        .read(
+            "g",
+            "c",
+            std::slice::from_ref(&stream),
+            1,
+            Duration::from_millis(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+
+    // By default the system's roots decide (here: the file that
+    // SSL_CERT_FILE names, as OpenSSL's tools read it too).
+    let emit = |roots: &Path| {
+        std::process::Command::new(bin())
+            .args(["emit", "--redis", &server.tls_url(), "--stream", &stream])
+            .args(["--name", "work", "--payload", "{}"])
+            .env("SSL_CERT_FILE", roots)
+            .output()
+            .unwrap()
+    };
+    let trusted = emit(&ca.cert);
+    assert!(
+        trusted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    let untrusted = emit(&other.cert);
+    assert!(!untrusted.status.success());
+    let said = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(said.contains("UnknownIssuer"), "{said}");
+}
+
+#[test]
+fn tls_settings_for_a_plain_url_are_a_config_error() {
+    let dir = scratch("plaintls");
+    let path = worker_config(&dir, &redis_url(), &unique("s"), &unique("g"), &unique("o"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replacen(
+        "\n[routes]",
+        "\n[backend.tls]\ninsecure_skip_verify = true\n\n[routes]",
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let error = runnel::config::Config::load(&path).unwrap_err().to_string();
+    assert!(error.contains("backend.tls"), "{error}");
+    assert!(error.contains("rediss://"), "{error}");
+}

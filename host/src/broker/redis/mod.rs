@@ -9,6 +9,9 @@
 //! nobody else, with a response timeout longer than its `BLOCK`.
 
 mod reader;
+mod tls;
+
+pub use tls::TlsFiles;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -19,7 +22,7 @@ use anyhow::anyhow;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamInfoConsumersReply, StreamInfoGroup, StreamInfoGroupsReply};
-use redis::{Client, Value};
+use redis::{Client, ConnectionAddr, IntoConnectionInfo as _, Value};
 use redis_protocol::resp2::types::RangeFrame;
 use tokio::sync::Mutex;
 
@@ -27,6 +30,7 @@ use super::{
     parse_entry_id, Append, Broker, Delivery, Entry, Field, GroupCreated, MissingGroup, StartFrom,
 };
 use reader::{bytes, describe, Reader};
+use tls::TlsMaterial;
 
 /// How streams are trimmed on append.
 #[derive(Clone, Debug)]
@@ -51,6 +55,8 @@ impl Default for Trimming {
 /// The Redis Streams broker.
 pub struct RedisBroker {
     client: Client,
+    /// The blocking reader's TLS, for a `rediss://` URL.
+    reader_tls: Option<tokio_rustls::TlsConnector>,
     /// The URL without its password, for messages.
     address: String,
     /// Replaced when its connection cannot be set up for a reason that
@@ -76,16 +82,64 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl RedisBroker {
-    /// A broker for `url` (`redis://[user:pass@]host:port[/db]`). Only a
+    /// A broker for `url` (`redis://[user:pass@]host:port[/db]`, or
+    /// `rediss://` for TLS, verified against the system's roots). Only a
     /// malformed URL fails here: the connection is made by the first command
     /// and made again after Redis restarts or drops it, so that a service can
     /// start while Redis is down and consume once it answers.
     pub async fn connect(url: &str, trimming: Trimming) -> anyhow::Result<Arc<Self>> {
+        RedisBroker::connect_with_tls(url, trimming, &TlsFiles::default()).await
+    }
+
+    /// [`RedisBroker::connect`], with the TLS settings of a `rediss://` URL
+    /// (a CA, a client certificate, or no verification). Fails at once on a
+    /// file that cannot be read or used, and on TLS settings for a URL that
+    /// is not `rediss://`.
+    pub async fn connect_with_tls(
+        url: &str,
+        trimming: Trimming,
+        tls: &TlsFiles,
+    ) -> anyhow::Result<Arc<Self>> {
         let address = redact(url);
-        let client = Client::open(url).map_err(|e| anyhow!("redis URL {address}: {e}"))?;
+        let info = url
+            .into_connection_info()
+            .map_err(|e| anyhow!("redis URL {address}: {e}"))?;
+        let (client, reader_tls) = match info.addr().clone() {
+            ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure,
+                ..
+            } => {
+                tls::install_crypto_provider();
+                let mut material = TlsMaterial::load(tls)?;
+                // `rediss://...#insecure` asks the same as the config.
+                material.insecure |= insecure;
+                if material.insecure {
+                    tracing::warn!("TLS to redis at {address} does not verify the server's certificate (insecure_skip_verify): anyone on the path can read and change the traffic");
+                }
+                let info = info.set_addr(ConnectionAddr::TcpTls {
+                    host,
+                    port,
+                    insecure: material.insecure,
+                    tls_params: None,
+                });
+                let client = Client::build_with_tls(info, material.redis_certificates())
+                    .map_err(|e| anyhow!("redis at {address}: TLS: {e}"))?;
+                (client, Some(material.connector()?))
+            }
+            _ if *tls != TlsFiles::default() => anyhow::bail!(
+                "redis at {address}: TLS settings are given, but the URL is not rediss://"
+            ),
+            _ => (
+                Client::open(info).map_err(|e| anyhow!("redis URL {address}: {e}"))?,
+                None,
+            ),
+        };
         let commands = manager(&client).map_err(|e| anyhow!("redis at {address}: {e}"))?;
         Ok(Arc::new(RedisBroker {
             client,
+            reader_tls,
             address,
             commands: arc_swap::ArcSwap::from_pointee(commands),
             readers: Default::default(),
@@ -301,7 +355,8 @@ impl Broker for RedisBroker {
         let mut conn = match slot.take() {
             Some(conn) => conn,
             None => {
-                let conn = Reader::connect(self.client.get_connection_info(), CONNECT_TIMEOUT)
+                let info = self.client.get_connection_info();
+                let conn = Reader::connect(info, self.reader_tls.as_ref(), CONNECT_TIMEOUT)
                     .await
                     .map_err(|e| anyhow!("cannot connect to redis at {}: {e:#}", self.address))?;
                 if let Some(id) = conn.client_id() {

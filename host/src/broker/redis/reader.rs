@@ -37,9 +37,29 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Connects and authenticates as `info` says (password, user, database).
-    pub async fn connect(info: &ConnectionInfo, timeout: Duration) -> anyhow::Result<Reader> {
+    /// Connects (over TLS with `tls`, for a `rediss://` address) and
+    /// authenticates as `info` says (password, user, database).
+    pub async fn connect(
+        info: &ConnectionInfo,
+        tls: Option<&tokio_rustls::TlsConnector>,
+        timeout: Duration,
+    ) -> anyhow::Result<Reader> {
         let io: Box<dyn Io> = match info.addr() {
+            ConnectionAddr::TcpTls { host, port, .. } => {
+                let tls = tls.context("a rediss:// address needs TLS settings")?;
+                let tcp = tokio::time::timeout(
+                    timeout,
+                    tokio::net::TcpStream::connect((host.as_str(), *port)),
+                )
+                .await
+                .map_err(|_| anyhow!("no connection within {timeout:?}"))??;
+                tcp.set_nodelay(true)?;
+                let name = super::tls::server_name(host)?;
+                let stream = tokio::time::timeout(timeout, tls.connect(name, tcp))
+                    .await
+                    .map_err(|_| anyhow!("no TLS handshake within {timeout:?}"))??;
+                Box::new(stream)
+            }
             ConnectionAddr::Tcp(host, port) => {
                 let tcp = tokio::time::timeout(
                     timeout,
