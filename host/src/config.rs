@@ -31,6 +31,13 @@ pub struct Config {
     /// undecoded rather than parsed and copied into a plugin.
     #[serde(default = "default_max_payload_bytes")]
     pub max_payload_bytes: usize,
+    /// How far down a causal chain an event may be (an event emitted while
+    /// handling an event emitted while handling ...) before it is
+    /// dead-lettered without a call: a bound on cycles through plugins,
+    /// which would otherwise run until trimming drops what slower groups
+    /// had not read.
+    #[serde(default = "default_max_chain_depth")]
+    pub max_chain_depth: u32,
     #[serde(default)]
     pub service: ServiceConfig,
     /// The admin HTTP API; off unless this section is present.
@@ -107,6 +114,10 @@ fn default_admin_listen() -> String {
 
 fn default_dead_letter() -> String {
     "{stream}.dead".to_string()
+}
+
+fn default_max_chain_depth() -> u32 {
+    32
 }
 
 fn default_max_payload_bytes() -> usize {
@@ -557,6 +568,9 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if self.max_chain_depth == 0 {
+            return Err(("max_chain_depth".into(), "must be at least 1".into()));
         }
         if self.max_payload_bytes == 0 {
             return Err(("max_payload_bytes".into(), "must be at least 1".into()));

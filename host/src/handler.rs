@@ -104,6 +104,10 @@ pub enum FailureKind {
     Trap,
     Timeout,
     Decode,
+    /// The event is too far down a causal chain (an event emitted while
+    /// handling an event emitted while handling ...): a cycle through
+    /// plugins, most likely. The host's refusal; plugins see `rejected`.
+    ChainDepth,
 }
 
 impl FailureKind {
@@ -115,6 +119,7 @@ impl FailureKind {
             FailureKind::Trap => "trap",
             FailureKind::Timeout => "timeout",
             FailureKind::Decode => "decode",
+            FailureKind::ChainDepth => "chain-depth",
         }
     }
 }

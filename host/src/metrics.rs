@@ -125,7 +125,7 @@ fn by_plugin(p: &PluginFigures) -> Labels<'_> {
 
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counters: [CounterSpec; 8] = [
+        let counters: [CounterSpec; 9] = [
             (
                 "runnel_events_handled",
                 "Events handled successfully.",
@@ -165,6 +165,11 @@ impl Collector for Scrape {
                 "runnel_groups_recreated",
                 "Consumer groups created again after they vanished (stream deleted, group destroyed, Redis restarted empty).",
                 |s| s.groups_recreated,
+            ),
+            (
+                "runnel_entries_lost_to_trimming",
+                "Entries trimmed (MAXLEN) or deleted from the plugin's streams before its group read them.",
+                |s| s.removed_unread,
             ),
         ];
 

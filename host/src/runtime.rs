@@ -218,6 +218,7 @@ impl Runtime {
             block,
             claim_min_idle,
             dead_letter: self.config.dead_letter.clone(),
+            max_chain_depth: self.config.max_chain_depth,
             forget_consumers_after: match &self.config.backend {
                 Backend::Redis(r) if r.forget_idle_consumers_ms > 0 => {
                     Some(Duration::from_millis(r.forget_idle_consumers_ms))

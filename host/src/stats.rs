@@ -27,6 +27,9 @@ pub struct Stats {
     pub error_handler_failures: AtomicU64,
     /// Consumer groups created again after they vanished from a stream.
     pub groups_recreated: AtomicU64,
+    /// Entries trimmed (or deleted) from a source stream before the
+    /// plugin's group read them.
+    pub removed_unread: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -41,6 +44,7 @@ pub struct Snapshot {
     pub traps: u64,
     pub error_handler_failures: u64,
     pub groups_recreated: u64,
+    pub removed_unread: u64,
 }
 
 impl Default for Stats {
@@ -56,6 +60,7 @@ impl Default for Stats {
             traps: AtomicU64::default(),
             error_handler_failures: AtomicU64::default(),
             groups_recreated: AtomicU64::default(),
+            removed_unread: AtomicU64::default(),
         }
     }
 }
@@ -76,6 +81,7 @@ impl Stats {
             traps: self.traps.load(Relaxed),
             error_handler_failures: self.error_handler_failures.load(Relaxed),
             groups_recreated: self.groups_recreated.load(Relaxed),
+            removed_unread: self.removed_unread.load(Relaxed),
         }
     }
 }

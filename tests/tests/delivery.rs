@@ -559,3 +559,73 @@ streams = ["in"]
     assert_eq!(handled.len(), 1, "the good event after them was handled");
     run.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_cycle_through_plugins_stops_at_the_causal_depth_bound() {
+    let run = start(
+        r#"
+max_chain_depth = 5
+
+[routes]
+"ping" = "pings"
+"pong" = "pongs"
+
+[[plugin]]
+name = "a"
+path = "@relay"
+streams = ["pings"]
+
+[[plugin]]
+name = "b"
+path = "@relay"
+streams = ["pongs"]
+"#,
+    )
+    .await
+    .unwrap();
+    let mut ping = Event::new("ping", "{}");
+    ping.meta.correlation_id = "chain-1".into();
+    run.inject("pings", vec![ping]).await.unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+
+    // Depths 0 to 5 are handled; the event at depth 6 is not.
+    let handled: u64 = run
+        .runtime
+        .plugins
+        .iter()
+        .map(|p| p.stats.snapshot().handled)
+        .sum();
+    assert_eq!(handled, 6);
+    let mut dead = Vec::new();
+    for stream in ["pings.dead", "pongs.dead"] {
+        let entries = run.runtime.broker.range(stream, None, None, 10).await;
+        dead.extend(entries.unwrap().iter().map(DeadLetterRecord::from_entry));
+    }
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].kind, "chain-depth");
+    assert!(dead[0].reason.contains("chain-1"), "{}", dead[0].reason);
+    assert!(
+        dead[0].reason.contains("6 emits away"),
+        "{}",
+        dead[0].reason
+    );
+    assert!(
+        dead[0].reason.contains("max_chain_depth = 5"),
+        "{}",
+        dead[0].reason
+    );
+
+    // What Go readers see is unchanged: the envelope comes first; the
+    // depth follows it.
+    let entries = run
+        .runtime
+        .broker
+        .range("pongs", None, None, 1)
+        .await
+        .unwrap();
+    assert_eq!(entries[0].fields[0].0, "event");
+    assert_eq!(
+        entries[0].fields[1],
+        ("runnel-depth".to_string(), b"1".to_vec())
+    );
+}

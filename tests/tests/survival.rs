@@ -916,3 +916,75 @@ fn tls_settings_for_a_plain_url_are_a_config_error() {
     assert!(error.contains("backend.tls"), "{error}");
     assert!(error.contains("rediss://"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_trimmed_before_the_group_read_them_are_counted() {
+    let dir = scratch("trim");
+    let (stream, out) = (unique("trim"), unique("worked"));
+    let path = worker_config(&dir, &redis_url(), &stream, &unique("g"), &out);
+    // One slow call at a time, one entry per read: the group falls behind.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("block_ms = 300", "block_ms = 300\ncount = 1")
+        .replace(
+            "start = \"beginning\"",
+            "start = \"beginning\"\nconcurrency = 1",
+        );
+    std::fs::write(&path, text).unwrap();
+    let service = start(&path, true).await.unwrap();
+    until(LIMIT, "/readyz to say ready", || async {
+        get(&service, "/readyz").await.0 == 200
+    })
+    .await;
+    // A producer that trims the stream to its last 20 entries.
+    let producer = RedisBroker::connect(
+        &redis_url(),
+        Trimming {
+            max_len: 20,
+            per_stream: Default::default(),
+            approximate: false,
+        },
+    )
+    .await
+    .unwrap();
+    let work = |iterations: u64, n: usize| {
+        (0..n)
+            .map(|_| Append {
+                stream: stream.clone(),
+                fields: event_fields(&Event::new(
+                    "work",
+                    format!(r#"{{"iterations":{iterations}}}"#),
+                )),
+            })
+            .collect::<Vec<_>>()
+    };
+    // Slow events fill the host's room for entries in flight (4 here)...
+    producer.append(work(300_000_000, 4)).await.unwrap();
+    let group = service
+        .runtime()
+        .config
+        .group_of(&service.runtime().plugins[0].config);
+    until(LIMIT, "the slow events to be taken", || async {
+        producer
+            .group_progress(&stream, &group)
+            .await
+            .is_ok_and(|p| p.entries_read == Some(4))
+    })
+    .await;
+    // ... so that the group is behind while 200 more come and all but 20
+    // are trimmed.
+    producer.append(work(1, 200)).await.unwrap();
+    until(LIMIT, "the loss to be counted", || async {
+        service.runtime().plugins[0].stats.snapshot().removed_unread > 0
+    })
+    .await;
+    let (_, metrics) = get(&service, "/metrics").await;
+    let lost: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("runnel_entries_lost_to_trimming_total{plugin=\"worker\"}"))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or_else(|| panic!("no loss counter:\n{metrics}"));
+    // 184 entries were trimmed; the group had read the first 4.
+    assert_eq!(lost, 180);
+    stop(service).await;
+}

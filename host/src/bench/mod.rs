@@ -345,6 +345,7 @@ async fn measure(
         block,
         claim_min_idle: Duration::from_secs(600),
         dead_letter: "{stream}.dead".into(),
+        max_chain_depth: u32::MAX,
         forget_consumers_after: None,
         dedup_window: None,
         max_envelope_bytes: usize::MAX,

@@ -77,6 +77,31 @@ pub enum GroupCreated {
     Created { skipped: u64 },
 }
 
+/// How far a group has read a stream (Redis 7's `XINFO GROUPS` and `XINFO
+/// STREAM`). `None` where the backend cannot tell.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupProgress {
+    /// The last entry delivered to the group, by any of its consumers
+    /// (`None` before the first): where a group that vanished is created
+    /// again without handling twice what was read.
+    pub last_delivered: Option<String>,
+    /// Entries the group has read, counted from the stream's first entry
+    /// ever (Redis's `entries-read`).
+    pub entries_read: Option<u64>,
+    /// Entries ever added to the stream (`entries-added`).
+    pub entries_added: Option<u64>,
+    /// Entries on the stream now.
+    pub length: u64,
+}
+
+impl GroupProgress {
+    /// Entries that left the stream so far (trimmed by `MAXLEN`, or
+    /// deleted), read or not: always its oldest, as trimming goes.
+    pub fn removed(&self) -> Option<u64> {
+        self.entries_added?.checked_sub(self.length)
+    }
+}
+
 /// A consumer group, or the stream it belongs to, does not exist: it was
 /// never created, or it vanished under a running host (`DEL` of the stream,
 /// `XGROUP DESTROY`, a Redis restarted without persistence). Brokers return
@@ -188,13 +213,12 @@ pub trait Broker: Send + Sync + 'static {
     /// [`MissingGroup`] error, never 0: nothing reads there.
     async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64>;
 
-    /// The id of the last entry delivered to `group` on `stream` (by any of
-    /// its consumers), `None` before the first; a [`MissingGroup`] error if
-    /// the group does not exist. Where a group that vanishes is created
-    /// again without handling twice what was read. A backend whose groups
-    /// cannot vanish may answer `None`.
-    async fn last_delivered(&self, _stream: &str, _group: &str) -> anyhow::Result<Option<String>> {
-        Ok(None)
+    /// How far `group` has read `stream`, and how much the stream has lost
+    /// to trimming; a [`MissingGroup`] error if the group does not exist. A
+    /// backend whose groups cannot vanish and whose streams are never
+    /// trimmed may answer [`GroupProgress::default`].
+    async fn group_progress(&self, _stream: &str, _group: &str) -> anyhow::Result<GroupProgress> {
+        Ok(GroupProgress::default())
     }
 
     /// Removes the consumers of `group` on `stream` that hold no pending

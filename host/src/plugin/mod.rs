@@ -285,7 +285,9 @@ impl Handler for WasmPlugin {
             message: failure.message.clone(),
             kind: match failure.kind {
                 FailureKind::HandlerError => wit::FailureKind::HandlerError,
-                FailureKind::Rejected => wit::FailureKind::Rejected,
+                // The contract's kinds stay as they are (old components must
+                // load): the host's own refusal reads as a rejection.
+                FailureKind::Rejected | FailureKind::ChainDepth => wit::FailureKind::Rejected,
                 FailureKind::Trap => wit::FailureKind::Trap,
                 FailureKind::Timeout => wit::FailureKind::Timeout,
                 FailureKind::Decode => wit::FailureKind::Decode,

@@ -15,6 +15,7 @@ use crate::config::Backoff;
 use crate::dead_letter::DeadLetter;
 use crate::event::Event;
 use crate::handler::{Failure, FailureKind, Verdict};
+use crate::publisher::causal_depth;
 use crate::stats::Stats;
 
 /// An entry this consumer took, on its way to its final outcome.
@@ -56,7 +57,8 @@ impl Shared {
                 Step::Publish(event, emitted) => {
                     let shared = self.clone();
                     return self.spawn_wait(async move {
-                        let published = shared.publish(&emitted, &event).await;
+                        let depth = causal_depth(&job.delivery.entry) + 1;
+                        let published = shared.publish(&emitted, &event, depth).await;
                         if published {
                             shared.remember_handled(&event).await;
                         }
@@ -153,32 +155,26 @@ impl Shared {
         let event = match decoded {
             Ok(event) => event,
             Err(reason) => {
-                let failure = Failure {
-                    message: reason.clone(),
-                    kind: FailureKind::Decode,
-                    attempt: delivery.deliveries,
-                    is_last_attempt: true,
-                    event_id: String::new(),
-                    correlation_id: String::new(),
-                };
                 tracing::warn!(plugin = %self.sub.plugin, stream = %delivery.stream, entry = %delivery.entry.id, "{reason}");
-                Stats::bump(&stats.failed);
-                self.report(&failure, None).await;
-                return Step::Finished(
-                    self.dead_letter(
-                        delivery,
-                        None,
-                        FailureKind::Decode,
-                        &reason,
-                        delivery.deliveries,
-                    )
-                    .await,
-                );
+                let attempt = delivery.deliveries;
+                return self
+                    .give_up(delivery, None, FailureKind::Decode, reason, attempt)
+                    .await;
             }
         };
         if !self.sub.wants(&event.name) {
             Stats::bump(&stats.skipped);
             return Step::Finished(true);
+        }
+        let depth = causal_depth(&delivery.entry);
+        if depth > self.sub.max_chain_depth {
+            let reason = format!(
+                "causal chain too deep: this event is {depth} emits away from the event that started the chain (correlation id {:?}), past max_chain_depth = {}; plugins emitting in a cycle?",
+                event.meta.correlation_id, self.sub.max_chain_depth
+            );
+            return self
+                .give_up(delivery, Some(&event), FailureKind::ChainDepth, reason, 0)
+                .await;
         }
         if let Some(key) = self.dedup_key(&event) {
             match self.broker.is_marked(&key).await {
@@ -203,28 +199,45 @@ impl Shared {
                 "already attempted {attempts} times (max {}): delivered {} times, its consumers likely died handling it",
                 self.sub.max_attempts, delivery.deliveries
             );
-            let failure = Failure {
-                message: reason.clone(),
-                kind: FailureKind::HandlerError,
-                attempt: attempts,
-                is_last_attempt: true,
-                event_id: event.id.clone(),
-                correlation_id: event.meta.correlation_id.clone(),
-            };
-            Stats::bump(&stats.failed);
-            self.report(&failure, Some(&event)).await;
-            return Step::Finished(
-                self.dead_letter(
+            return self
+                .give_up(
                     delivery,
                     Some(&event),
                     FailureKind::HandlerError,
-                    &reason,
+                    reason,
                     attempts,
                 )
-                .await,
-            );
+                .await;
         }
         Step::Call(event, attempts)
+    }
+
+    /// Gives up on an entry before any call: reports the failure to the
+    /// error handler as the last attempt, then dead-letters it.
+    async fn give_up(
+        &self,
+        delivery: &Delivery,
+        event: Option<&Event>,
+        kind: FailureKind,
+        reason: String,
+        attempts: u32,
+    ) -> Step {
+        let failure = Failure {
+            message: reason.clone(),
+            kind,
+            attempt: attempts,
+            is_last_attempt: true,
+            event_id: event.map(|e| e.id.clone()).unwrap_or_default(),
+            correlation_id: event
+                .map(|e| e.meta.correlation_id.clone())
+                .unwrap_or_default(),
+        };
+        Stats::bump(&self.stats.failed);
+        self.report(&failure, event).await;
+        Step::Finished(
+            self.dead_letter(delivery, event, kind, &reason, attempts)
+                .await,
+        )
     }
 
     /// One call of the handler and what its verdict leads to.
@@ -310,11 +323,12 @@ impl Shared {
         }
     }
 
-    /// Publishes what a successful call emitted, retrying a failing backend.
-    async fn publish(&self, emitted: &[(String, Event)], cause: &Event) -> bool {
+    /// Publishes what a successful call emitted, `depth` down the causal
+    /// chain, retrying a failing backend.
+    async fn publish(&self, emitted: &[(String, Event)], cause: &Event, depth: u32) -> bool {
         let mut failures = 0;
         loop {
-            match self.publisher.publish(emitted).await {
+            match self.publisher.publish_at_depth(emitted, depth).await {
                 Ok(()) => return true,
                 Err(e) => {
                     failures += 1;

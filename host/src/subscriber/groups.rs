@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use anyhow::Context as _;
 
 use super::Shared;
-use crate::broker::{parse_entry_id, Broker, Delivery, GroupCreated, StartFrom};
+use crate::broker::{parse_entry_id, Broker, Delivery, GroupCreated, GroupProgress, StartFrom};
 use crate::stats::Stats;
 
 /// Makes sure `group` exists on `stream`. A new group that starts after
@@ -42,14 +42,54 @@ pub async fn ensure_group(
 /// (the group's other consumers read too). Where a group that vanishes
 /// starts again.
 #[derive(Debug, Default)]
-pub(super) struct Positions(HashMap<String, String>);
+pub(super) struct Positions {
+    last: HashMap<String, String>,
+}
+
+/// Per stream, how many of its first entries are known to have left it
+/// (trimmed, deleted), so that each loss is counted once.
+///
+/// A loss is visible only while the group is behind it: once the group
+/// reads past a gap, Redis moves its `entries-read` past the removed
+/// entries too. So this counts what is seen at each look, every
+/// maintenance round: a group that falls behind and stays behind (the case
+/// that loses data steadily) is seen; a gap the group jumps within one
+/// round can be missed.
+#[derive(Debug, Default)]
+pub(super) struct TrimWatch {
+    removed: HashMap<String, u64>,
+}
+
+impl TrimWatch {
+    /// How many entries left `stream` unread by the group since the last
+    /// look. The first look sets the baseline: what was trimmed before this
+    /// host watched (or before the group existed) is not counted.
+    fn newly_lost(&mut self, stream: &str, progress: &GroupProgress) -> u64 {
+        let Some(removed) = progress.removed() else {
+            return 0;
+        };
+        // A group that has read nothing has no count in Redis 7.0.
+        let read = match (progress.entries_read, &progress.last_delivered) {
+            (Some(read), _) => Some(read),
+            (None, None) => Some(0),
+            (None, Some(_)) => None,
+        };
+        let seen = self.removed.insert(stream.to_string(), removed);
+        let (Some(seen), Some(read)) = (seen, read) else {
+            return 0;
+        };
+        // Of the entries removed since the last look, those the group had
+        // not reached.
+        removed.saturating_sub(seen.max(read))
+    }
+}
 
 impl Positions {
     /// Records `id` on `stream` unless a later entry is known already.
     fn note(&mut self, stream: &str, id: &str) {
         let later = |known: &String| parse_entry_id(known).ok() >= parse_entry_id(id).ok();
-        if !self.0.get(stream).is_some_and(later) {
-            self.0.insert(stream.to_string(), id.to_string());
+        if !self.last.get(stream).is_some_and(later) {
+            self.last.insert(stream.to_string(), id.to_string());
         }
     }
 
@@ -72,8 +112,35 @@ impl Shared {
     /// it. A failure leaves what was known.
     pub(super) async fn refresh_positions(&self, positions: &mut Positions) {
         for stream in &self.sub.streams {
-            if let Ok(Some(id)) = self.broker.last_delivered(stream, &self.sub.group).await {
+            let progress = self.broker.group_progress(stream, &self.sub.group).await;
+            if let Ok(GroupProgress {
+                last_delivered: Some(id),
+                ..
+            }) = progress
+            {
                 positions.note(stream, &id);
+            }
+        }
+    }
+
+    /// Says when entries were trimmed before the group read them (`MAXLEN`
+    /// dropping what a slow group had not reached): logged and counted.
+    pub(super) async fn watch_trimming(&self, watch: &mut TrimWatch) {
+        for stream in &self.sub.streams {
+            let Ok(progress) = self.broker.group_progress(stream, &self.sub.group).await else {
+                continue;
+            };
+            let lost = watch.newly_lost(stream, &progress);
+            if lost > 0 {
+                self.stats
+                    .removed_unread
+                    .fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    plugin = %self.sub.plugin,
+                    stream = %stream,
+                    "{lost} entries left the stream (trimmed by MAXLEN, or deleted) before group {:?} read them: they will never be handled by it; raise max_len for the stream or make the group faster",
+                    self.sub.group
+                );
             }
         }
     }
@@ -126,7 +193,7 @@ impl Shared {
     pub(super) async fn recreate_groups(&self, positions: &Positions) -> anyhow::Result<bool> {
         let mut recreated = false;
         for stream in &self.sub.streams {
-            let start = match positions.0.get(stream) {
+            let start = match positions.last.get(stream) {
                 Some(id) if self.holds(stream, id).await? => StartFrom::After(id.clone()),
                 _ => StartFrom::Beginning,
             };

@@ -23,7 +23,7 @@ mod queue;
 pub use breaker::Breaker;
 pub use delivery::decode;
 pub use groups::ensure_group;
-use groups::Positions;
+use groups::{Positions, TrimWatch};
 pub use health::ReadHealth;
 
 use std::sync::Arc;
@@ -69,6 +69,9 @@ pub struct Subscription {
     pub claim_min_idle: Duration,
     /// Template of the dead-letter stream, `{stream}` being the source.
     pub dead_letter: String,
+    /// Events further down a causal chain than this are dead-lettered
+    /// without a call (see [`crate::publisher::DEPTH_FIELD`]).
+    pub max_chain_depth: u32,
     /// Entries whose envelope is larger than this many bytes are not decoded.
     pub max_envelope_bytes: usize,
     /// Consumers of the group idle longer than this and holding nothing are
@@ -288,10 +291,17 @@ impl Subscriber {
             async move {
                 let mut tick = tokio::time::interval(maintenance_every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut trimming = TrimWatch::default();
                 loop {
                     tokio::select! {
                         _ = drained.cancelled() => return,
-                        _ = tick.tick() => shared.keep_in_flight_alive().await,
+                        _ = tick.tick() => {
+                            shared.keep_in_flight_alive().await;
+                            // Here, not in the read loop: a group falls
+                            // behind exactly when its slots are full and
+                            // the read loop waits.
+                            shared.watch_trimming(&mut trimming).await;
+                        }
                     }
                 }
             }

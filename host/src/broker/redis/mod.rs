@@ -27,7 +27,8 @@ use redis_protocol::resp2::types::RangeFrame;
 use tokio::sync::Mutex;
 
 use super::{
-    parse_entry_id, Append, Broker, Delivery, Entry, Field, GroupCreated, MissingGroup, StartFrom,
+    parse_entry_id, Append, Broker, Delivery, Entry, Field, GroupCreated, GroupProgress,
+    MissingGroup, StartFrom,
 };
 use reader::{bytes, describe, Reader};
 use tls::TlsMaterial;
@@ -588,7 +589,7 @@ impl Broker for RedisBroker {
         Ok((info.pending + info.lag.unwrap_or(1)) as u64)
     }
 
-    async fn last_delivered(&self, stream: &str, group: &str) -> anyhow::Result<Option<String>> {
+    async fn group_progress(&self, stream: &str, group: &str) -> anyhow::Result<GroupProgress> {
         let groups = self.groups(stream).await?;
         let Some(info) = groups.iter().find(|g| g.name == group) else {
             return Err(MissingGroup {
@@ -597,7 +598,29 @@ impl Broker for RedisBroker {
             }
             .into());
         };
-        Ok(Some(info.last_delivered_id.clone()).filter(|id| id != "0-0"))
+        // XINFO STREAM's counters; redis-rs's typed reply leaves out
+        // `entries-added`.
+        let reply: Value = self
+            .query(
+                redis::cmd("XINFO").arg("STREAM").arg(stream),
+                || format!("XINFO STREAM {stream}"),
+                Some((stream, group)),
+            )
+            .await?;
+        let mut progress = GroupProgress {
+            last_delivered: Some(info.last_delivered_id.clone()).filter(|id| id != "0-0"),
+            entries_read: info.entries_read.map(|n| n as u64),
+            ..GroupProgress::default()
+        };
+        let mut items = array(reply).into_iter();
+        while let (Some(key), Some(value)) = (items.next(), items.next()) {
+            match text(&key).as_deref() {
+                Some("entries-added") => progress.entries_added = int(&value).map(|n| n as u64),
+                Some("length") => progress.length = int(&value).unwrap_or(0) as u64,
+                _ => {}
+            }
+        }
+        Ok(progress)
     }
 
     async fn forget_idle_consumers(
