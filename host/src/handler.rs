@@ -21,6 +21,11 @@ pub enum Verdict {
     Trap(String),
     /// The call ran past its time limit.
     Timeout(String),
+    /// The plugin trapped after the host refused it memory (or a table)
+    /// beyond its limits; the instance was discarded.
+    OutOfMemory(String),
+    /// The call used up its fuel budget (`fuel_per_call`).
+    OutOfFuel(String),
 }
 
 impl Verdict {
@@ -32,7 +37,21 @@ impl Verdict {
             Verdict::Reject(m) => Some((FailureKind::Rejected, m)),
             Verdict::Trap(m) => Some((FailureKind::Trap, m)),
             Verdict::Timeout(m) => Some((FailureKind::Timeout, m)),
+            Verdict::OutOfMemory(m) => Some((FailureKind::Memory, m)),
+            Verdict::OutOfFuel(m) => Some((FailureKind::Fuel, m)),
         }
+    }
+
+    /// Whether the call ended the instance (a trap of any kind): it is
+    /// discarded, and the call counts as a trap.
+    pub fn is_trap(&self) -> bool {
+        matches!(
+            self,
+            Verdict::Trap(_)
+                | Verdict::Timeout(_)
+                | Verdict::OutOfMemory(_)
+                | Verdict::OutOfFuel(_)
+        )
     }
 }
 
@@ -45,6 +64,8 @@ impl std::fmt::Display for Verdict {
             Verdict::Reject(m) => write!(f, "reject: {m}"),
             Verdict::Trap(m) => write!(f, "trap: {m}"),
             Verdict::Timeout(m) => write!(f, "timeout: {m}"),
+            Verdict::OutOfMemory(m) => write!(f, "out of memory: {m}"),
+            Verdict::OutOfFuel(m) => write!(f, "out of fuel: {m}"),
         }
     }
 }
@@ -104,6 +125,11 @@ pub enum FailureKind {
     Trap,
     Timeout,
     Decode,
+    /// The plugin trapped after the host refused it memory beyond
+    /// `memory_mb` (plugins see `trap`).
+    Memory,
+    /// The call used up its fuel budget (plugins see `timeout`).
+    Fuel,
     /// The event is too far down a causal chain (an event emitted while
     /// handling an event emitted while handling ...): a cycle through
     /// plugins, most likely. The host's refusal; plugins see `rejected`.
@@ -120,8 +146,22 @@ impl FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::Decode => "decode",
             FailureKind::ChainDepth => "chain-depth",
+            FailureKind::Memory => "memory",
+            FailureKind::Fuel => "fuel",
         }
     }
+
+    /// Every kind, in the order metrics list them.
+    pub const ALL: [FailureKind; 8] = [
+        FailureKind::HandlerError,
+        FailureKind::Rejected,
+        FailureKind::Trap,
+        FailureKind::Timeout,
+        FailureKind::Decode,
+        FailureKind::Memory,
+        FailureKind::Fuel,
+        FailureKind::ChainDepth,
+    ];
 }
 
 /// A failed attempt, as the error handler sees it.

@@ -155,7 +155,7 @@ impl LivePlugin {
         if !version.probation.load(Relaxed) {
             return None;
         }
-        let Verdict::Trap(reason) = &handled.verdict else {
+        let (Verdict::Trap(reason) | Verdict::OutOfMemory(reason)) = &handled.verdict else {
             if version.probation.swap(false, Relaxed) {
                 version.take_fallback();
             }

@@ -15,7 +15,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::handler::Handler as _;
+use crate::handler::{FailureKind, Handler as _};
 use crate::live::ReloadStatus;
 use crate::runtime::Runtime;
 use crate::shadow::Agreement;
@@ -125,16 +125,11 @@ fn by_plugin(p: &PluginFigures) -> Labels<'_> {
 
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counters: [CounterSpec; 9] = [
+        let counters: [CounterSpec; 8] = [
             (
                 "runnel_events_handled",
                 "Events handled successfully.",
                 |s| s.handled,
-            ),
-            (
-                "runnel_events_failed",
-                "Failed attempts of any kind.",
-                |s| s.failed,
             ),
             (
                 "runnel_events_retried",
@@ -184,6 +179,20 @@ impl Collector for Scrape {
                     .map(|p| (by_plugin(p), ConstCounter::new(read(&p.counters)))),
             )?;
         }
+        family(
+            &mut encoder,
+            "runnel_events_failed",
+            "Failed attempts, by kind: handler-error (retry), rejected, trap, timeout, decode, memory (past memory_mb), fuel (past fuel_per_call), chain-depth.",
+            MetricType::Counter,
+            self.plugins.iter().flat_map(|p| {
+                FailureKind::ALL.iter().enumerate().map(|(i, kind)| {
+                    (
+                        vec![("plugin", p.name.as_str()), ("kind", kind.as_str())],
+                        ConstCounter::new(p.counters.failed_by_kind[i]),
+                    )
+                })
+            }),
+        )?;
         family(
             &mut encoder,
             "runnel_handler_duration_seconds",

@@ -122,6 +122,8 @@ impl Outcome {
                 Verdict::Reject(_) => "reject",
                 Verdict::Trap(_) => "trap",
                 Verdict::Timeout(_) => "timeout",
+                Verdict::OutOfMemory(_) => "memory",
+                Verdict::OutOfFuel(_) => "fuel",
             },
             emitted: handled
                 .emitted

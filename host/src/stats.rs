@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
+use crate::handler::FailureKind;
+
 /// Monotonic counters, updated lock-free from every delivery task.
 #[derive(Debug)]
 pub struct Stats {
@@ -15,6 +17,8 @@ pub struct Stats {
     pub retried: AtomicU64,
     /// Failed attempts of any kind (a dead-lettered event counts its last one).
     pub failed: AtomicU64,
+    /// `failed`, by kind, in the order of [`FailureKind::ALL`].
+    pub failed_by_kind: [AtomicU64; FailureKind::ALL.len()],
     /// Events moved to a dead-letter stream.
     pub dead_lettered: AtomicU64,
     /// Events on the plugin's streams whose name it does not handle.
@@ -38,6 +42,8 @@ pub struct Snapshot {
     pub handled: u64,
     pub retried: u64,
     pub failed: u64,
+    /// Failed attempts by kind, in the order of [`FailureKind::ALL`].
+    pub failed_by_kind: [u64; FailureKind::ALL.len()],
     pub dead_lettered: u64,
     pub skipped: u64,
     pub deduplicated: u64,
@@ -54,6 +60,7 @@ impl Default for Stats {
             handled: AtomicU64::default(),
             retried: AtomicU64::default(),
             failed: AtomicU64::default(),
+            failed_by_kind: Default::default(),
             dead_lettered: AtomicU64::default(),
             skipped: AtomicU64::default(),
             deduplicated: AtomicU64::default(),
@@ -70,11 +77,22 @@ impl Stats {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// Counts a failed attempt of `kind`.
+    pub fn failed(&self, kind: FailureKind) {
+        Stats::bump(&self.failed);
+        let i = FailureKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .expect("every kind is listed");
+        Stats::bump(&self.failed_by_kind[i]);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             handled: self.handled.load(Relaxed),
             retried: self.retried.load(Relaxed),
             failed: self.failed.load(Relaxed),
+            failed_by_kind: std::array::from_fn(|i| self.failed_by_kind[i].load(Relaxed)),
             dead_lettered: self.dead_lettered.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
             deduplicated: self.deduplicated.load(Relaxed),

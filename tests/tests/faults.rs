@@ -370,7 +370,7 @@ fuel_per_call = 50000000
         started.elapsed(),
         record.reason
     );
-    assert_eq!((record.kind.as_str(), record.attempts), ("timeout", 2));
+    assert_eq!((record.kind.as_str(), record.attempts), ("fuel", 2));
     assert!(
         record.reason.contains("fuel budget of 50000000"),
         "{}",
@@ -403,4 +403,44 @@ async fn a_directory_grant_is_read_only_unless_it_says_writable() {
         }
         run.stop().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn an_allocation_that_aborts_past_the_memory_cap_names_the_limit() {
+    let run = pair("memory_mb = 32").await;
+    let (record, _) = run_fault(&run, "alloc-abort", 5).await;
+    println!("memory: {}", record.reason);
+    assert_eq!(record.kind, "memory", "{record:?}");
+    assert!(record.reason.contains("memory limit"), "{}", record.reason);
+    assert!(
+        record.reason.contains("memory_mb = 32"),
+        "{}",
+        record.reason
+    );
+    let metrics = runnel::metrics::Scrape::take(&run.runtime).await.render();
+    assert!(
+        metrics.contains(r#"runnel_events_failed_total{plugin="hostile",kind="memory"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"runnel_events_failed_total{plugin="hostile",kind="trap"} 0"#),
+        "{metrics}"
+    );
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_panic_message_reaches_the_dead_letter_without_the_stdio_grant() {
+    let run = pair("").await;
+    let (record, _) = run_fault(&run, "panic", 5).await;
+    assert_eq!(record.kind, "trap", "{record:?}");
+    assert!(
+        record
+            .reason
+            .contains("the plugin panicked on purpose handling"),
+        "{}",
+        record.reason
+    );
+    assert_eq!(record.reason.lines().count(), 1, "{}", record.reason);
+    run.stop().await.unwrap();
 }

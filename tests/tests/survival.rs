@@ -988,3 +988,71 @@ async fn entries_trimmed_before_the_group_read_them_are_counted() {
     assert_eq!(lost, 180);
     stop(service).await;
 }
+
+#[test]
+fn every_failed_attempt_is_logged_until_a_storm_is_cut_short() {
+    let dir = scratch("attempts");
+    std::fs::write(
+        dir.join("runnel.toml"),
+        format!(
+            "[[plugin]]\nname = \"hostile\"\npath = {:?}\nstreams = [\"s\"]\nmax_attempts = 3\nbackoff = {{ initial_ms = 1, max_ms = 1 }}\nbreaker_failures = 0\n",
+            plugin("hostile").display().to_string()
+        ),
+    )
+    .unwrap();
+    // One event fails three times; then a storm of 100 more.
+    let line = |i: usize| {
+        format!("{{\"name\":\"attack\",\"payload\":\"panic\",\"stream\":\"s\",\"correlation_id\":\"c-{i}\"}}\n")
+    };
+    std::fs::write(dir.join("one.ndjson"), line(0)).unwrap();
+    std::fs::write(
+        dir.join("storm.ndjson"),
+        (1..=100).map(line).collect::<String>(),
+    )
+    .unwrap();
+    let run = |input: &str| {
+        let mut command = std::process::Command::new(bin());
+        command
+            .args([
+                "run",
+                "--config",
+                "runnel.toml",
+                "--exit-when-idle",
+                "--input",
+                input,
+            ])
+            .current_dir(&dir)
+            .env("RUNNEL_LOG", "info");
+        let (ok, lines) = Process::spawn(command).exit_within(LIMIT);
+        assert!(ok, "{lines:?}");
+        lines
+    };
+    let lines = run("one.ndjson");
+    let failed: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("failed, retrying"))
+        .collect();
+    assert_eq!(failed.len(), 2, "attempts 1 and 2, at warn: {lines:#?}");
+    assert!(
+        failed[0].contains("WARN") && failed[0].contains("attempt 1 of 3"),
+        "{}",
+        failed[0]
+    );
+    assert!(failed[0].contains("kind=\"trap\""), "{}", failed[0]);
+    assert!(failed[0].contains("panicked on purpose"), "{}", failed[0]);
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("dead-lettered")).count(),
+        1
+    );
+
+    // 300 failed attempts: the log gets a bounded share of them.
+    let lines = run("storm.ndjson");
+    let written = lines
+        .iter()
+        .filter(|l| l.contains("failed, retrying") || l.contains("dead-lettered"))
+        .count();
+    assert!(
+        (20..300).contains(&written),
+        "{written} failure lines for 300 failures"
+    );
+}

@@ -8,6 +8,7 @@
 
 mod bindings;
 pub mod engine;
+mod limits;
 mod sandbox;
 mod state;
 mod stdio;
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_trait::async_trait;
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Store, UpdateDeadline};
 
 use crate::config::Grants;
 use crate::event::Event;
@@ -153,18 +154,19 @@ impl WasmPlugin {
     fn new_store(&self) -> anyhow::Result<Store<HostState>> {
         let clock = sandbox::EventClock::default();
         let stdio_tag = stdio::CallTag::default();
+        let stderr_tail = stdio::StderrTail::default();
         let state = HostState {
             plugin: self.name.clone(),
             routes: self.routes.clone(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.settings.memory_bytes)
-                .build(),
+            limits: limits::Limits::new(self.settings.memory_bytes),
+            stderr_tail: stderr_tail.clone(),
             wasi: if self.uses_wasi {
                 Some(sandbox::wasi_context(
                     &self.settings.grants,
                     &clock,
                     &self.name,
                     &stdio_tag,
+                    &stderr_tail,
                 )?)
             } else {
                 None
@@ -258,10 +260,14 @@ impl Handler for WasmPlugin {
             Ok(Ok(())) => Verdict::Done,
             Ok(Err(wit::Refusal::Retry(m))) => Verdict::Retry(m),
             Ok(Err(wit::Refusal::Reject(m))) => Verdict::Reject(m),
-            Err(trap) => trap_verdict(&trap, &self.settings),
+            Err(trap) => {
+                let state = warm.store.data_mut();
+                let refused = state.limits.refused.take();
+                let stderr = state.stderr_tail.take_text();
+                trap_verdict(&trap, &self.settings, refused, &stderr)
+            }
         };
-        let trapped = matches!(verdict, Verdict::Trap(_) | Verdict::Timeout(_));
-        if !trapped {
+        if !verdict.is_trap() {
             self.give_back(warm);
         }
         Handled {
@@ -288,8 +294,8 @@ impl Handler for WasmPlugin {
                 // The contract's kinds stay as they are (old components must
                 // load): the host's own refusal reads as a rejection.
                 FailureKind::Rejected | FailureKind::ChainDepth => wit::FailureKind::Rejected,
-                FailureKind::Trap => wit::FailureKind::Trap,
-                FailureKind::Timeout => wit::FailureKind::Timeout,
+                FailureKind::Trap | FailureKind::Memory => wit::FailureKind::Trap,
+                FailureKind::Timeout | FailureKind::Fuel => wit::FailureKind::Timeout,
                 FailureKind::Decode => wit::FailureKind::Decode,
             },
             attempt: failure.attempt,
@@ -403,23 +409,52 @@ pub fn check(engine: &PluginEngine, path: &Path) -> anyhow::Result<Interface> {
     Ok(inspect(engine, &compiled.component))
 }
 
-fn trap_verdict(error: &wasmtime::Error, settings: &PluginSettings) -> Verdict {
-    match error.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => {
+/// What a trapped call's verdict says: the limit it hit, if the host
+/// refused it something (memory, a table) during the call, and what the
+/// guest last wrote to stderr (a panic message, say) even without the
+/// `stdio` grant.
+fn trap_verdict(
+    error: &wasmtime::Error,
+    settings: &PluginSettings,
+    refused: Option<String>,
+    stderr: &str,
+) -> Verdict {
+    let with_stderr = |text: String| match stderr.trim() {
+        "" => text,
+        said => format!("{text}; stderr: {said}"),
+    };
+    match (error.downcast_ref::<wasmtime::Trap>(), refused) {
+        (Some(wasmtime::Trap::Interrupt), _) => {
             Verdict::Timeout(format!("ran past its time limit of {:?}", settings.timeout))
         }
-        Some(wasmtime::Trap::OutOfFuel) => Verdict::Timeout(format!(
+        (Some(wasmtime::Trap::OutOfFuel), _) => Verdict::OutOfFuel(format!(
             "used up its fuel budget of {}",
             settings.fuel.unwrap_or(u64::MAX)
         )),
-        _ => Verdict::Trap(describe_trap(error)),
+        (_, Some(limit)) => Verdict::OutOfMemory(with_stderr(format!(
+            "{limit}, then it {}",
+            describe_trap(error)
+        ))),
+        _ => Verdict::Trap(with_stderr(describe_trap(error))),
     }
 }
 
 /// A trap in one line: its code and the innermost guest frame when known.
 fn describe_trap(error: &wasmtime::Error) -> String {
     let mut text = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::StackOverflow) => {
+            "trapped: call stack exhausted (the stack limit)".to_string()
+        }
         Some(trap) => format!("trapped: {trap}"),
+        None if error
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some() =>
+        {
+            format!(
+                "failed: {} (the instance pool: [engine] max_instances)",
+                error.root_cause()
+            )
+        }
         None => format!("failed: {}", error.root_cause()),
     };
     if let Some(bt) = error.downcast_ref::<wasmtime::WasmBacktrace>() {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx};
 
-use super::stdio::{CallTag, LogStream};
+use super::stdio::{CallTag, LogStream, StderrTail};
 use crate::config::Grants;
 
 /// The time a plugin without the `clock` grant sees: the current event's
@@ -108,12 +108,17 @@ pub fn wasi_context(
     clock: &EventClock,
     plugin: &Arc<str>,
     tag: &CallTag,
+    stderr_tail: &StderrTail,
 ) -> anyhow::Result<WasiCtx> {
     let mut b = WasiCtx::builder();
     if grants.stdio {
         b.stdout(LogStream::new(plugin.clone(), "stdout", tag.clone()));
-        b.stderr(LogStream::new(plugin.clone(), "stderr", tag.clone()));
     }
+    // Kept for a trapped call's reason either way; logged only if granted.
+    b.stderr(
+        LogStream::new(plugin.clone(), "stderr", tag.clone())
+            .keeping_tail(stderr_tail.clone(), grants.stdio),
+    );
     for name in &grants.env {
         if let Ok(value) = std::env::var(name) {
             b.env(name, value);

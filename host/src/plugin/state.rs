@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::StoreLimits;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::runnel::plugin::{host, types};
 use super::bindings::wit;
+use super::limits::Limits;
 use super::sandbox::EventClock;
-use super::stdio::CallTag;
+use super::stdio::{CallTag, StderrTail};
 use crate::event::Event;
 use crate::handler::Level;
 use crate::routes::Routes;
@@ -31,7 +31,10 @@ pub(super) const MAX_LOG_LINE: usize = 16 * 1024;
 pub struct HostState {
     pub plugin: Arc<str>,
     pub routes: Arc<Routes>,
-    pub limits: StoreLimits,
+    pub limits: Limits,
+    /// The last bytes the guest wrote to stderr in this call, granted or
+    /// not: a trap's reason quotes them (a panic message).
+    pub stderr_tail: StderrTail,
     /// Present only for components that import WASI.
     pub wasi: Option<WasiCtx>,
     pub table: ResourceTable,
@@ -89,6 +92,8 @@ impl HostState {
         call.may_emit = may_emit && event.is_some();
         call.emitted.clear();
         call.logs.clear();
+        self.limits.refused = None;
+        self.stderr_tail.clear();
     }
 
     /// Ends the call and hands back its output.

@@ -14,6 +14,41 @@ use super::state::MAX_LOG_LINE;
 /// The event a store is handling, shared with its output streams.
 pub type CallTag = Arc<Mutex<(String, String)>>;
 
+/// Most bytes of a call's stderr kept for its failure reason: a panic
+/// message and a little before it.
+const STDERR_TAIL: usize = 4 * 1024;
+
+/// The last [`STDERR_TAIL`] bytes a plugin wrote to stderr during the
+/// current call, kept whether or not `stdio` is granted (they reach the
+/// host only inside a trapped call's failure reason, never the log).
+#[derive(Clone, Debug, Default)]
+pub struct StderrTail(Arc<Mutex<Vec<u8>>>);
+
+impl StderrTail {
+    fn push(&self, bytes: &[u8]) {
+        let mut tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        tail.extend_from_slice(&bytes[bytes.len().saturating_sub(STDERR_TAIL)..]);
+        let over = tail.len().saturating_sub(STDERR_TAIL);
+        tail.drain(..over);
+    }
+
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The text kept so far, on one line (newlines become " | "), emptying
+    /// the tail.
+    pub fn take_text(&self) -> String {
+        let bytes = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+}
+
 /// One of a plugin's standard output streams.
 #[derive(Clone)]
 pub struct LogStream {
@@ -21,11 +56,30 @@ pub struct LogStream {
     /// `stdout` or `stderr`.
     name: &'static str,
     tag: CallTag,
+    /// Lines go to the host log (the `stdio` grant).
+    log: bool,
+    /// Bytes are kept for a trapped call's reason (stderr).
+    tail: Option<StderrTail>,
 }
 
 impl LogStream {
+    /// A stream whose lines go to the host log.
     pub fn new(plugin: Arc<str>, name: &'static str, tag: CallTag) -> LogStream {
-        LogStream { plugin, name, tag }
+        LogStream {
+            plugin,
+            name,
+            tag,
+            log: true,
+            tail: None,
+        }
+    }
+
+    /// Also keeps the stream's last bytes in `tail`; with `log` false,
+    /// nothing else (stderr without the `stdio` grant).
+    pub fn keeping_tail(mut self, tail: StderrTail, log: bool) -> LogStream {
+        self.tail = Some(tail);
+        self.log = log;
+        self
     }
 
     fn writer(&self) -> LineWriter {
@@ -62,6 +116,12 @@ struct LineWriter {
 
 impl LineWriter {
     fn push(&mut self, bytes: &[u8]) {
+        if let Some(tail) = &self.stream.tail {
+            tail.push(bytes);
+        }
+        if !self.stream.log {
+            return;
+        }
         self.pending.extend_from_slice(bytes);
         while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.pending.drain(..=end).collect();

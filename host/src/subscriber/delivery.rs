@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::throttle::left_out_note;
 use super::{InFlight, Shared};
 use crate::broker::{Delivery, Entry, EVENT_FIELD};
 use crate::config::Backoff;
@@ -232,7 +233,7 @@ impl Shared {
                 .map(|e| e.meta.correlation_id.clone())
                 .unwrap_or_default(),
         };
-        Stats::bump(&self.stats.failed);
+        self.stats.failed(kind);
         self.report(&failure, event).await;
         Step::Finished(
             self.dead_letter(delivery, event, kind, &reason, attempts)
@@ -275,15 +276,22 @@ impl Shared {
             None => return Step::Publish(event, handled.emitted),
             Some((kind, message)) => (kind, message.to_string()),
         };
-        Stats::bump(&stats.failed);
-        if matches!(handled.verdict, Verdict::Trap(_)) {
+        stats.failed(kind);
+        if matches!(handled.verdict, Verdict::Trap(_) | Verdict::OutOfMemory(_)) {
             Stats::bump(&stats.traps);
         }
         let last = kind == FailureKind::Rejected || attempts >= self.sub.max_attempts;
-        tracing::debug!(
-            plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id,
-            attempt = attempts, last, kind = kind.as_str(), "attempt failed: {message}"
-        );
+        // The last attempt's line is the dead letter's.
+        if !last {
+            if let Some(left_out) = self.log_throttle.admit() {
+                tracing::warn!(
+                    plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id,
+                    attempt = attempts, max_attempts = self.sub.max_attempts, kind = kind.as_str(),
+                    "attempt {attempts} of {} failed, retrying in {:?}: {message}{}",
+                    self.sub.max_attempts, self.sub.backoff.delay(attempts), left_out_note(left_out)
+                );
+            }
+        }
         let failure = Failure {
             message: message.clone(),
             kind,
@@ -382,7 +390,9 @@ impl Shared {
         let (event_id, correlation_id) = event.map_or(("", ""), |e| {
             (e.id.as_str(), e.meta.correlation_id.as_str())
         });
-        tracing::info!(plugin = %self.sub.plugin, stream = %delivery.stream, entry = %delivery.entry.id, event_id, correlation_id, attempts, kind = kind.as_str(), "dead-lettered: {reason}");
+        if let Some(left_out) = self.log_throttle.admit() {
+            tracing::info!(plugin = %self.sub.plugin, stream = %delivery.stream, entry = %delivery.entry.id, event_id, correlation_id, attempts, kind = kind.as_str(), "dead-lettered: {reason}{}", left_out_note(left_out));
+        }
         true
     }
 }

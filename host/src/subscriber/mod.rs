@@ -19,6 +19,7 @@ mod delivery;
 mod groups;
 mod health;
 mod queue;
+mod throttle;
 
 pub use breaker::Breaker;
 pub use delivery::decode;
@@ -176,6 +177,8 @@ struct Shared {
     shutdown: CancellationToken,
     abandon: CancellationToken,
     health: Arc<ReadHealth>,
+    /// Bounds the failure lines this plugin writes to the log.
+    log_throttle: throttle::LogThrottle,
 }
 
 impl Subscriber {
@@ -246,6 +249,7 @@ impl Subscriber {
             shutdown: shutdown.clone(),
             abandon: self.abandon,
             health: self.health,
+            log_throttle: Default::default(),
         });
         let slots = Arc::new(Semaphore::new(shared.sub.max_in_flight()));
         let mut lanes = JoinSet::new();

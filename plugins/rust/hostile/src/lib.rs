@@ -4,6 +4,8 @@
 //! |----------------|-----------------------------------------------------|
 //! | `loop`         | loops forever                                       |
 //! | `alloc`        | allocates 1 MiB blocks until allocation fails       |
+//! | `alloc-abort`  | allocates 1 MiB blocks, aborting when it fails      |
+//! | `panic`        | panics (its message goes to stderr, then it traps)  |
 //! | `recurse`      | recurses until the stack overflows                  |
 //! | `emit-flood`   | emits a million events in one call                  |
 //! | `log-flood`    | logs one 100 MB line                                |
@@ -51,6 +53,14 @@ impl Plugin for Hostile {
                     hoard.push(block);
                 }
             }
+            "alloc-abort" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "panic" => panic!("the plugin panicked on purpose handling {}", event.id),
             "recurse" => {
                 let mut sink = [0u64; 64];
                 Err(Refusal::retry(format!("returned {}", recurse(0, &mut sink))))
