@@ -269,7 +269,7 @@ pub fn main() -> ExitCode {
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
+    eprintln!("error: {}", crate::errors::one_line(&e));
     ExitCode::FAILURE
 }
 

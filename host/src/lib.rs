@@ -43,6 +43,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod dead_letter;
+pub mod errors;
 pub mod event;
 pub mod handler;
 pub mod harness;

@@ -124,7 +124,13 @@ impl Reloader {
         let plugin = match result {
             Ok(plugin) => plugin,
             Err(e) => {
-                let reason = format!("{}: {e:#}", config.path.display());
+                // The error names the file where it comes from reading it.
+                let text = crate::errors::one_line(&e);
+                let path = config.path.display().to_string();
+                let reason = match text.contains(&path) {
+                    true => text,
+                    false => format!("{path}: {text}"),
+                };
                 slot.live.refuse(reason.clone());
                 return Err(ReloadError::Refused(reason));
             }

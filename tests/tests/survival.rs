@@ -1056,3 +1056,35 @@ fn every_failed_attempt_is_logged_until_a_storm_is_cut_short() {
         "{written} failure lines for 300 failures"
     );
 }
+
+#[test]
+fn an_error_says_each_cause_once() {
+    let closed = format!("redis://127.0.0.1:{}", free_port());
+    let out = std::process::Command::new(bin())
+        .args(["emit", "--redis", &closed, "--stream", "s", "--name", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+    assert_eq!(said.matches("Connection refused").count(), 1, "{said}");
+    assert!(said.contains(&closed), "names the server: {said}");
+
+    // A file that is not a component: its path once.
+    let dir = scratch("once");
+    std::fs::write(dir.join("p.wasm"), "not wasm").unwrap();
+    std::fs::write(
+        dir.join("runnel.toml"),
+        "[[plugin]]\nname = \"p\"\npath = \"p.wasm\"\nstreams = [\"s\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(dir.join("runnel.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    let path = dir.join("p.wasm").display().to_string();
+    assert_eq!(said.matches(&path).count(), 1, "{said}");
+}
