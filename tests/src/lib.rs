@@ -2,6 +2,7 @@
 //! recording wrapper around a handler, and a runtime built from TOML.
 
 pub mod certs;
+pub mod chaos;
 pub mod redis_server;
 
 use std::path::PathBuf;

@@ -1088,3 +1088,28 @@ fn an_error_says_each_cause_once() {
     let path = dir.join("p.wasm").display().to_string();
     assert_eq!(said.matches(&path).count(), 1, "{said}");
 }
+
+/// A short seeded fault campaign; `scripts/chaos.sh 600` runs the long one
+/// (RELIABILITY.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_fault_campaign_loses_nothing() {
+    use runnel_tests::chaos::{run, Campaign};
+    let duration = Duration::from_secs(40);
+    let campaign = Campaign {
+        duration,
+        seed: 17,
+        hosts: 3,
+        rate: 100,
+        bin: bin(),
+        plugin: plugin("chaos"),
+        dir: scratch("chaos"),
+    };
+    let outcome = run(campaign).await.unwrap();
+    let table = outcome.table(17, duration);
+    println!("{table}");
+    assert_eq!(outcome.lost, 0, "{table}");
+    assert_eq!(outcome.pending, 0, "{table}");
+    assert_eq!(outcome.poison_short, 0, "{table}");
+    assert!(outcome.faults.values().sum::<u32>() >= 8, "{table}");
+    assert!(outcome.handled > 0 && outcome.dead_lettered > 0, "{table}");
+}
