@@ -58,6 +58,29 @@ start = "beginning"
     path
 }
 
+/// A config with the `noop` plugin on `stream` in `group` on the Redis at
+/// `url`: `backend` lines go under `[backend]` (after `url`), `plugin` lines
+/// under the plugin, `rest` between them (another section).
+fn noop_config(
+    dir: &Path,
+    url: &str,
+    (stream, group): (&str, &str),
+    backend: &str,
+    rest: &str,
+    plugin_lines: &str,
+) -> PathBuf {
+    let path = dir.join("runnel.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[backend]\nkind = \"redis\"\nurl = \"{url}\"\n{backend}\n{rest}\n[[plugin]]\nname = \"noop\"\npath = {:?}\nstreams = [\"{stream}\"]\ngroup = \"{group}\"\n{plugin_lines}\n",
+            plugin("noop").display().to_string(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
 async fn broker(url: &str) -> Arc<RedisBroker> {
     RedisBroker::connect(url, Trimming::default())
         .await
@@ -324,16 +347,14 @@ async fn a_full_redis_is_drained_by_a_host_whose_group_exists() {
         .unwrap_err();
     assert!(format!("{refused:#}").contains("OOM"), "{refused:#}");
 
-    let path = dir.join("runnel.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[backend]\nkind = \"redis\"\nurl = \"{}\"\nblock_ms = 300\nclaim_min_idle_ms = 900\n\n[[plugin]]\nname = \"noop\"\npath = {:?}\ngroup = \"{group}\"\nstreams = [\"{stream}\"]\n",
-            server.url(),
-            plugin("noop").display().to_string()
-        ),
-    )
-    .unwrap();
+    let path = noop_config(
+        &dir,
+        &server.url(),
+        (&stream, &group),
+        "block_ms = 300\nclaim_min_idle_ms = 900",
+        "",
+        "",
+    );
     // Fail-fast: a start-up that needed a write would fail here.
     let service = start(&path, true).await.unwrap();
     until(LIMIT, "the full Redis to be drained", || async {
@@ -349,17 +370,14 @@ async fn a_full_redis_is_drained_by_a_host_whose_group_exists() {
 fn sigterm_ends_a_blocked_read_at_once() {
     let dir = scratch("unblock");
     let stream = unique("unblock");
-    let path = dir.join("runnel.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[backend]\nkind = \"redis\"\nurl = \"{}\"\nblock_ms = 60000\nclaim_min_idle_ms = 180000\n\n[[plugin]]\nname = \"noop\"\npath = {:?}\nstreams = [\"{stream}\"]\ngroup = \"{}\"\n",
-            redis_url(),
-            plugin("noop").display().to_string(),
-            unique("g")
-        ),
-    )
-    .unwrap();
+    let path = noop_config(
+        &dir,
+        &redis_url(),
+        (&stream, &unique("g")),
+        "block_ms = 60000\nclaim_min_idle_ms = 180000",
+        "",
+        "",
+    );
     let mut process = Process::run(&bin(), &path, "info");
     process.wait_for("consuming", LIMIT);
     // Let the first read reach Redis and block there.
@@ -380,17 +398,14 @@ async fn a_new_group_that_skips_entries_says_how_many_and_how_to_include_them() 
     for _ in 0..3 {
         add(&redis, &stream).await;
     }
-    let path = dir.join("runnel.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[backend]\nkind = \"redis\"\nurl = \"{}\"\nblock_ms = 300\nclaim_min_idle_ms = 900\n\n[[plugin]]\nname = \"noop\"\npath = {:?}\nstreams = [\"{stream}\"]\ngroup = \"{}\"\nstart = \"new\"\n",
-            redis_url(),
-            plugin("noop").display().to_string(),
-            unique("g")
-        ),
-    )
-    .unwrap();
+    let path = noop_config(
+        &dir,
+        &redis_url(),
+        (&stream, &unique("g")),
+        "block_ms = 300\nclaim_min_idle_ms = 900",
+        "",
+        "start = \"new\"",
+    );
     let mut process = Process::run(&bin(), &path, "info");
     let line = process.wait_for("will not be handled", LIMIT);
     assert!(line.contains("the 3 entries"), "{line}");
@@ -406,17 +421,15 @@ async fn an_admin_port_clash_exits_before_anything_is_read() {
     let (stream, group) = (unique("clash"), unique("g"));
     let redis = broker(&redis_url()).await;
     add(&redis, &stream).await;
-    let path = dir.join("runnel.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[backend]\nkind = \"redis\"\nurl = \"{}\"\n\n[admin]\nlisten = \"{}\"\n\n[[plugin]]\nname = \"noop\"\npath = {:?}\nstreams = [\"{stream}\"]\ngroup = \"{group}\"\nstart = \"beginning\"\n",
-            redis_url(),
-            taken.local_addr().unwrap(),
-            plugin("noop").display().to_string(),
-        ),
-    )
-    .unwrap();
+    let admin = format!("[admin]\nlisten = \"{}\"\n", taken.local_addr().unwrap());
+    let path = noop_config(
+        &dir,
+        &redis_url(),
+        (&stream, &group),
+        "",
+        &admin,
+        "start = \"beginning\"",
+    );
     let (ok, lines) = Process::run(&bin(), &path, "info").exit_within(LIMIT);
     assert!(!ok, "exits 1: {lines:?}");
     assert!(
@@ -535,16 +548,14 @@ async fn consumers_left_behind_are_removed_unless_they_hold_entries() {
             .await
             .unwrap();
     }
-    let path = dir.join("runnel.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[backend]\nkind = \"redis\"\nurl = \"{}\"\nconsumer = \"me\"\nblock_ms = 300\nclaim_min_idle_ms = 60000\nforget_idle_consumers_ms = 1\n\n[[plugin]]\nname = \"noop\"\npath = {:?}\nstreams = [\"{stream}\"]\ngroup = \"{group}\"\n",
-            redis_url(),
-            plugin("noop").display().to_string(),
-        ),
-    )
-    .unwrap();
+    let path = noop_config(
+        &dir,
+        &redis_url(),
+        (&stream, &group),
+        "consumer = \"me\"\nblock_ms = 300\nclaim_min_idle_ms = 60000\nforget_idle_consumers_ms = 1",
+        "",
+        "",
+    );
     let service = start(&path, true).await.unwrap();
     until(LIMIT, "the idle consumer to be removed", || async {
         !consumers(&redis, &stream, &group)

@@ -191,6 +191,18 @@ impl RedisBroker {
         }
     }
 
+    /// `group` of `stream` as `XINFO GROUPS` reports it, or [`MissingGroup`].
+    async fn group(&self, stream: &str, group: &str) -> anyhow::Result<StreamInfoGroup> {
+        let groups = self.groups(stream).await?;
+        groups.into_iter().find(|g| g.name == group).ok_or_else(|| {
+            MissingGroup {
+                stream: stream.to_string(),
+                group: group.to_string(),
+            }
+            .into()
+        })
+    }
+
     /// The groups of `stream` as `XINFO GROUPS` reports them; none when the
     /// stream does not exist.
     async fn groups(&self, stream: &str) -> anyhow::Result<Vec<StreamInfoGroup>> {
@@ -576,28 +588,14 @@ impl Broker for RedisBroker {
     }
 
     async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64> {
-        let groups = self.groups(stream).await?;
-        let Some(info) = groups.iter().find(|g| g.name == group) else {
-            return Err(MissingGroup {
-                stream: stream.to_string(),
-                group: group.to_string(),
-            }
-            .into());
-        };
+        let info = self.group(stream, group).await?;
         // `lag` is nil when Redis cannot tell (after deletions): count the
         // group as behind until it can.
         Ok((info.pending + info.lag.unwrap_or(1)) as u64)
     }
 
     async fn group_progress(&self, stream: &str, group: &str) -> anyhow::Result<GroupProgress> {
-        let groups = self.groups(stream).await?;
-        let Some(info) = groups.iter().find(|g| g.name == group) else {
-            return Err(MissingGroup {
-                stream: stream.to_string(),
-                group: group.to_string(),
-            }
-            .into());
-        };
+        let info = self.group(stream, group).await?;
         // XINFO STREAM's counters; redis-rs's typed reply leaves out
         // `entries-added`.
         let reply: Value = self

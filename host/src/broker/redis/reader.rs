@@ -47,29 +47,14 @@ impl Reader {
         let io: Box<dyn Io> = match info.addr() {
             ConnectionAddr::TcpTls { host, port, .. } => {
                 let tls = tls.context("a rediss:// address needs TLS settings")?;
-                let tcp = tokio::time::timeout(
-                    timeout,
-                    tokio::net::TcpStream::connect((host.as_str(), *port)),
-                )
-                .await
-                .map_err(|_| anyhow!("no connection within {timeout:?}"))??;
-                tcp.set_nodelay(true)?;
+                let tcp = tcp(host, *port, timeout).await?;
                 let name = super::tls::server_name(host)?;
                 let stream = tokio::time::timeout(timeout, tls.connect(name, tcp))
                     .await
                     .map_err(|_| anyhow!("no TLS handshake within {timeout:?}"))??;
                 Box::new(stream)
             }
-            ConnectionAddr::Tcp(host, port) => {
-                let tcp = tokio::time::timeout(
-                    timeout,
-                    tokio::net::TcpStream::connect((host.as_str(), *port)),
-                )
-                .await
-                .map_err(|_| anyhow!("no connection within {timeout:?}"))??;
-                tcp.set_nodelay(true)?;
-                Box::new(tcp)
-            }
+            ConnectionAddr::Tcp(host, port) => Box::new(tcp(host, *port, timeout).await?),
             #[cfg(unix)]
             ConnectionAddr::Unix(path) => Box::new(
                 tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path))
@@ -162,6 +147,16 @@ impl Reader {
             .await
             .map_err(|_| anyhow!("no reply within {timeout:?}"))?
     }
+}
+
+/// A TCP connection to Redis, without Nagle's delay (replies are read as
+/// soon as they come).
+async fn tcp(host: &str, port: u16, timeout: Duration) -> anyhow::Result<tokio::net::TcpStream> {
+    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| anyhow!("no connection within {timeout:?}"))??;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }
 
 /// The bytes a range of the buffer holds.
