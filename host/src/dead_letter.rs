@@ -61,6 +61,15 @@ impl DeadLetter<'_> {
                 format_rfc3339_nano(now_utc()).into_bytes(),
             ),
         ];
+        // Kept so that a replay stays as far down its causal chain: a
+        // replayed cycle must not start over with the whole budget.
+        let depth = crate::publisher::causal_depth(self.entry);
+        if depth > 0 {
+            fields.push((
+                crate::publisher::DEPTH_FIELD.to_string(),
+                depth.to_string().into_bytes(),
+            ));
+        }
         // An entry that did not decode may not even have an `event` field:
         // keep all of it, as it was.
         if self.kind == FailureKind::Decode {
@@ -89,6 +98,8 @@ pub struct DeadLetterRecord {
     pub plugin: String,
     /// Empty in dead letters written before groups were recorded.
     pub group: String,
+    /// How far down its causal chain the event was (0: from outside).
+    pub depth: u32,
     pub attempts: u32,
     pub stream: String,
     pub failed_at: String,
@@ -116,6 +127,7 @@ impl DeadLetterRecord {
             kind: field("kind"),
             plugin: field("plugin"),
             group: field("group"),
+            depth: field(crate::publisher::DEPTH_FIELD).parse().unwrap_or(0),
             attempts: field("attempts").parse().unwrap_or(0),
             stream: field("stream"),
             failed_at: field("failed_at"),

@@ -5,14 +5,16 @@
 //! client error, a path added by two layers), which printed
 //! "Connection refused (os error 111): Connection refused (os error 111)".
 
-/// The error and its causes on one line, leaving out a cause whose text the
-/// line already holds.
+/// The error and its causes on one line, leaving out a cause that its
+/// wrapper's text already ends with (the wrapper quoted it). A cause that
+/// only appears elsewhere in the line (a short word inside a path, say)
+/// is kept.
 pub fn one_line(error: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in error.chain() {
         let text = cause.to_string();
         let text = text.trim();
-        if text.is_empty() || line.contains(text) {
+        if text.is_empty() || line.ends_with(text) {
             continue;
         }
         if !line.is_empty() {
@@ -42,5 +44,7 @@ mod tests {
         );
         let distinct = anyhow::anyhow!("root").context("middle").context("top");
         assert_eq!(one_line(&distinct), "top: middle: root");
+        let inside = anyhow::anyhow!("timeout").context("reading /etc/timeout.toml");
+        assert_eq!(one_line(&inside), "reading /etc/timeout.toml: timeout");
     }
 }

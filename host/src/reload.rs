@@ -127,7 +127,7 @@ impl Reloader {
                 // The error names the file where it comes from reading it.
                 let text = crate::errors::one_line(&e);
                 let path = config.path.display().to_string();
-                let reason = match text.contains(&path) {
+                let reason = match text.starts_with(&format!("{path}:")) {
                     true => text,
                     false => format!("{path}: {text}"),
                 };

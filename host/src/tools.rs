@@ -13,7 +13,7 @@ use crate::event::Event;
 use crate::handler::Handler;
 use crate::input::InputEvent;
 use crate::plugin::Standalone;
-use crate::publisher::event_fields;
+use crate::publisher::{event_fields, DEPTH_FIELD};
 use crate::subscriber::decode;
 
 /// Appends events in pipelined batches; returns how many were written.
@@ -106,10 +106,14 @@ pub async fn dlq_replay(
             ),
             (recorded, _) => recorded,
         };
+        let mut fields = vec![(EVENT_FIELD.to_string(), r.event.clone())];
+        if r.depth > 0 {
+            fields.push((DEPTH_FIELD.to_string(), r.depth.to_string().into_bytes()));
+        }
         broker
             .append(vec![Append {
                 stream: replay_stream(&r.stream, group),
-                fields: vec![(EVENT_FIELD.to_string(), r.event.clone())],
+                fields,
             }])
             .await?;
         replayed.push(entry.id.clone());

@@ -65,6 +65,9 @@ pub struct Outcome {
     pub dead_lettered: usize,
     /// Poison events dead-lettered with fewer attempts than the maximum.
     pub poison_short: usize,
+    /// Events other than poison that were dead-lettered (by consumers that
+    /// kept dying while handling them, say). Expected 0.
+    pub dead_not_poison: usize,
     /// Events that were neither handled nor dead-lettered, follow-ups that
     /// never appeared included. Must be 0.
     pub lost: usize,
@@ -89,7 +92,7 @@ impl Outcome {
              |-------:|-----------:|-------:|--------:|-----------:|--------------:|-----:|--------:|\n\
              | {} | {} | {} | {} | {} | {} | {} | {} |\n\
              faults by kind: {}\n\
-             poison dead-lettered before max_attempts: {}\n\
+             poison dead-lettered before max_attempts: {}; other events dead-lettered: {}\n\
              host 1 RSS: {} KiB after warm-up, {} KiB at the end\n",
             duration.as_secs(),
             self.events,
@@ -102,6 +105,7 @@ impl Outcome {
             self.pending,
             by_kind.join(", "),
             self.poison_short,
+            self.dead_not_poison,
             self.rss_kib.0,
             self.rss_kib.1,
         )
@@ -411,16 +415,21 @@ async fn produce(
             stream: INPUT.to_string(),
             fields: event_fields(&event),
         }];
-        while redis.append(append.clone()).await.is_err() {
+        // Recorded only once Redis took it; if the campaign ends while it
+        // keeps failing, it was never produced.
+        loop {
+            if redis.append(append.clone()).await.is_ok() {
+                produced
+                    .lock()
+                    .unwrap()
+                    .push(Produced { id: event.id, kind });
+                break;
+            }
             if stop.is_cancelled() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        produced
-            .lock()
-            .unwrap()
-            .push(Produced { id: event.id, kind });
     }
     Ok(())
 }
@@ -513,6 +522,7 @@ async fn check(
             Some(record) if p.kind == "poison" && record.attempts < MAX_ATTEMPTS => {
                 outcome.poison_short += 1
             }
+            Some(_) if p.kind != "poison" => outcome.dead_not_poison += 1,
             Some(_) => {}
             None if was_handled => {}
             None => outcome.lost += 1,

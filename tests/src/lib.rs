@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod chaos;
+pub mod contract;
 pub mod redis_server;
 
 use std::path::PathBuf;

@@ -1121,6 +1121,7 @@ async fn a_short_fault_campaign_loses_nothing() {
     assert_eq!(outcome.lost, 0, "{table}");
     assert_eq!(outcome.pending, 0, "{table}");
     assert_eq!(outcome.poison_short, 0, "{table}");
+    assert_eq!(outcome.dead_not_poison, 0, "{table}");
     assert!(outcome.faults.values().sum::<u32>() >= 8, "{table}");
     assert!(outcome.handled > 0 && outcome.dead_lettered > 0, "{table}");
 }

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::bail;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
@@ -273,11 +272,9 @@ impl Broker for MemoryBroker {
     async fn ack(&self, group: &str, stream: &str, ids: &[String]) -> anyhow::Result<()> {
         {
             let mut state = self.lock();
-            let Some(s) = state.get_mut(stream) else {
-                bail!("no stream {stream:?}");
-            };
-            let Some(g) = s.groups.get_mut(group) else {
-                bail!("no consumer group {group:?} on stream {stream:?}");
+            // As Redis's XACK: nothing pending there, nothing to do.
+            let Some(g) = state.get_mut(stream).and_then(|s| s.groups.get_mut(group)) else {
+                return Ok(());
             };
             for id in ids {
                 g.pending.remove(&seq_of(id)?);
@@ -296,14 +293,14 @@ impl Broker for MemoryBroker {
         count: usize,
     ) -> anyhow::Result<Vec<Delivery>> {
         let mut state = self.lock();
-        let Some(s) = state.get_mut(stream) else {
-            return Ok(Vec::new());
+        let missing = || MissingGroup {
+            stream: stream.to_string(),
+            group: group.to_string(),
         };
+        let s = state.get_mut(stream).ok_or_else(missing)?;
         let now = Instant::now();
         let mut claimed = Vec::new();
-        let Some(g) = s.groups.get_mut(group) else {
-            return Ok(Vec::new());
-        };
+        let g = s.groups.get_mut(group).ok_or_else(missing)?;
         for (seq, p) in g.pending.iter_mut() {
             if claimed.len() >= count {
                 break;
@@ -338,14 +335,16 @@ impl Broker for MemoryBroker {
         let pending = state
             .get_mut(stream)
             .and_then(|s| s.groups.get_mut(group))
-            .map(|g| &mut g.pending);
-        if let Some(pending) = pending {
-            let now = Instant::now();
-            for id in ids {
-                if let Some(p) = pending.get_mut(&seq_of(id)?) {
-                    if p.consumer == consumer {
-                        p.since = now;
-                    }
+            .map(|g| &mut g.pending)
+            .ok_or_else(|| MissingGroup {
+                stream: stream.to_string(),
+                group: group.to_string(),
+            })?;
+        let now = Instant::now();
+        for id in ids {
+            if let Some(p) = pending.get_mut(&seq_of(id)?) {
+                if p.consumer == consumer {
+                    p.since = now;
                 }
             }
         }

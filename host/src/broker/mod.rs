@@ -92,6 +92,10 @@ pub struct GroupProgress {
     pub entries_added: Option<u64>,
     /// Entries on the stream now.
     pub length: u64,
+    /// The id of the oldest entry on the stream (`None` when empty).
+    pub first_entry: Option<String>,
+    /// The id of the newest entry ever added (`0-0` for none).
+    pub last_generated: Option<String>,
 }
 
 impl GroupProgress {
@@ -99,6 +103,26 @@ impl GroupProgress {
     /// deleted), read or not: always its oldest, as trimming goes.
     pub fn removed(&self) -> Option<u64> {
         self.entries_added?.checked_sub(self.length)
+    }
+
+    /// Whether the group has not reached any entry still on the stream:
+    /// the last one it was given is older than the oldest there (or, on an
+    /// emptied stream, than the newest ever added). Only then can entries
+    /// that left the stream unread be told from the counters.
+    pub fn behind_what_is_left(&self) -> bool {
+        let id = |s: &Option<String>| s.as_deref().and_then(|s| parse_entry_id(s).ok());
+        let last = id(&self.last_delivered).unwrap_or((0, 0));
+        match (id(&self.first_entry), id(&self.last_generated)) {
+            (Some(first), _) => first > last,
+            (None, Some(newest)) => newest > last,
+            (None, None) => false,
+        }
+    }
+
+    /// Whether the group has been given the newest entry ever added.
+    pub fn caught_up(&self) -> bool {
+        let id = |s: &Option<String>| s.as_deref().and_then(|s| parse_entry_id(s).ok());
+        id(&self.last_delivered).unwrap_or((0, 0)) >= id(&self.last_generated).unwrap_or((0, 0))
     }
 }
 
@@ -131,6 +155,13 @@ pub struct Append {
 }
 
 /// A pub/sub backend with consumer groups and at-least-once delivery.
+///
+/// The contract is written once as checks that every backend passes
+/// (`tests/src/contract.rs`, run on memory and Redis). Where the two could
+/// differ, it says: a missing stream or group is a [`MissingGroup`] error
+/// for `read`, `backlog`, `claim_idle` and `touch` alike, and acking there
+/// is a no-op (as Redis's `XACK` is); `touch` refreshes only the caller's
+/// own entries, never takes one another consumer holds.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Appends entries, in order, in one round trip. Waits while a bounded
@@ -163,7 +194,8 @@ pub trait Broker: Send + Sync + 'static {
     ) -> anyhow::Result<Vec<Delivery>>;
 
     /// Acknowledges entries: they are done for `group` and will not be
-    /// delivered again.
+    /// delivered again. Acking what is not pending (or where there is no
+    /// group) does nothing.
     async fn ack(&self, group: &str, stream: &str, ids: &[String]) -> anyhow::Result<()>;
 
     /// Takes over up to `count` entries of `stream` pending in `group` for
@@ -179,7 +211,9 @@ pub trait Broker: Send + Sync + 'static {
     ) -> anyhow::Result<Vec<Delivery>>;
 
     /// Resets the idle time of entries this consumer is still working on, so
-    /// that long handling is not mistaken for a dead consumer.
+    /// that long handling is not mistaken for a dead consumer. Entries that
+    /// another consumer holds (it reclaimed them meanwhile) are left alone:
+    /// taking them back would have two consumers handle them.
     async fn touch(
         &self,
         stream: &str,

@@ -36,16 +36,21 @@ impl StderrTail {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    /// The text kept so far, on one line (newlines become " | "), emptying
-    /// the tail.
+    /// The text kept so far, on one line (newlines become " | ") of at
+    /// most [`STDERR_TAIL`] bytes, its end kept; empties the tail.
     pub fn take_text(&self) -> String {
         let bytes = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
-        String::from_utf8_lossy(&bytes)
+        let text = String::from_utf8_lossy(&bytes)
             .lines()
             .map(str::trim_end)
             .filter(|l| !l.is_empty())
             .collect::<Vec<_>>()
-            .join(" | ")
+            .join(" | ");
+        let mut start = text.len().saturating_sub(STDERR_TAIL);
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        text[start..].to_string()
     }
 }
 

@@ -46,41 +46,55 @@ pub(super) struct Positions {
     last: HashMap<String, String>,
 }
 
-/// Per stream, how many of its first entries are known to have left it
-/// (trimmed, deleted), so that each loss is counted once.
+/// Counts, per stream, entries that left it (trimmed by `MAXLEN`, or
+/// deleted) before the group read them.
 ///
-/// A loss is visible only while the group is behind it: once the group
-/// reads past a gap, Redis moves its `entries-read` past the removed
-/// entries too. So this counts what is seen at each look, every
-/// maintenance round: a group that falls behind and stays behind (the case
-/// that loses data steadily) is seen; a gap the group jumps within one
-/// round can be missed.
+/// The counters say it only while the group has not reached any entry still
+/// on the stream: then the removed entries past the last one it read are
+/// gone for it. Redis's read counter does not count the entries of such a
+/// gap once the group reads past it (it goes up by one per entry read), so
+/// what was counted is added back to it from then on. Looked at each
+/// maintenance round: a gap the group reads past within one round is not
+/// seen. Each host of a group counts the same losses.
 #[derive(Debug, Default)]
 pub(super) struct TrimWatch {
-    removed: HashMap<String, u64>,
+    streams: HashMap<String, Watched>,
+}
+
+#[derive(Debug, Default)]
+struct Watched {
+    /// Entries removed from the stream at the last look; `None` before
+    /// the first, which only sets this baseline (what was trimmed before
+    /// this host watched, or before the group existed, is not counted).
+    removed: Option<u64>,
+    /// Losses counted so far: what Redis's read counter misses.
+    counted: u64,
 }
 
 impl TrimWatch {
-    /// How many entries left `stream` unread by the group since the last
-    /// look. The first look sets the baseline: what was trimmed before this
-    /// host watched (or before the group existed) is not counted.
+    /// Entries that left `stream` unread by the group since the last look.
     fn newly_lost(&mut self, stream: &str, progress: &GroupProgress) -> u64 {
         let Some(removed) = progress.removed() else {
             return 0;
         };
-        // A group that has read nothing has no count in Redis 7.0.
-        let read = match (progress.entries_read, &progress.last_delivered) {
-            (Some(read), _) => Some(read),
-            (None, None) => Some(0),
-            (None, Some(_)) => None,
-        };
-        let seen = self.removed.insert(stream.to_string(), removed);
-        let (Some(seen), Some(read)) = (seen, read) else {
+        let watched = self.streams.entry(stream.to_string()).or_default();
+        let Some(seen) = watched.removed.replace(removed) else {
             return 0;
         };
-        // Of the entries removed since the last look, those the group had
-        // not reached.
-        removed.saturating_sub(seen.max(read))
+        // A group that has read nothing has no count in Redis 7.0.
+        let read = match (progress.entries_read, &progress.last_delivered) {
+            (Some(read), _) => read + watched.counted,
+            (None, None) => 0,
+            (None, Some(_)) => return 0,
+        };
+        if !progress.behind_what_is_left() {
+            return 0;
+        }
+        // Of the entries removed since the last look, those past the last
+        // one the group read.
+        let lost = removed.saturating_sub(seen.max(read));
+        watched.counted += lost;
+        lost
     }
 }
 
@@ -257,5 +271,43 @@ impl Shared {
             .range(stream, Some(id), Some(id), 1)
             .await?
             .is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entry N of the stream is `0-N`.
+    fn look(added: u64, length: u64, read: u64) -> GroupProgress {
+        GroupProgress {
+            last_delivered: (read > 0).then(|| format!("0-{read}")),
+            entries_read: Some(read),
+            entries_added: Some(added),
+            length,
+            first_entry: (length > 0).then(|| format!("0-{}", added - length + 1)),
+            last_generated: Some(format!("0-{added}")),
+        }
+    }
+
+    #[test]
+    fn losses_are_counted_once_and_a_read_past_a_gap_counts_nothing() {
+        let mut watch = TrimWatch::default();
+        assert_eq!(watch.newly_lost("s", &look(10, 10, 2)), 0, "baseline");
+        // Trimmed to 3 while the group had read 2: 3..=7 are lost.
+        assert_eq!(watch.newly_lost("s", &look(10, 3, 2)), 5);
+        assert_eq!(watch.newly_lost("s", &look(10, 3, 2)), 0, "counted once");
+        // It reads the 3 left: Redis's counter says 5 (it misses the gap).
+        let mut past = look(10, 3, 5);
+        past.last_delivered = Some("0-10".into());
+        assert_eq!(watch.newly_lost("s", &past), 0);
+        // 10 more, all read, then trimmed: nothing unread was removed.
+        let mut caught_up = look(20, 3, 15);
+        caught_up.last_delivered = Some("0-20".into());
+        assert_eq!(watch.newly_lost("s", &caught_up), 0, "no phantom loss");
+        // Stalled again while 10 more come and all but 3 go: 21..=27.
+        let mut stalled = look(30, 3, 15);
+        stalled.last_delivered = Some("0-20".into());
+        assert_eq!(watch.newly_lost("s", &stalled), 7);
     }
 }

@@ -33,7 +33,11 @@ async fn main() -> std::process::ExitCode {
     match run(campaign).await {
         Ok(outcome) => {
             print!("{}", outcome.table(seed, Duration::from_secs(seconds)));
-            if outcome.lost == 0 && outcome.pending == 0 && outcome.poison_short == 0 {
+            if outcome.lost == 0
+                && outcome.pending == 0
+                && outcome.poison_short == 0
+                && outcome.dead_not_poison == 0
+            {
                 std::process::ExitCode::SUCCESS
             } else {
                 std::process::ExitCode::FAILURE

@@ -191,6 +191,41 @@ impl RedisBroker {
         }
     }
 
+    /// `group` on `stream` (XINFO GROUPS) and the stream's counters (XINFO
+    /// STREAM; redis-rs's typed reply leaves out `entries-added`).
+    async fn progress(
+        &self,
+        stream: &str,
+        group: &str,
+    ) -> anyhow::Result<(StreamInfoGroup, GroupProgress)> {
+        let info = self.group(stream, group).await?;
+        let reply: Value = self
+            .query(
+                redis::cmd("XINFO").arg("STREAM").arg(stream),
+                || format!("XINFO STREAM {stream}"),
+                Some((stream, group)),
+            )
+            .await?;
+        let mut progress = GroupProgress {
+            last_delivered: Some(info.last_delivered_id.clone()).filter(|id| id != "0-0"),
+            entries_read: info.entries_read.map(|n| n as u64),
+            ..GroupProgress::default()
+        };
+        let mut items = array(reply).into_iter();
+        while let (Some(key), Some(value)) = (items.next(), items.next()) {
+            match text(&key).as_deref() {
+                Some("entries-added") => progress.entries_added = int(&value).map(|n| n as u64),
+                Some("length") => progress.length = int(&value).unwrap_or(0) as u64,
+                Some("last-generated-id") => progress.last_generated = text(&value),
+                Some("first-entry") => {
+                    progress.first_entry = array(value).first().and_then(text);
+                }
+                _ => {}
+            }
+        }
+        Ok((info, progress))
+    }
+
     /// `group` of `stream` as `XINFO GROUPS` reports it, or [`MissingGroup`].
     async fn group(&self, stream: &str, group: &str) -> anyhow::Result<StreamInfoGroup> {
         let groups = self.groups(stream).await?;
@@ -502,17 +537,19 @@ impl Broker for RedisBroker {
         ids: &[String],
     ) -> anyhow::Result<()> {
         // XCLAIM to ourselves with JUSTID resets the idle time without
-        // counting a delivery.
-        let _: Value = self
+        // counting a delivery, but it would also take an entry another
+        // consumer has reclaimed meanwhile: only this consumer's own are
+        // touched, checked and claimed in one script.
+        let _: i64 = self
             .query(
-                redis::cmd("XCLAIM")
+                redis::cmd("EVAL")
+                    .arg(TOUCH_OWN)
+                    .arg(1)
                     .arg(stream)
                     .arg(group)
                     .arg(consumer)
-                    .arg(0)
-                    .arg(ids)
-                    .arg("JUSTID"),
-                || format!("XCLAIM JUSTID {stream} {group}"),
+                    .arg(ids),
+                || format!("keeping entries of {group} on {stream}"),
                 Some((stream, group)),
             )
             .await?;
@@ -588,37 +625,20 @@ impl Broker for RedisBroker {
     }
 
     async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64> {
-        let info = self.group(stream, group).await?;
-        // `lag` is nil when Redis cannot tell (after deletions): count the
-        // group as behind until it can.
-        Ok((info.pending + info.lag.unwrap_or(1)) as u64)
+        let (info, progress) = self.progress(stream, group).await?;
+        // `lag` is nil when Redis cannot tell (after deletions), and stays
+        // too high after entries were trimmed before the group read them
+        // (its read counter then misses them): a group given the newest
+        // entry has nothing unread, and none has more than the stream holds.
+        let unread = match progress.caught_up() {
+            true => 0,
+            false => (info.lag.unwrap_or(1) as u64).min(progress.length.max(1)),
+        };
+        Ok(info.pending as u64 + unread)
     }
 
     async fn group_progress(&self, stream: &str, group: &str) -> anyhow::Result<GroupProgress> {
-        let info = self.group(stream, group).await?;
-        // XINFO STREAM's counters; redis-rs's typed reply leaves out
-        // `entries-added`.
-        let reply: Value = self
-            .query(
-                redis::cmd("XINFO").arg("STREAM").arg(stream),
-                || format!("XINFO STREAM {stream}"),
-                Some((stream, group)),
-            )
-            .await?;
-        let mut progress = GroupProgress {
-            last_delivered: Some(info.last_delivered_id.clone()).filter(|id| id != "0-0"),
-            entries_read: info.entries_read.map(|n| n as u64),
-            ..GroupProgress::default()
-        };
-        let mut items = array(reply).into_iter();
-        while let (Some(key), Some(value)) = (items.next(), items.next()) {
-            match text(&key).as_deref() {
-                Some("entries-added") => progress.entries_added = int(&value).map(|n| n as u64),
-                Some("length") => progress.length = int(&value).unwrap_or(0) as u64,
-                _ => {}
-            }
-        }
-        Ok(progress)
+        Ok(self.progress(stream, group).await?.1)
     }
 
     async fn forget_idle_consumers(
@@ -684,6 +704,24 @@ impl Broker for RedisBroker {
         }
     }
 }
+
+/// Resets the idle time of the entries ARGV[3..] of group ARGV[1] on stream
+/// KEYS[1] that consumer ARGV[2] holds; returns how many.
+const TOUCH_OWN: &str = r#"
+local mine = {}
+for _, e in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 100000, ARGV[2])) do
+  mine[e[1]] = true
+end
+local ids = {}
+for i = 3, #ARGV do
+  if mine[ARGV[i]] then ids[#ids + 1] = ARGV[i] end
+end
+local n = #ids
+if n == 0 then return 0 end
+ids[n + 1] = 'JUSTID'
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids))
+return n
+"#;
 
 /// Deletes consumer ARGV[2] of group ARGV[1] on stream KEYS[1] if it holds
 /// no pending entry: returns 0 when deleted, -1 when it holds entries.

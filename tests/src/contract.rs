@@ -1,0 +1,336 @@
+//! The broker contract: the Redis Streams model that the subscriber relies
+//! on, written once as checks that every backend must pass (the way
+//! wasmtime's test programs run every guest through every suite).
+//! `tests/tests/contract.rs` instantiates each check for each backend with
+//! `broker_contract!`.
+//!
+//! Every check takes a fresh broker and a name prefix of its own, so that
+//! backends shared between tests (the machine's Redis) never mix.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use runnel::broker::{Append, Broker, GroupCreated, MissingGroup, StartFrom};
+
+/// A backend under test: a broker and a prefix for its names.
+pub struct Subject {
+    pub broker: Arc<dyn Broker>,
+    pub prefix: String,
+}
+
+impl Subject {
+    fn name(&self, what: &str) -> String {
+        format!("{}-{what}", self.prefix)
+    }
+
+    async fn add(&self, stream: &str, values: &[&str]) -> Vec<String> {
+        let appends = values
+            .iter()
+            .map(|v| Append {
+                stream: stream.to_string(),
+                fields: vec![("event".to_string(), v.as_bytes().to_vec())],
+            })
+            .collect();
+        self.broker.append(appends).await.unwrap()
+    }
+
+    async fn read(&self, group: &str, consumer: &str, stream: &str, count: usize) -> Vec<String> {
+        self.broker
+            .read(group, consumer, &[stream.to_string()], count, NO_WAIT)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.entry.id)
+            .collect()
+    }
+}
+
+/// A read that does not wait.
+const NO_WAIT: Duration = Duration::ZERO;
+
+/// Entries come back in the order they were appended, ids increasing, each
+/// with its fields in order.
+pub async fn appends_keep_their_order(s: Subject) {
+    let stream = s.name("order");
+    let ids = s.add(&stream, &["a", "b", "c"]).await;
+    let mut sorted = ids.clone();
+    sorted.sort_by_key(|id| runnel::broker::parse_entry_id(id).unwrap());
+    assert_eq!(ids, sorted, "ids increase");
+    let entries = s.broker.range(&stream, None, None, 10).await.unwrap();
+    let values: Vec<&[u8]> = entries.iter().map(|e| e.fields[0].1.as_slice()).collect();
+    assert_eq!(values, vec![b"a", b"b", b"c"]);
+    assert_eq!(
+        entries.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        ids.iter().collect::<Vec<_>>()
+    );
+}
+
+/// `New` starts after what is on the stream and says how much it skips;
+/// `Beginning` starts at the first entry; creating again changes nothing.
+pub async fn groups_start_where_asked(s: Subject) {
+    let stream = s.name("start");
+    s.add(&stream, &["old1", "old2"]).await;
+    let new = s
+        .broker
+        .create_group(&stream, "new", StartFrom::New)
+        .await
+        .unwrap();
+    assert_eq!(new, GroupCreated::Created { skipped: 2 });
+    let all = s
+        .broker
+        .create_group(&stream, "all", StartFrom::Beginning)
+        .await
+        .unwrap();
+    assert_eq!(all, GroupCreated::Created { skipped: 0 });
+    let again = s
+        .broker
+        .create_group(&stream, "all", StartFrom::New)
+        .await
+        .unwrap();
+    assert_eq!(again, GroupCreated::Existed);
+    s.add(&stream, &["fresh"]).await;
+    assert_eq!(s.read("new", "c", &stream, 10).await.len(), 1);
+    assert_eq!(s.read("all", "c", &stream, 10).await.len(), 3);
+}
+
+/// A group created after an id starts after it.
+pub async fn a_group_can_start_after_an_entry(s: Subject) {
+    let stream = s.name("after");
+    let ids = s.add(&stream, &["1", "2", "3"]).await;
+    s.broker
+        .create_group(&stream, "g", StartFrom::After(ids[1].clone()))
+        .await
+        .unwrap();
+    assert_eq!(s.read("g", "c", &stream, 10).await, vec![ids[2].clone()]);
+}
+
+/// A read makes entries pending for that consumer: they are not read again
+/// by anyone, and the backlog counts them until acknowledged.
+pub async fn reads_make_entries_pending_until_acked(s: Subject) {
+    let stream = s.name("pending");
+    s.broker
+        .create_group(&stream, "g", StartFrom::Beginning)
+        .await
+        .unwrap();
+    s.add(&stream, &["1", "2", "3"]).await;
+    let first = s.read("g", "c1", &stream, 2).await;
+    assert_eq!(first.len(), 2);
+    let rest = s.read("g", "c2", &stream, 10).await;
+    assert_eq!(rest.len(), 1);
+    assert!(!first.contains(&rest[0]));
+    assert!(
+        s.read("g", "c1", &stream, 10).await.is_empty(),
+        "nothing new"
+    );
+    assert_eq!(s.broker.backlog(&stream, "g").await.unwrap(), 3);
+    s.broker.ack("g", &stream, &first).await.unwrap();
+    assert_eq!(s.broker.backlog(&stream, "g").await.unwrap(), 1);
+    // Acking what is not pending is a no-op, not an error.
+    s.broker.ack("g", &stream, &first).await.unwrap();
+    assert_eq!(s.broker.backlog(&stream, "g").await.unwrap(), 1);
+}
+
+/// Entries idle longer than the threshold are taken over by another
+/// consumer, with their delivery counter incremented; recent ones are not.
+/// The claim follows the pending list to its end, up to `count`.
+pub async fn idle_entries_are_reclaimed_with_their_deliveries_counted(s: Subject) {
+    let stream = s.name("claim");
+    s.broker
+        .create_group(&stream, "g", StartFrom::Beginning)
+        .await
+        .unwrap();
+    s.add(&stream, &["1", "2", "3"]).await;
+    let taken = s.read("g", "dead", &stream, 10).await;
+    let busy = s
+        .broker
+        .claim_idle(&stream, "g", "alive", Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert!(busy.is_empty(), "recently delivered entries are not idle");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let claimed = s
+        .broker
+        .claim_idle(&stream, "g", "alive", Duration::from_millis(10), 2)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2, "up to count");
+    assert!(claimed.iter().all(|d| d.deliveries == 2), "{claimed:?}");
+    assert_eq!(claimed[0].entry.id, taken[0]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let rest = s
+        .broker
+        .claim_idle(&stream, "g", "alive", Duration::from_millis(10), 10)
+        .await
+        .unwrap();
+    let ids: Vec<&String> = rest.iter().map(|d| &d.entry.id).collect();
+    assert!(
+        ids.contains(&&taken[2]),
+        "the cursor reaches the last one: {ids:?}"
+    );
+}
+
+/// A consumer keeps its own in-flight entries from looking idle; touching an
+/// entry another consumer holds neither refreshes nor takes it.
+pub async fn touch_keeps_only_the_callers_entries(s: Subject) {
+    let stream = s.name("touch");
+    s.broker
+        .create_group(&stream, "g", StartFrom::Beginning)
+        .await
+        .unwrap();
+    s.add(&stream, &["mine", "theirs"]).await;
+    let mine = s.read("g", "me", &stream, 1).await;
+    let theirs = s.read("g", "other", &stream, 1).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let both = [mine[0].clone(), theirs[0].clone()];
+    s.broker.touch(&stream, "g", "me", &both).await.unwrap();
+    let claimed = s
+        .broker
+        .claim_idle(&stream, "g", "thief", Duration::from_millis(25), 10)
+        .await
+        .unwrap();
+    let ids: Vec<&String> = claimed.iter().map(|d| &d.entry.id).collect();
+    assert_eq!(ids, vec![&theirs[0]], "only the untouched one was idle");
+}
+
+/// A range reads entries by id, inclusive, outside any group.
+pub async fn ranges_read_by_id(s: Subject) {
+    let stream = s.name("range");
+    let ids = s.add(&stream, &["1", "2", "3", "4"]).await;
+    let mid = s
+        .broker
+        .range(&stream, Some(&ids[1]), Some(&ids[2]), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        mid.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        vec![&ids[1], &ids[2]]
+    );
+    assert_eq!(
+        s.broker.range(&stream, None, None, 3).await.unwrap().len(),
+        3
+    );
+    assert!(s
+        .broker
+        .range(&s.name("none"), None, None, 3)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Marks answer until their time to live has passed.
+pub async fn marks_expire(s: Subject) {
+    let key = s.name("mark");
+    assert!(!s.broker.is_marked(&key).await.unwrap());
+    s.broker
+        .mark(&key, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(s.broker.is_marked(&key).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert!(!s.broker.is_marked(&key).await.unwrap());
+}
+
+/// Deleted entries leave ranges, and a deleted pending entry is not handed
+/// out again by a claim.
+pub async fn deleted_entries_are_gone(s: Subject) {
+    let stream = s.name("delete");
+    s.broker
+        .create_group(&stream, "g", StartFrom::Beginning)
+        .await
+        .unwrap();
+    let ids = s.add(&stream, &["1", "2"]).await;
+    s.read("g", "c", &stream, 10).await;
+    s.broker.delete(&stream, &ids[..1]).await.unwrap();
+    let left = s.broker.range(&stream, None, None, 10).await.unwrap();
+    assert_eq!(
+        left.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        vec![&ids[1]]
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let claimed = s
+        .broker
+        .claim_idle(&stream, "g", "other", Duration::from_millis(10), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|d| &d.entry.id).collect::<Vec<_>>(),
+        vec![&ids[1]]
+    );
+}
+
+/// A missing stream or group is a [`MissingGroup`] error for reads,
+/// backlogs, claims and touches alike (never a silent nothing, never a
+/// backlog of 0); acking there is a no-op.
+pub async fn a_missing_group_is_said_alike(s: Subject) {
+    let stream = s.name("missing");
+    let missing = |e: anyhow::Error| assert!(MissingGroup::in_error(&e), "{e:#}");
+    for _ in 0..2 {
+        missing(
+            s.broker
+                .read("g", "c", std::slice::from_ref(&stream), 1, NO_WAIT)
+                .await
+                .unwrap_err(),
+        );
+        missing(s.broker.backlog(&stream, "g").await.unwrap_err());
+        missing(
+            s.broker
+                .claim_idle(&stream, "g", "c", Duration::ZERO, 1)
+                .await
+                .unwrap_err(),
+        );
+        missing(
+            s.broker
+                .touch(&stream, "g", "c", &["1-1".to_string()])
+                .await
+                .unwrap_err(),
+        );
+        s.broker
+            .ack("g", &stream, &["1-1".to_string()])
+            .await
+            .unwrap();
+        // Then the stream exists, but not the group.
+        s.add(&stream, &["x"]).await;
+    }
+}
+
+/// Instantiates every contract check for one backend: `broker_contract!(mod_name, async
+/// fn() -> Arc<dyn Broker>)`.
+#[macro_export]
+macro_rules! broker_contract {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            // The caller's imports, for `$make`.
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::contract::*;
+
+            async fn subject() -> Subject {
+                Subject {
+                    broker: ($make)().await,
+                    prefix: $crate::unique(stringify!($backend)),
+                }
+            }
+
+            $crate::broker_contract!(@checks
+                appends_keep_their_order,
+                groups_start_where_asked,
+                a_group_can_start_after_an_entry,
+                reads_make_entries_pending_until_acked,
+                idle_entries_are_reclaimed_with_their_deliveries_counted,
+                touch_keeps_only_the_callers_entries,
+                ranges_read_by_id,
+                marks_expire,
+                deleted_entries_are_gone,
+                a_missing_group_is_said_alike,
+            );
+        }
+    };
+    (@checks $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                $crate::contract::$check(subject().await).await;
+            }
+        )*
+    };
+}
