@@ -14,7 +14,8 @@
 //! - [`handler`] is what a subscriber calls: a wasm plugin or native code.
 //! - [`plugin`] runs WebAssembly components: engine, artifact cache, sandbox,
 //!   warm instances, and the host side of the WIT contract.
-//! - [`dead_letter`] defines what a dead-letter entry holds.
+//! - [`dead_letter`] defines what a dead-letter entry holds, and where a
+//!   replay of it goes.
 //!
 //! Around them:
 //!
@@ -22,6 +23,7 @@
 //! - [`config`] reads and checks `runnel.toml`.
 //! - [`runtime`] wires a config into running subscribers.
 //! - [`stats`] counts outcomes per plugin.
+//! - [`errors`] prints an error as one line, each cause once.
 //! - [`cli`] is the `runnel` command, a thin dispatcher: one function per
 //!   subcommand; [`bench`] is `runnel bench`;
 //!   [`harness`] is `runnel test` and [`scaffold`] is `runnel new`, for

@@ -270,6 +270,10 @@ impl Reloader {
             .collect();
         dirs.sort();
         dirs.dedup();
+        // A watcher that watches nothing would look like one that works.
+        if dirs.is_empty() {
+            anyhow::bail!("no plugin file to watch");
+        }
         // Directories, not files: editors and build tools replace a file by
         // renaming another over it, which a watch on the file itself misses.
         for dir in &dirs {

@@ -385,6 +385,7 @@ fn sigterm_ends_a_blocked_read_at_once() {
     let asked = Instant::now();
     let (ok, _) = process.terminate();
     let took = asked.elapsed();
+    println!("exit with a 60 s BLOCK pending took {took:?}");
     assert!(ok, "exits 0");
     // A minute of BLOCK left; the exit must not wait for it.
     assert!(took < Duration::from_secs(20), "took {took:?}");
