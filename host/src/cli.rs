@@ -525,10 +525,7 @@ fn install_signal_handlers(shutdown: CancellationToken) -> anyhow::Result<()> {
 }
 
 fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
-    let engine = PluginEngine::new(&EngineConfig {
-        max_instances: 4,
-        ..EngineConfig::default()
-    })?;
+    let engine = PluginEngine::new(&EngineConfig::for_one_plugin())?;
     let interface = plugin::check(&engine, &path)?;
     println!("{}: ok, implements runnel:plugin/handler", path.display());
     println!("  exports: {}", interface.exports.join(", "));

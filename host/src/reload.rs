@@ -23,7 +23,6 @@ use crate::config::{Config, PluginConfig};
 use crate::live::{LivePlugin, Version};
 use crate::plugin::{PluginEngine, WasmPlugin};
 use crate::routes::Routes;
-use crate::runtime::settings;
 
 /// Quiet time after the last change to a file before it is reloaded:
 /// editors and build tools write a file in several steps.
@@ -160,7 +159,7 @@ impl Reloader {
                 &engine,
                 &config.name,
                 &config.path,
-                settings(&config),
+                (&config).into(),
                 routes,
             )
         })

@@ -16,7 +16,7 @@ use crate::dead_letter::replay_stream;
 use crate::handler::Handler;
 use crate::input::InputEvent;
 use crate::live::{LivePlugin, Version};
-use crate::plugin::{PluginEngine, PluginSettings, WasmPlugin};
+use crate::plugin::{PluginEngine, WasmPlugin};
 use crate::publisher::Publisher;
 use crate::reload::Reloader;
 use crate::routes::Routes;
@@ -89,7 +89,7 @@ impl Runtime {
         let routes = Arc::new(config.routes.clone());
         let mut plugins = Vec::new();
         for p in &config.plugins {
-            let plugin = WasmPlugin::load(&engine, &p.name, &p.path, settings(p), routes.clone())
+            let plugin = WasmPlugin::load(&engine, &p.name, &p.path, p.into(), routes.clone())
                 .with_context(|| format!("plugin {:?}", p.name))?;
             tracing::info!(plugin = %p.name, sha256 = %&plugin.sha256()[..12], "loaded");
             let sha256 = plugin.sha256().to_string();
@@ -327,18 +327,6 @@ pub async fn connect(backend: &Backend) -> anyhow::Result<Arc<dyn Broker>> {
             .await?
         }
     })
-}
-
-/// How a plugin's config maps to its runtime settings.
-pub fn settings(p: &PluginConfig) -> PluginSettings {
-    PluginSettings {
-        reuse_instance: p.reuse_instance,
-        timeout: Duration::from_millis(p.timeout_ms),
-        memory_bytes: (p.memory_mb as usize) << 20,
-        grants: p.grants.clone(),
-        strict_grants: p.strict_grants,
-        fuel: p.fuel_per_call,
-    }
 }
 
 /// One consumer name per process: host, pid and a random suffix, so that a

@@ -22,7 +22,6 @@ use crate::live::{LivePlugin, Version};
 use crate::plugin::{PluginEngine, WasmPlugin};
 use crate::reload::{Reloaded, Reloader};
 use crate::routes::Routes;
-use crate::runtime::settings;
 
 /// Load on the slot while it is swapped: enough to outlast every swap.
 const EVENTS: usize = 400_000;
@@ -90,7 +89,7 @@ pub(super) async fn pause_report(
     )?;
     let plugin = config.plugins[0].clone();
     let routes = Arc::new(Routes::default());
-    let first = WasmPlugin::load(&engine, "noop", &file, settings(&plugin), routes.clone())?;
+    let first = WasmPlugin::load(&engine, "noop", &file, (&plugin).into(), routes.clone())?;
     let sha256 = first.sha256().to_string();
     let live = LivePlugin::new("noop", Version::new(Arc::new(first), sha256));
     let reloader = Reloader::new(engine, routes, [(plugin, live.clone())]);

@@ -45,6 +45,21 @@ pub struct PluginSettings {
     pub fuel: Option<u64>,
 }
 
+/// How a plugin's config maps to how its instances run: the one place a
+/// runtime setting is derived from `[[plugin]]`.
+impl From<&crate::config::PluginConfig> for PluginSettings {
+    fn from(p: &crate::config::PluginConfig) -> Self {
+        PluginSettings {
+            reuse_instance: p.reuse_instance,
+            timeout: Duration::from_millis(p.timeout_ms),
+            memory_bytes: (p.memory_mb as usize) << 20,
+            grants: p.grants.clone(),
+            strict_grants: p.strict_grants,
+            fuel: p.fuel_per_call,
+        }
+    }
+}
+
 /// What a component imports and exports, as `runnel check` prints it.
 #[derive(Clone, Debug)]
 pub struct Interface {
@@ -340,10 +355,7 @@ impl Standalone {
         timeout: Duration,
         grants: Grants,
     ) -> anyhow::Result<Standalone> {
-        let engine = PluginEngine::new(&crate::config::EngineConfig {
-            max_instances: 4,
-            ..Default::default()
-        })?;
+        let engine = PluginEngine::new(&crate::config::EngineConfig::for_one_plugin())?;
         let routes = Arc::new(Routes::new([("*".to_string(), sink.to_string())]));
         let settings = PluginSettings {
             reuse_instance: 1000,

@@ -43,10 +43,13 @@ pub struct Trimming {
     pub approximate: bool,
 }
 
+/// `MAXLEN` of a stream nobody configured otherwise (`[backend] max_len`).
+pub const DEFAULT_MAX_LEN: u64 = 1_000_000;
+
 impl Default for Trimming {
     fn default() -> Self {
         Trimming {
-            max_len: 1_000_000,
+            max_len: DEFAULT_MAX_LEN,
             per_stream: HashMap::new(),
             approximate: true,
         }

@@ -1,5 +1,9 @@
 //! `runnel.toml`: the backend, the plugins and the routes of emitted events.
 //!
+//! This module holds the schema and the reading of the file; `validate.rs`
+//! checks what deserializing cannot, and `diff.rs` says what a config reload
+//! can change.
+//!
 //! Every struct denies unknown keys, and every error names the file, the key
 //! and the reason in one line, because a typo in a service's config should
 //! stop it at start-up, not silently change what it does.
@@ -12,6 +16,9 @@ use serde::Deserialize;
 
 use crate::broker::StartFrom;
 use crate::routes::Routes;
+
+mod diff;
+mod validate;
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize)]
@@ -196,7 +203,7 @@ fn default_forget_idle_consumers_ms() -> u64 {
     3_600_000
 }
 fn default_max_len() -> u64 {
-    1_000_000
+    crate::broker::redis::DEFAULT_MAX_LEN
 }
 fn default_true() -> bool {
     true
@@ -228,6 +235,17 @@ pub struct EngineConfig {
     /// `fuel_per_call`: a deterministic limit, unlike wall time. Costs every
     /// plugin of the process some speed, hence off by default.
     pub fuel: bool,
+}
+
+impl EngineConfig {
+    /// An engine for tools that run one plugin alone (`runnel check`,
+    /// `test`, `replay`): room for a few instances, not a service's pool.
+    pub fn for_one_plugin() -> EngineConfig {
+        EngineConfig {
+            max_instances: 4,
+            ..EngineConfig::default()
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -383,58 +401,6 @@ pub struct DirGrant {
     pub writable: bool,
 }
 
-impl PluginConfig {
-    /// The settings a reload can change in a running host: the file and how
-    /// its instances run. The rest shapes the subscription and needs a
-    /// restart.
-    pub fn reloadable_differs(&self, other: &PluginConfig) -> bool {
-        (
-            &self.path,
-            self.reuse_instance,
-            self.timeout_ms,
-            self.memory_mb,
-            &self.grants,
-            self.strict_grants,
-            self.fuel_per_call,
-        ) != (
-            &other.path,
-            other.reuse_instance,
-            other.timeout_ms,
-            other.memory_mb,
-            &other.grants,
-            other.strict_grants,
-            other.fuel_per_call,
-        )
-    }
-
-    /// Names the settings that differ and that only a restart applies.
-    pub fn restart_only_differences(&self, other: &PluginConfig) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        let mut check = |name, differs: bool| {
-            if differs {
-                out.push(name)
-            }
-        };
-        check("streams", self.streams != other.streams);
-        check("events", self.events != other.events);
-        check("group", self.group != other.group);
-        check("shadow_of", self.shadow_of != other.shadow_of);
-        check("concurrency", self.concurrency != other.concurrency);
-        check("max_attempts", self.max_attempts != other.max_attempts);
-        check("backoff", self.backoff != other.backoff);
-        check(
-            "breaker_*",
-            (self.breaker_failures, self.breaker_pause_ms)
-                != (other.breaker_failures, other.breaker_pause_ms),
-        );
-        check(
-            "dedup_window_ms",
-            self.dedup_window_ms != other.dedup_window_ms,
-        );
-        out
-    }
-}
-
 /// A configuration error: the file, the key and the reason.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -530,166 +496,6 @@ impl Config {
             reason,
         })?;
         Ok(config)
-    }
-
-    fn validate(&self) -> Result<(), (String, String)> {
-        let mut names = std::collections::HashSet::new();
-        if let Backend::Memory { capacity: 0 } = self.backend {
-            return Err(("backend.capacity".into(), "must be at least 1".into()));
-        }
-        if let Backend::Redis(r) = &self.backend {
-            if r.count == 0 {
-                return Err(("backend.count".into(), "must be at least 1".into()));
-            }
-            if r.block_ms == 0 {
-                return Err(("backend.block_ms".into(), "must be at least 1".into()));
-            }
-            if r.max_len == 0 {
-                return Err(("backend.max_len".into(), "must be at least 1".into()));
-            }
-            if r.tls != Default::default() && !r.url.starts_with("rediss://") {
-                return Err((
-                    "backend.tls".into(),
-                    "is set, but backend.url is not rediss://".into(),
-                ));
-            }
-            if r.tls.cert_file.is_some() != r.tls.key_file.is_some() {
-                return Err((
-                    "backend.tls".into(),
-                    "cert_file and key_file go together (mutual TLS)".into(),
-                ));
-            }
-            if r.claim_min_idle_ms < 3 * r.block_ms {
-                return Err((
-                    "backend.claim_min_idle_ms".into(),
-                    format!(
-                        "must be at least 3 × block_ms ({}): a consumer busy in a read must not look dead",
-                        3 * r.block_ms
-                    ),
-                ));
-            }
-        }
-        if self.max_chain_depth == 0 {
-            return Err(("max_chain_depth".into(), "must be at least 1".into()));
-        }
-        if self.max_payload_bytes == 0 {
-            return Err(("max_payload_bytes".into(), "must be at least 1".into()));
-        }
-        if self.service.shutdown_deadline_ms == 0 {
-            return Err((
-                "service.shutdown_deadline_ms".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if let Some(admin) = &self.admin {
-            if admin.listen.parse::<std::net::SocketAddr>().is_err() {
-                return Err((
-                    "admin.listen".into(),
-                    format!("{:?} is not an address like 127.0.0.1:9464", admin.listen),
-                ));
-            }
-            if admin.token_env.is_some() && admin.token_file.is_some() {
-                return Err((
-                    "admin.token_file".into(),
-                    "set token_env or token_file, not both".into(),
-                ));
-            }
-        }
-        if self.engine.max_instances == 0 {
-            return Err(("engine.max_instances".into(), "must be at least 1".into()));
-        }
-        if !self.dead_letter.contains("{stream}") {
-            return Err((
-                "dead_letter".into(),
-                "must contain {stream}, or every stream's failures would mix".into(),
-            ));
-        }
-        // A plugin holds at most `concurrency` instances (calls take a permit
-        // before an instance), so this bound makes the pool impossible to
-        // exhaust: a busy plugin's events wait for its permits, never fail
-        // for want of an instance slot.
-        let wanted: u64 = self.plugins.iter().map(|p| u64::from(p.concurrency)).sum();
-        if wanted > u64::from(self.engine.max_instances) {
-            return Err((
-                "engine.max_instances".into(),
-                format!(
-                    "is {}, but the plugins' concurrency adds up to {wanted}: raise it or lower a plugin's concurrency",
-                    self.engine.max_instances
-                ),
-            ));
-        }
-        for (name, stream) in self.routes.iter() {
-            if stream.is_empty() {
-                return Err((format!("routes.{name}"), "stream name is empty".into()));
-            }
-        }
-        for (i, p) in self.plugins.iter().enumerate() {
-            let key = |field: &str| format!("plugin[{i}] ({}).{field}", p.name);
-            let at_least_one = |field: &str, v: u64| {
-                if v == 0 {
-                    Err((key(field), "must be at least 1".to_string()))
-                } else {
-                    Ok(())
-                }
-            };
-            if p.name.is_empty() {
-                return Err((format!("plugin[{i}].name"), "must not be empty".into()));
-            }
-            if !names.insert(p.name.clone()) {
-                return Err((key("name"), "another plugin has this name".into()));
-            }
-            match &p.shadow_of {
-                None if p.streams.is_empty() => {
-                    return Err((key("streams"), "name at least one stream".into()));
-                }
-                None => {}
-                Some(_) if !p.streams.is_empty() => {
-                    return Err((
-                        key("streams"),
-                        "a shadow reads its live plugin's events, not streams of its own".into(),
-                    ));
-                }
-                Some(live) => {
-                    let target = self.plugins.iter().find(|q| &q.name == live);
-                    match target {
-                        None => {
-                            return Err((key("shadow_of"), format!("no plugin is named {live:?}")))
-                        }
-                        Some(t) if t.shadow_of.is_some() => {
-                            return Err((key("shadow_of"), format!("{live:?} is a shadow itself")))
-                        }
-                        Some(_) => {}
-                    }
-                }
-            }
-            at_least_one("concurrency", p.concurrency.into())?;
-            at_least_one("max_attempts", p.max_attempts.into())?;
-            at_least_one("reuse_instance", p.reuse_instance.into())?;
-            at_least_one("timeout_ms", p.timeout_ms)?;
-            at_least_one("memory_mb", p.memory_mb.into())?;
-            if let Some(fuel) = p.fuel_per_call {
-                at_least_one("fuel_per_call", fuel)?;
-                if !self.engine.fuel {
-                    return Err((
-                        key("fuel_per_call"),
-                        "needs fuel counting: set `fuel = true` under [engine]".into(),
-                    ));
-                }
-            }
-            if p.breaker_failures > 0 {
-                at_least_one("breaker_pause_ms", p.breaker_pause_ms)?;
-            }
-            if let Some(window) = p.dedup_window_ms {
-                at_least_one("dedup_window_ms", window)?;
-            }
-            if !(p.backoff.multiplier.is_finite() && p.backoff.multiplier >= 1.0) {
-                return Err((key("backoff.multiplier"), "must be a number ≥ 1".into()));
-            }
-            if p.backoff.initial_ms > p.backoff.max_ms {
-                return Err((key("backoff.initial_ms"), "is larger than max_ms".into()));
-            }
-        }
-        Ok(())
     }
 
     /// The consumer group a plugin reads through: its own `group`, else

@@ -1,0 +1,168 @@
+//! Validation of a parsed config: limits that must hold and settings that
+//! must agree with each other, each refusal naming its key.
+
+use super::{Backend, Config};
+
+impl Config {
+    /// Checks what deserializing cannot: `Err((key, reason))` for the first
+    /// problem found.
+    pub(super) fn validate(&self) -> Result<(), (String, String)> {
+        let mut names = std::collections::HashSet::new();
+        if let Backend::Memory { capacity: 0 } = self.backend {
+            return Err(("backend.capacity".into(), "must be at least 1".into()));
+        }
+        if let Backend::Redis(r) = &self.backend {
+            if r.count == 0 {
+                return Err(("backend.count".into(), "must be at least 1".into()));
+            }
+            if r.block_ms == 0 {
+                return Err(("backend.block_ms".into(), "must be at least 1".into()));
+            }
+            if r.max_len == 0 {
+                return Err(("backend.max_len".into(), "must be at least 1".into()));
+            }
+            if r.tls != Default::default() && !r.url.starts_with("rediss://") {
+                return Err((
+                    "backend.tls".into(),
+                    "is set, but backend.url is not rediss://".into(),
+                ));
+            }
+            if r.tls.cert_file.is_some() != r.tls.key_file.is_some() {
+                return Err((
+                    "backend.tls".into(),
+                    "cert_file and key_file go together (mutual TLS)".into(),
+                ));
+            }
+            if r.claim_min_idle_ms < 3 * r.block_ms {
+                return Err((
+                    "backend.claim_min_idle_ms".into(),
+                    format!(
+                        "must be at least 3 × block_ms ({}): a consumer busy in a read must not look dead",
+                        3 * r.block_ms
+                    ),
+                ));
+            }
+        }
+        if self.max_chain_depth == 0 {
+            return Err(("max_chain_depth".into(), "must be at least 1".into()));
+        }
+        if self.max_payload_bytes == 0 {
+            return Err(("max_payload_bytes".into(), "must be at least 1".into()));
+        }
+        if self.service.shutdown_deadline_ms == 0 {
+            return Err((
+                "service.shutdown_deadline_ms".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if let Some(admin) = &self.admin {
+            if admin.listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err((
+                    "admin.listen".into(),
+                    format!("{:?} is not an address like 127.0.0.1:9464", admin.listen),
+                ));
+            }
+            if admin.token_env.is_some() && admin.token_file.is_some() {
+                return Err((
+                    "admin.token_file".into(),
+                    "set token_env or token_file, not both".into(),
+                ));
+            }
+        }
+        if self.engine.max_instances == 0 {
+            return Err(("engine.max_instances".into(), "must be at least 1".into()));
+        }
+        if !self.dead_letter.contains("{stream}") {
+            return Err((
+                "dead_letter".into(),
+                "must contain {stream}, or every stream's failures would mix".into(),
+            ));
+        }
+        // A plugin holds at most `concurrency` instances (calls take a permit
+        // before an instance), so this bound makes the pool impossible to
+        // exhaust: a busy plugin's events wait for its permits, never fail
+        // for want of an instance slot.
+        let wanted: u64 = self.plugins.iter().map(|p| u64::from(p.concurrency)).sum();
+        if wanted > u64::from(self.engine.max_instances) {
+            return Err((
+                "engine.max_instances".into(),
+                format!(
+                    "is {}, but the plugins' concurrency adds up to {wanted}: raise it or lower a plugin's concurrency",
+                    self.engine.max_instances
+                ),
+            ));
+        }
+        for (name, stream) in self.routes.iter() {
+            if stream.is_empty() {
+                return Err((format!("routes.{name}"), "stream name is empty".into()));
+            }
+        }
+        for (i, p) in self.plugins.iter().enumerate() {
+            let key = |field: &str| format!("plugin[{i}] ({}).{field}", p.name);
+            let at_least_one = |field: &str, v: u64| {
+                if v == 0 {
+                    Err((key(field), "must be at least 1".to_string()))
+                } else {
+                    Ok(())
+                }
+            };
+            if p.name.is_empty() {
+                return Err((format!("plugin[{i}].name"), "must not be empty".into()));
+            }
+            if !names.insert(p.name.clone()) {
+                return Err((key("name"), "another plugin has this name".into()));
+            }
+            match &p.shadow_of {
+                None if p.streams.is_empty() => {
+                    return Err((key("streams"), "name at least one stream".into()));
+                }
+                None => {}
+                Some(_) if !p.streams.is_empty() => {
+                    return Err((
+                        key("streams"),
+                        "a shadow reads its live plugin's events, not streams of its own".into(),
+                    ));
+                }
+                Some(live) => {
+                    let target = self.plugins.iter().find(|q| &q.name == live);
+                    match target {
+                        None => {
+                            return Err((key("shadow_of"), format!("no plugin is named {live:?}")))
+                        }
+                        Some(t) if t.shadow_of.is_some() => {
+                            return Err((key("shadow_of"), format!("{live:?} is a shadow itself")))
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            at_least_one("concurrency", p.concurrency.into())?;
+            at_least_one("max_attempts", p.max_attempts.into())?;
+            at_least_one("reuse_instance", p.reuse_instance.into())?;
+            at_least_one("timeout_ms", p.timeout_ms)?;
+            at_least_one("memory_mb", p.memory_mb.into())?;
+            if let Some(fuel) = p.fuel_per_call {
+                at_least_one("fuel_per_call", fuel)?;
+                if !self.engine.fuel {
+                    return Err((
+                        key("fuel_per_call"),
+                        "needs fuel counting: set `fuel = true` under [engine]".into(),
+                    ));
+                }
+            }
+            if p.breaker_failures > 0 {
+                at_least_one("breaker_pause_ms", p.breaker_pause_ms)?;
+            }
+            if let Some(window) = p.dedup_window_ms {
+                at_least_one("dedup_window_ms", window)?;
+            }
+            if !(p.backoff.multiplier.is_finite() && p.backoff.multiplier >= 1.0) {
+                return Err((key("backoff.multiplier"), "must be a number ≥ 1".into()));
+            }
+            if p.backoff.initial_ms > p.backoff.max_ms {
+                return Err((key("backoff.initial_ms"), "is larger than max_ms".into()));
+            }
+        }
+        Ok(())
+    }
+}
