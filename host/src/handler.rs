@@ -178,6 +178,50 @@ pub struct Failure {
     pub correlation_id: String,
 }
 
+impl Failure {
+    /// What a call's `verdict` on attempt `attempt` of `max_attempts` is as
+    /// a failure, `None` for a success. The rule for the last attempt lives
+    /// here, for the host and `runnel test` alike: a rejection is the last,
+    /// and so is the attempt that uses up `max_attempts`.
+    pub fn of_attempt(
+        verdict: &Verdict,
+        event: &Event,
+        attempt: u32,
+        max_attempts: u32,
+    ) -> Option<Failure> {
+        let (kind, message) = verdict.failure_kind()?;
+        Some(Failure {
+            message: message.to_string(),
+            kind,
+            attempt,
+            is_last_attempt: kind == FailureKind::Rejected || attempt >= max_attempts,
+            event_id: event.id.clone(),
+            correlation_id: event.meta.correlation_id.clone(),
+        })
+    }
+
+    /// A failure decided before any call (an entry that does not decode, a
+    /// chain too deep, deliveries used up by consumers that died): always
+    /// the last. `event` is `None` when the entry did not decode.
+    pub fn before_call(
+        kind: FailureKind,
+        message: String,
+        attempt: u32,
+        event: Option<&Event>,
+    ) -> Failure {
+        Failure {
+            message,
+            kind,
+            attempt,
+            is_last_attempt: true,
+            event_id: event.map(|e| e.id.clone()).unwrap_or_default(),
+            correlation_id: event
+                .map(|e| e.meta.correlation_id.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// An event handler with its error handler.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::Grants;
-use crate::handler::{Failure, Handler, Verdict};
+use crate::handler::{Failure, Handler};
 use crate::input::InputEvent;
 use crate::plugin::Standalone;
 
@@ -62,19 +62,12 @@ pub async fn run(
                     String::from_utf8_lossy(&emitted.payload)
                 )?;
             }
-            let Some((kind, message)) = handled.verdict.failure_kind() else {
+            let Some(failure) =
+                Failure::of_attempt(&handled.verdict, &event, attempt, options.max_attempts)
+            else {
                 break;
             };
-            let last =
-                matches!(handled.verdict, Verdict::Reject(_)) || attempt >= options.max_attempts;
-            let failure = Failure {
-                message: message.to_string(),
-                kind,
-                attempt,
-                is_last_attempt: last,
-                event_id: event.id.clone(),
-                correlation_id: event.meta.correlation_id.clone(),
-            };
+            let (kind, last) = (failure.kind, failure.is_last_attempt);
             match handler.handle_error(&failure, last.then_some(&event)).await {
                 Ok(logs) => {
                     writeln!(out, "    handle-error ({})", kind.as_str())?;

@@ -223,16 +223,7 @@ impl Shared {
         reason: String,
         attempts: u32,
     ) -> Step {
-        let failure = Failure {
-            message: reason.clone(),
-            kind,
-            attempt: attempts,
-            is_last_attempt: true,
-            event_id: event.map(|e| e.id.clone()).unwrap_or_default(),
-            correlation_id: event
-                .map(|e| e.meta.correlation_id.clone())
-                .unwrap_or_default(),
-        };
+        let failure = Failure::before_call(kind, reason.clone(), attempts, event);
         self.stats.failed(kind);
         self.report(&failure, event).await;
         Step::Finished(
@@ -268,42 +259,35 @@ impl Shared {
             _ => Some(false),
         };
         self.breaker.record(&self.sub.plugin, speaks_of_the_plugin);
-        let (kind, message) = match handled.verdict.failure_kind() {
-            None if handled.emitted.is_empty() && self.sub.dedup_window.is_none() => {
-                Stats::bump(&stats.handled);
-                return Step::Finished(true);
-            }
-            None => return Step::Publish(event, handled.emitted),
-            Some((kind, message)) => (kind, message.to_string()),
-        };
+        let failure =
+            match Failure::of_attempt(&handled.verdict, &event, attempts, self.sub.max_attempts) {
+                None if handled.emitted.is_empty() && self.sub.dedup_window.is_none() => {
+                    Stats::bump(&stats.handled);
+                    return Step::Finished(true);
+                }
+                None => return Step::Publish(event, handled.emitted),
+                Some(failure) => failure,
+            };
+        let (kind, last) = (failure.kind, failure.is_last_attempt);
         stats.failed(kind);
         if matches!(handled.verdict, Verdict::Trap(_) | Verdict::OutOfMemory(_)) {
             Stats::bump(&stats.traps);
         }
-        let last = kind == FailureKind::Rejected || attempts >= self.sub.max_attempts;
         // The last attempt's line is the dead letter's.
         if !last {
             if let Some(left_out) = self.log_throttle.admit() {
                 tracing::warn!(
                     plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id,
                     attempt = attempts, max_attempts = self.sub.max_attempts, kind = kind.as_str(),
-                    "attempt {attempts} of {} failed, retrying in {:?}: {message}{}",
-                    self.sub.max_attempts, self.sub.backoff.delay(attempts), left_out_note(left_out)
+                    "attempt {attempts} of {} failed, retrying in {:?}: {}{}",
+                    self.sub.max_attempts, self.sub.backoff.delay(attempts), failure.message, left_out_note(left_out)
                 );
             }
         }
-        let failure = Failure {
-            message: message.clone(),
-            kind,
-            attempt: attempts,
-            is_last_attempt: last,
-            event_id: event.id.clone(),
-            correlation_id: event.meta.correlation_id.clone(),
-        };
         self.report(&failure, last.then_some(&event)).await;
         if last {
             return Step::Finished(
-                self.dead_letter(delivery, Some(&event), kind, &message, attempts)
+                self.dead_letter(delivery, Some(&event), kind, &failure.message, attempts)
                     .await,
             );
         }
