@@ -189,6 +189,13 @@ pub fn redis_url() -> String {
     std::env::var("RUNNEL_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// A Redis broker for `url`, as a test talks to it.
+pub async fn broker(url: &str) -> Arc<runnel::broker::redis::RedisBroker> {
+    runnel::broker::redis::RedisBroker::connect(url, runnel::broker::redis::Trimming::default())
+        .await
+        .unwrap()
+}
+
 /// A connection for talking to Redis directly, as another program would.
 pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis_url())

@@ -4,16 +4,15 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use runnel::broker::redis::{RedisBroker, Trimming};
+use runnel::broker::redis::RedisBroker;
 use runnel::broker::{Append, Broker, StartFrom};
 use runnel::dead_letter::DeadLetterRecord;
 use runnel::event::Event;
 use runnel::publisher::event_fields;
 use runnel_tests::redis_server::{RedisServer, PERSISTENT};
-use runnel_tests::{handled_in_summary, plugin, redis_url, unique, until, Process};
+use runnel_tests::{broker, handled_in_summary, plugin, redis_url, unique, until, Process};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -49,12 +48,6 @@ impl Setup {
         .unwrap();
         path
     }
-}
-
-async fn broker(url: &str) -> Arc<RedisBroker> {
-    RedisBroker::connect(url, Trimming::default())
-        .await
-        .unwrap()
 }
 
 async fn fill(broker: &RedisBroker, streams: &[String], per_stream: usize, payload: &str) {

@@ -4,7 +4,6 @@
 //! a config named by a bare file name. (Issue #17.)
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use runnel::broker::redis::{RedisBroker, Trimming};
@@ -13,7 +12,7 @@ use runnel::event::Event;
 use runnel::publisher::event_fields;
 use runnel::service::{Service, ServiceOptions};
 use runnel_tests::redis_server::{free_port, RedisServer, EPHEMERAL};
-use runnel_tests::{call, plugin, redis_url, unique, until, Process};
+use runnel_tests::{broker, call, plugin, redis_url, unique, until, Process};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -79,12 +78,6 @@ fn noop_config(
     )
     .unwrap();
     path
-}
-
-async fn broker(url: &str) -> Arc<RedisBroker> {
-    RedisBroker::connect(url, Trimming::default())
-        .await
-        .unwrap()
 }
 
 /// Appends one `work` event, retrying while Redis comes back from a
