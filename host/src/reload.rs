@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PluginConfig};
 use crate::live::{LivePlugin, Version};
+use crate::plugin::PluginSettings;
 use crate::plugin::{PluginEngine, WasmPlugin};
 use crate::routes::Routes;
 
@@ -71,6 +72,8 @@ pub enum ReloadError {
 pub struct Reloader {
     engine: Arc<PluginEngine>,
     routes: Arc<Routes>,
+    /// The config's `max_payload_bytes`: the cap on what new versions emit.
+    max_payload_bytes: usize,
     slots: HashMap<String, Slot>,
 }
 
@@ -78,6 +81,7 @@ impl Reloader {
     pub fn new(
         engine: Arc<PluginEngine>,
         routes: Arc<Routes>,
+        max_payload_bytes: usize,
         plugins: impl IntoIterator<Item = (PluginConfig, Arc<LivePlugin>)>,
     ) -> Reloader {
         let slots = plugins
@@ -94,6 +98,7 @@ impl Reloader {
         Reloader {
             engine,
             routes,
+            max_payload_bytes,
             slots,
         }
     }
@@ -154,14 +159,9 @@ impl Reloader {
     /// instantiates once.
     async fn build(&self, config: &PluginConfig) -> anyhow::Result<Arc<WasmPlugin>> {
         let (engine, routes, config) = (self.engine.clone(), self.routes.clone(), config.clone());
+        let settings = PluginSettings::of(&config, self.max_payload_bytes);
         let plugin = tokio::task::spawn_blocking(move || {
-            WasmPlugin::load(
-                &engine,
-                &config.name,
-                &config.path,
-                (&config).into(),
-                routes,
-            )
+            WasmPlugin::load(&engine, &config.name, &config.path, settings, routes)
         })
         .await
         .context("the compiling thread failed")??;

@@ -16,7 +16,7 @@ use crate::dead_letter::replay_stream;
 use crate::handler::Handler;
 use crate::input::InputEvent;
 use crate::live::{LivePlugin, Version};
-use crate::plugin::{PluginEngine, WasmPlugin};
+use crate::plugin::{PluginEngine, PluginSettings, WasmPlugin};
 use crate::publisher::Publisher;
 use crate::reload::Reloader;
 use crate::routes::Routes;
@@ -89,8 +89,14 @@ impl Runtime {
         let routes = Arc::new(config.routes.clone());
         let mut plugins = Vec::new();
         for p in &config.plugins {
-            let plugin = WasmPlugin::load(&engine, &p.name, &p.path, p.into(), routes.clone())
-                .with_context(|| format!("plugin {:?}", p.name))?;
+            let plugin = WasmPlugin::load(
+                &engine,
+                &p.name,
+                &p.path,
+                PluginSettings::of(p, config.max_payload_bytes),
+                routes.clone(),
+            )
+            .with_context(|| format!("plugin {:?}", p.name))?;
             tracing::info!(plugin = %p.name, sha256 = %&plugin.sha256()[..12], "loaded");
             let sha256 = plugin.sha256().to_string();
             plugins.push(RunningPlugin::new(p.clone(), Arc::new(plugin), &sha256));
@@ -98,6 +104,7 @@ impl Runtime {
         let reloader = Reloader::new(
             engine,
             routes.clone(),
+            config.max_payload_bytes,
             plugins.iter().map(|p| (p.config.clone(), p.live.clone())),
         );
         let mut runtime = Runtime::with_handlers(config, broker, routes, plugins);

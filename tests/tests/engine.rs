@@ -27,6 +27,7 @@ fn settings(reuse: u32) -> PluginSettings {
         grants: Grants::default(),
         strict_grants: false,
         fuel: None,
+        max_emitted_payload: runnel::config::DEFAULT_MAX_PAYLOAD_BYTES,
     }
 }
 

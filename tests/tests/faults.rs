@@ -444,3 +444,52 @@ async fn a_panic_message_reaches_the_dead_letter_without_the_stdio_grant() {
     assert_eq!(record.reason.lines().count(), 1, "{}", record.reason);
     run.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_emitted_payload_cap_follows_the_configured_max_payload_bytes() {
+    let run = start(
+        r#"
+max_payload_bytes = 1024
+
+[routes]
+"echoed" = "out"
+
+[[plugin]]
+name = "echo"
+path = "@conformance"
+streams = ["in"]
+max_attempts = 1
+"#,
+    )
+    .await
+    .unwrap();
+    run.inject(
+        "in",
+        vec![
+            Event::new("echo", "x".repeat(1000)),
+            Event::new("echo", "y".repeat(2000)),
+        ],
+    )
+    .await
+    .unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+    assert_eq!(
+        run.events_on("out").await.len(),
+        1,
+        "the small echo went out"
+    );
+    let dead = run
+        .runtime
+        .broker
+        .range("in.dead", None, None, 10)
+        .await
+        .unwrap();
+    let record = DeadLetterRecord::from_entry(&dead[0]);
+    assert!(
+        record
+            .reason
+            .contains("payload of 2000 bytes is larger than the limit of 1024 (max_payload_bytes)"),
+        "{record:?}"
+    );
+    run.stop().await.unwrap();
+}

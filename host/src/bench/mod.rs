@@ -94,6 +94,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             grants: Grants::default(),
             strict_grants: false,
             fuel: None,
+            max_emitted_payload: crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
         };
         Ok(Arc::new(WasmPlugin::load(
             &engine,

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::event::Event;
 use crate::handler::{ErrorHandled, Failure, Handled, Handler};
 use crate::live::{LivePlugin, Version};
+use crate::plugin::PluginSettings;
 use crate::plugin::{PluginEngine, WasmPlugin};
 use crate::reload::{Reloaded, Reloader};
 use crate::routes::Routes;
@@ -89,10 +90,21 @@ pub(super) async fn pause_report(
     )?;
     let plugin = config.plugins[0].clone();
     let routes = Arc::new(Routes::default());
-    let first = WasmPlugin::load(&engine, "noop", &file, (&plugin).into(), routes.clone())?;
+    let first = WasmPlugin::load(
+        &engine,
+        "noop",
+        &file,
+        PluginSettings::of(&plugin, crate::config::DEFAULT_MAX_PAYLOAD_BYTES),
+        routes.clone(),
+    )?;
     let sha256 = first.sha256().to_string();
     let live = LivePlugin::new("noop", Version::new(Arc::new(first), sha256));
-    let reloader = Reloader::new(engine, routes, [(plugin, live.clone())]);
+    let reloader = Reloader::new(
+        engine,
+        routes,
+        crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
+        [(plugin, live.clone())],
+    );
     let timed = Arc::new(Timed {
         inner: live.clone(),
         finished: Mutex::new(Vec::with_capacity(EVENTS)),

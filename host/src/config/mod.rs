@@ -127,8 +127,11 @@ fn default_max_chain_depth() -> u32 {
     32
 }
 
+/// `max_payload_bytes` when the config does not set it: 16 MiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 16 << 20;
+
 fn default_max_payload_bytes() -> usize {
-    16 << 20
+    DEFAULT_MAX_PAYLOAD_BYTES
 }
 
 /// Which pub/sub backend to run on.

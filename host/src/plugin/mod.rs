@@ -43,12 +43,17 @@ pub struct PluginSettings {
     pub strict_grants: bool,
     /// Fuel one call may burn (the engine must count fuel).
     pub fuel: Option<u64>,
+    /// Largest payload of an emitted event, in bytes: what consumers of the
+    /// same config accept (`max_payload_bytes`), so that a plugin cannot
+    /// publish what nobody can read.
+    pub max_emitted_payload: usize,
 }
 
-/// How a plugin's config maps to how its instances run: the one place a
-/// runtime setting is derived from `[[plugin]]`.
-impl From<&crate::config::PluginConfig> for PluginSettings {
-    fn from(p: &crate::config::PluginConfig) -> Self {
+impl PluginSettings {
+    /// How a plugin's config maps to how its instances run: the one place
+    /// a runtime setting is derived from `[[plugin]]` (and the top-level
+    /// `max_payload_bytes` its emits must respect).
+    pub fn of(p: &crate::config::PluginConfig, max_payload_bytes: usize) -> PluginSettings {
         PluginSettings {
             reuse_instance: p.reuse_instance,
             timeout: Duration::from_millis(p.timeout_ms),
@@ -56,6 +61,7 @@ impl From<&crate::config::PluginConfig> for PluginSettings {
             grants: p.grants.clone(),
             strict_grants: p.strict_grants,
             fuel: p.fuel_per_call,
+            max_emitted_payload: max_payload_bytes,
         }
     }
 }
@@ -173,6 +179,7 @@ impl WasmPlugin {
         let state = HostState {
             plugin: self.name.clone(),
             routes: self.routes.clone(),
+            max_emitted_payload: self.settings.max_emitted_payload,
             limits: limits::Limits::new(self.settings.memory_bytes),
             stderr_tail: stderr_tail.clone(),
             wasi: if self.uses_wasi {
@@ -364,6 +371,7 @@ impl Standalone {
             grants,
             strict_grants: false,
             fuel: None,
+            max_emitted_payload: crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
         };
         let plugin = WasmPlugin::load(&engine, name, path, settings, routes)?;
         Ok(Standalone {

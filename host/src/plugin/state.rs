@@ -18,9 +18,6 @@ use crate::routes::Routes;
 
 /// Most events one call may emit; a plugin in a loop is stopped here.
 pub const MAX_EMITS_PER_CALL: usize = 10_000;
-/// Largest payload of one emitted event: the default `max_payload_bytes`
-/// that consumers accept, so a plugin cannot publish what nobody can read.
-pub const MAX_EMITTED_PAYLOAD: usize = 16 << 20;
 /// Most log lines kept per call for tools that show them (`runnel test`);
 /// all of them still reach the host log.
 const MAX_LOGS_KEPT: usize = 1_000;
@@ -31,6 +28,8 @@ pub(super) const MAX_LOG_LINE: usize = 16 * 1024;
 pub struct HostState {
     pub plugin: Arc<str>,
     pub routes: Arc<Routes>,
+    /// Largest payload of an emitted event (`max_payload_bytes`).
+    pub max_emitted_payload: usize,
     pub limits: Limits,
     /// The last bytes the guest wrote to stderr in this call, granted or
     /// not: a trap's reason quotes them (a panic message).
@@ -178,11 +177,12 @@ impl host::Host for HostState {
         }
         let mut routed = Vec::with_capacity(events.len());
         for new in events {
-            if new.payload.len() > MAX_EMITTED_PAYLOAD {
+            if new.payload.len() > self.max_emitted_payload {
                 return Err(format!(
-                    "event {:?}: payload of {} bytes is larger than the limit of {MAX_EMITTED_PAYLOAD}",
+                    "event {:?}: payload of {} bytes is larger than the limit of {} (max_payload_bytes)",
                     new.name,
-                    new.payload.len()
+                    new.payload.len(),
+                    self.max_emitted_payload
                 ));
             }
             let stream = self.routes.require(&new.name)?;
