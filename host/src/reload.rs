@@ -151,7 +151,8 @@ impl Reloader {
             to: next.short_hash().to_string(),
         };
         slot.live.install(next);
-        *slot.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
+        let mut running = slot.config.lock().unwrap_or_else(|e| e.into_inner());
+        *running = running.with_reloadable_from(&config);
         Ok(outcome)
     }
 
@@ -236,11 +237,7 @@ impl Reloader {
         live.live.set_shadow(None);
         live.live.install(version);
         let mut config = live.config.lock().unwrap_or_else(|e| e.into_inner());
-        config.path = shadow_config.path;
-        config.reuse_instance = shadow_config.reuse_instance;
-        config.timeout_ms = shadow_config.timeout_ms;
-        config.memory_mb = shadow_config.memory_mb;
-        config.grants = shadow_config.grants;
+        *config = config.with_reloadable_from(&shadow_config);
         tracing::info!(plugin = %live_name, shadow = %shadow, "shadow promoted to live");
         Ok(Reloaded::Swapped { from, to })
     }

@@ -32,6 +32,35 @@ impl PluginConfig {
             .collect()
     }
 
+    /// This config with the settings a reload applies taken from `newer`
+    /// (the `Reload` side of `differences`: keep the two in step),
+    /// and everything else (what only a restart applies) kept: what a
+    /// running host is after a reload. Keeping the rest is what makes the
+    /// next reload still report a restart-only change that was never
+    /// applied.
+    pub fn with_reloadable_from(&self, newer: &PluginConfig) -> PluginConfig {
+        let PluginConfig {
+            path,
+            reuse_instance,
+            timeout_ms,
+            memory_mb,
+            grants,
+            strict_grants,
+            fuel_per_call,
+            ..
+        } = newer.clone();
+        PluginConfig {
+            path,
+            reuse_instance,
+            timeout_ms,
+            memory_mb,
+            grants,
+            strict_grants,
+            fuel_per_call,
+            ..self.clone()
+        }
+    }
+
     /// The settings that differ between two versions of a plugin's config,
     /// each with what applies it.
     fn differences(&self, other: &PluginConfig) -> Vec<(&'static str, Applies)> {
@@ -131,6 +160,30 @@ mod tests {
         assert_eq!(
             base.restart_only_differences(&from_start),
             vec!["start", "concurrency"]
+        );
+    }
+
+    #[test]
+    fn a_reload_takes_every_reloadable_setting_and_nothing_else() {
+        let base = plugin("");
+        let mut newer = plugin("concurrency = 2");
+        newer.path = "q.wasm".into();
+        newer.reuse_instance = 7;
+        newer.timeout_ms = 100;
+        newer.memory_mb = 8;
+        newer.grants.stdio = true;
+        newer.strict_grants = true;
+        newer.fuel_per_call = Some(1_000);
+        assert_eq!(
+            base.differences(&newer).len(),
+            8,
+            "every setting above differs"
+        );
+        let running = base.with_reloadable_from(&newer);
+        assert!(!running.reloadable_differs(&newer));
+        assert_eq!(
+            running.restart_only_differences(&newer),
+            vec!["concurrency"]
         );
     }
 }
