@@ -26,6 +26,14 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// A `[backend]` section for the Redis at `url` that reads in short blocks
+/// and reclaims soon, so that tests take seconds.
+fn quick_backend(url: &str) -> String {
+    format!(
+        "\n[backend]\nkind = \"redis\"\nurl = \"{url}\"\nblock_ms = 300\nclaim_min_idle_ms = 900\n"
+    )
+}
+
 /// A config with the `worker` plugin on `stream` in `group`, its `worked`
 /// events (payload: the handled event's id) routed to `out`.
 fn worker_config(dir: &Path, url: &str, stream: &str, group: &str, out: &str) -> PathBuf {
@@ -33,13 +41,7 @@ fn worker_config(dir: &Path, url: &str, stream: &str, group: &str, out: &str) ->
     std::fs::write(
         &path,
         format!(
-            r#"
-[backend]
-kind = "redis"
-url = "{url}"
-block_ms = 300
-claim_min_idle_ms = 900
-
+            r#"{backend}
 [routes]
 "worked" = "{out}"
 
@@ -50,7 +52,8 @@ group = "{group}"
 streams = ["{stream}"]
 start = "beginning"
 "#,
-            plugin("worker").display().to_string()
+            plugin("worker").display().to_string(),
+            backend = quick_backend(url),
         ),
     )
     .unwrap();
@@ -579,13 +582,7 @@ async fn a_replayed_dead_letter_reaches_only_the_group_that_failed_it() {
     std::fs::write(
         &path,
         format!(
-            r#"
-[backend]
-kind = "redis"
-url = "{url}"
-block_ms = 300
-claim_min_idle_ms = 900
-
+            r#"{backend}
 [[plugin]]
 name = "good"
 path = {:?}
@@ -603,6 +600,7 @@ max_attempts = 1
             plugin("rejecter").display().to_string(),
             good = unique("good"),
             bad = unique("bad"),
+            backend = quick_backend(&url),
         ),
     )
     .unwrap();
