@@ -150,6 +150,103 @@ runnel_verdict_t runnel_reject(const char *format, ...) {
     return (runnel_verdict_t){RUNNEL_VERDICT_REJECT, m};
 }
 
+/* ----------------------------------------------------------- key-value */
+
+/* The same words as the Rust, Python and JavaScript SDKs. */
+static runnel_verdict_t kv_failed(const char *bucket, wasi_keyvalue_store_error_t *err) {
+    runnel_verdict_t v;
+    switch (err->tag) {
+    case WASI_KEYVALUE_STORE_ERROR_ACCESS_DENIED:
+        v = runnel_retry("key-value bucket \"%s\": not granted: add kv = [\"%s\"] under the "
+                         "plugin's [plugin.grants]",
+                         bucket, bucket);
+        break;
+    case WASI_KEYVALUE_STORE_ERROR_NO_SUCH_STORE:
+        v = runnel_retry("key-value bucket \"%s\": no such store", bucket);
+        break;
+    default:
+        v = runnel_retry("key-value bucket \"%s\": %.*s", bucket, (int)err->val.other.len,
+                         (const char *)err->val.other.ptr);
+        break;
+    }
+    wasi_keyvalue_store_error_free(err);
+    return v;
+}
+
+static handler_string_t borrowed(const char *s) {
+    return (handler_string_t){(uint8_t *)s, strlen(s)};
+}
+
+static wasi_keyvalue_store_borrow_bucket_t borrow(runnel_kv_bucket_t *b) {
+    return wasi_keyvalue_store_borrow_bucket((wasi_keyvalue_store_own_bucket_t){b->handle});
+}
+
+runnel_verdict_t runnel_kv_open(const char *name, runnel_kv_bucket_t *out) {
+    handler_string_t id = borrowed(name);
+    wasi_keyvalue_store_own_bucket_t bucket;
+    wasi_keyvalue_store_error_t err;
+    snprintf(out->name, sizeof out->name, "%s", name);
+    out->handle = -1;
+    if (!wasi_keyvalue_store_open(&id, &bucket, &err))
+        return kv_failed(out->name, &err);
+    out->handle = bucket.__handle;
+    return RUNNEL_OK;
+}
+
+void runnel_kv_close(runnel_kv_bucket_t *bucket) {
+    if (bucket->handle >= 0)
+        wasi_keyvalue_store_bucket_drop_own((wasi_keyvalue_store_own_bucket_t){bucket->handle});
+    bucket->handle = -1;
+}
+
+runnel_verdict_t runnel_kv_get(runnel_kv_bucket_t *bucket, const char *key, bool *found,
+                               uint8_t **value, size_t *len) {
+    handler_string_t k = borrowed(key);
+    handler_option_list_u8_t got;
+    wasi_keyvalue_store_error_t err;
+    if (!wasi_keyvalue_store_method_bucket_get(borrow(bucket), &k, &got, &err))
+        return kv_failed(bucket->name, &err);
+    *found = got.is_some;
+    *value = got.is_some ? got.val.ptr : NULL;
+    *len = got.is_some ? got.val.len : 0;
+    return RUNNEL_OK;
+}
+
+runnel_verdict_t runnel_kv_set(runnel_kv_bucket_t *bucket, const char *key, const void *value,
+                               size_t len) {
+    handler_string_t k = borrowed(key);
+    handler_list_u8_t v = {(uint8_t *)value, len};
+    wasi_keyvalue_store_error_t err;
+    if (!wasi_keyvalue_store_method_bucket_set(borrow(bucket), &k, &v, &err))
+        return kv_failed(bucket->name, &err);
+    return RUNNEL_OK;
+}
+
+runnel_verdict_t runnel_kv_delete(runnel_kv_bucket_t *bucket, const char *key) {
+    handler_string_t k = borrowed(key);
+    wasi_keyvalue_store_error_t err;
+    if (!wasi_keyvalue_store_method_bucket_delete(borrow(bucket), &k, &err))
+        return kv_failed(bucket->name, &err);
+    return RUNNEL_OK;
+}
+
+runnel_verdict_t runnel_kv_exists(runnel_kv_bucket_t *bucket, const char *key, bool *exists) {
+    handler_string_t k = borrowed(key);
+    wasi_keyvalue_store_error_t err;
+    if (!wasi_keyvalue_store_method_bucket_exists(borrow(bucket), &k, exists, &err))
+        return kv_failed(bucket->name, &err);
+    return RUNNEL_OK;
+}
+
+runnel_verdict_t runnel_kv_increment(runnel_kv_bucket_t *bucket, const char *key, int64_t delta,
+                                     int64_t *sum) {
+    handler_string_t k = borrowed(key);
+    wasi_keyvalue_store_error_t err;
+    if (!wasi_keyvalue_atomics_increment(borrow(bucket), &k, delta, sum, &err))
+        return kv_failed(bucket->name, &err);
+    return RUNNEL_OK;
+}
+
 /* ------------------------------------------------------------- exports */
 
 static void event_in(const runnel_plugin_types_event_t *raw, runnel_event_t *ev) {

@@ -201,6 +201,38 @@ void runnel_log_text(runnel_level_t level, const char *text, size_t len);
 #define runnel_log_warn(...) runnel_log(RUNNEL_WARN, __VA_ARGS__)
 #define runnel_log_error(...) runnel_log(RUNNEL_ERROR, __VA_ARGS__)
 
+/* ----------------------------------------------------------- key-value */
+
+/* Key-value state (wasi:keyvalue), committed exactly once with the event: a
+ * call's writes take effect only if runnel_handle returns RUNNEL_OK, with
+ * its emitted events and the acknowledgement of the event; reads see the
+ * call's own writes. Only buckets the plugin's config grants can be opened
+ * (kv = ["counts"]). Every function returns RUNNEL_OK, or a retry naming the
+ * bucket and the host's reason, so RUNNEL_TRY() passes a failure on.
+ * A plugin that calls none of them does not import wasi:keyvalue. */
+
+typedef struct {
+    int32_t handle;
+    char name[72];
+} runnel_kv_bucket_t;
+
+/* Opens a granted bucket; close it with runnel_kv_close. */
+runnel_verdict_t runnel_kv_open(const char *name, runnel_kv_bucket_t *out);
+void runnel_kv_close(runnel_kv_bucket_t *bucket);
+
+/* The value of `key`: *found false when it is not set, else *value (to
+ * free()) of *len bytes. */
+runnel_verdict_t runnel_kv_get(runnel_kv_bucket_t *bucket, const char *key, bool *found,
+                               uint8_t **value, size_t *len);
+runnel_verdict_t runnel_kv_set(runnel_kv_bucket_t *bucket, const char *key, const void *value,
+                               size_t len);
+runnel_verdict_t runnel_kv_delete(runnel_kv_bucket_t *bucket, const char *key);
+runnel_verdict_t runnel_kv_exists(runnel_kv_bucket_t *bucket, const char *key, bool *exists);
+/* Adds `delta` to the integer at `key` (0 when not set), stored as decimal
+ * text; *sum gets the result. */
+runnel_verdict_t runnel_kv_increment(runnel_kv_bucket_t *bucket, const char *key, int64_t delta,
+                                     int64_t *sum);
+
 /* ---------------------------------------------------------------- JSON */
 
 /* A small, strict JSON reader (RFC 8259 over UTF-8, as Rust's serde_json

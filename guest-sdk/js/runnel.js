@@ -17,11 +17,11 @@
 // imports nothing but the contract: no WASI.
 //
 // Everything here is a thin layer over the contract's imports
-// (`runnel:plugin/host@0.1.0`) and the shape componentize-js gives the
+// (`runnel:plugin/host@0.2.0`) and the shape componentize-js gives the
 // exports: records as objects with camelCase fields, `list<u8>` as
 // Uint8Array, enums as their WIT names, a thrown value with a `payload` as
 // the `err` of a `result`.
-import { emit as hostEmit, log as hostLog } from "runnel:plugin/host@0.1.0";
+import { emit as hostEmit, log as hostLog } from "runnel:plugin/host@0.2.0";
 
 /** Why `handle` did not succeed. Throw (or return) `Retry` or `Reject`. */
 export class Refusal extends Error {

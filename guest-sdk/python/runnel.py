@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import json as _json
 import traceback as _traceback
-from typing import Any, Iterable, Optional, Tuple, Type, Union
+from typing import Any, Iterable, List, Optional, Tuple, Type, Union
 
 from componentize_py_types import Err
+from wit_world.imports import atomics as _atomics
+from wit_world.imports import batch as _batch
 from wit_world.imports import host as _host
+from wit_world.imports import store as _store
 from wit_world.imports import types as _types
 
 __all__ = [
@@ -49,6 +52,8 @@ __all__ = [
     "to_json",
     "parse_json",
     "log",
+    "kv",
+    "KvError",
 ]
 
 
@@ -309,3 +314,120 @@ class _Log:
 
 
 log = _Log()
+
+
+class KvError(Retry):
+    """A key-value operation failed: the bucket, and the host's reason.
+    Raised out of ``handle`` it is a :class:`Retry`."""
+
+    def __init__(self, bucket: str, reason: str) -> None:
+        super().__init__(f"key-value bucket {_json.dumps(bucket)}: {reason}")
+        self.bucket = bucket
+        self.reason = reason
+
+
+def _kv_error(bucket: str, e: Err) -> KvError:
+    value = e.value
+    if isinstance(value, _store.Error_AccessDenied):
+        reason = f'not granted: add kv = ["{bucket}"] under the plugin\'s [plugin.grants]'
+    elif isinstance(value, _store.Error_NoSuchStore):
+        reason = "no such store"
+    else:
+        reason = str(getattr(value, "value", value))
+    return KvError(bucket, reason)
+
+
+class Bucket:
+    """An open key-value bucket. Writes take effect only if this call to
+    ``handle`` succeeds, together with its emitted events and the
+    acknowledgement of the event; reads see the call's own writes."""
+
+    def __init__(self, name: str, inner: _store.Bucket) -> None:
+        self.name = name
+        self._inner = inner
+
+    def get(self, key: str) -> Optional[bytes]:
+        """The value of ``key``, ``None`` when it is not set."""
+        try:
+            return self._inner.get(key)
+        except Err as e:
+            raise _kv_error(self.name, e) from None
+
+    def set(self, key: str, value: Union[bytes, str]) -> None:
+        """Sets ``key`` when the call succeeds (text is stored as UTF-8)."""
+        try:
+            self._inner.set(key, _bytes(value))
+        except Err as e:
+            raise _kv_error(self.name, e) from None
+
+    def delete(self, key: str) -> None:
+        """Removes ``key`` when the call succeeds."""
+        try:
+            self._inner.delete(key)
+        except Err as e:
+            raise _kv_error(self.name, e) from None
+
+    def exists(self, key: str) -> bool:
+        try:
+            return self._inner.exists(key)
+        except Err as e:
+            raise _kv_error(self.name, e) from None
+
+    def increment(self, key: str, delta: int = 1) -> int:
+        """Adds ``delta`` to the integer at ``key`` (0 when not set) and
+        returns the sum; stored as decimal text."""
+        try:
+            return _atomics.increment(self._inner, key, delta)
+        except Err as e:
+            raise _kv_error(self.name, e) from None
+
+    def get_many(self, keys: List[str]) -> List[Optional[bytes]]:
+        """The values of ``keys``, in order."""
+        try:
+            return [v for _, v in _batch.get_many(self._inner, list(keys))]
+        except Err as e:
+            raise _kv_error(self.name, e) from None
+
+    def keys(self) -> List[str]:
+        """Every key of the bucket."""
+        out: List[str] = []
+        cursor: Optional[str] = None
+        while True:
+            try:
+                page = self._inner.list_keys(cursor)
+            except Err as e:
+                raise _kv_error(self.name, e) from None
+            out.extend(page.keys)
+            if page.cursor is None:
+                return out
+            cursor = page.cursor
+
+    def get_json(self, key: str) -> Any:
+        """The value of ``key`` decoded from JSON, ``None`` when not set."""
+        raw = self.get(key)
+        if raw is None:
+            return None
+        try:
+            return parse_json(raw)
+        except ValueError as e:
+            raise KvError(self.name, f"value of key {key!r} is not JSON: {e}") from None
+
+    def set_json(self, key: str, value: Any) -> None:
+        """Sets ``key`` to ``value`` as JSON when the call succeeds."""
+        self.set(key, to_json(value))
+
+
+class _Kv:
+    """Key-value state (``wasi:keyvalue``), committed exactly once with the
+    event: ``runnel.kv.open("counts").increment("count:" + event.name)``."""
+
+    @staticmethod
+    def open(name: str) -> Bucket:
+        """Opens a bucket the plugin's config grants (``kv = [...]``)."""
+        try:
+            return Bucket(name, _store.open(name))
+        except Err as e:
+            raise _kv_error(name, e) from None
+
+
+kv = _Kv()

@@ -37,6 +37,8 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_handler_world",
         default_bindings_module: "runnel_guest::bindings",
+        // wasi:keyvalue is not in the `wasi` crate: generate it here.
+        generate_all,
     });
 }
 
@@ -151,5 +153,151 @@ pub mod log {
     }
     pub fn error(message: &str) {
         host::log(Level::Error, message)
+    }
+}
+
+/// Key-value state (`wasi:keyvalue`), committed exactly once with the
+/// event.
+///
+/// A plugin opens the buckets its config grants (`kv = ["counts"]` under
+/// `[plugin.grants]`). Within a call, reads see the committed state plus
+/// the call's own writes; the writes take effect only if `handle` returns
+/// `Ok`, in one step with the events it emitted and the acknowledgement of
+/// the event. A failed, trapped or retried attempt leaves nothing behind,
+/// and if another call changed a key this call read, the host runs this
+/// call again on fresh state (not counted as an attempt). Dry runs never
+/// write.
+///
+/// ```ignore
+/// let counts = runnel_guest::kv::open("counts")?;
+/// let n = counts.increment(&format!("count:{}", event.name), 1)?;
+/// ```
+pub mod kv {
+    use super::bindings::wasi::keyvalue::{atomics, batch, store};
+    use super::Refusal;
+
+    /// Why a key-value operation failed: the bucket, and the host's reason.
+    /// With `?` in `handle` it becomes a retry.
+    #[derive(Debug, Clone)]
+    pub struct Error {
+        bucket: String,
+        reason: String,
+    }
+
+    impl std::fmt::Display for Error {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "key-value bucket {:?}: {}", self.bucket, self.reason)
+        }
+    }
+
+    impl std::error::Error for Error {}
+
+    impl From<Error> for Refusal {
+        fn from(e: Error) -> Self {
+            Refusal::retry(e)
+        }
+    }
+
+    fn error(bucket: &str, e: store::Error) -> Error {
+        let reason = match e {
+            store::Error::NoSuchStore => "no such store".to_string(),
+            store::Error::AccessDenied => {
+                format!("not granted: add kv = [{bucket:?}] under the plugin's [plugin.grants]")
+            }
+            store::Error::Other(m) => m,
+        };
+        Error {
+            bucket: bucket.to_string(),
+            reason,
+        }
+    }
+
+    /// An open bucket.
+    pub struct Bucket {
+        name: String,
+        inner: store::Bucket,
+    }
+
+    /// Opens a bucket the plugin's config grants.
+    pub fn open(name: &str) -> Result<Bucket, Error> {
+        let inner = store::open(name).map_err(|e| error(name, e))?;
+        Ok(Bucket {
+            name: name.to_string(),
+            inner,
+        })
+    }
+
+    impl Bucket {
+        /// The value of `key` (`None`: not set).
+        pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+            self.inner.get(key).map_err(|e| error(&self.name, e))
+        }
+
+        /// Sets `key` to `value` when the call succeeds.
+        pub fn set(&self, key: &str, value: &[u8]) -> Result<(), Error> {
+            self.inner.set(key, value).map_err(|e| error(&self.name, e))
+        }
+
+        /// Removes `key` when the call succeeds.
+        pub fn delete(&self, key: &str) -> Result<(), Error> {
+            self.inner.delete(key).map_err(|e| error(&self.name, e))
+        }
+
+        /// Whether `key` is set.
+        pub fn exists(&self, key: &str) -> Result<bool, Error> {
+            self.inner.exists(key).map_err(|e| error(&self.name, e))
+        }
+
+        /// Adds `delta` to the integer at `key` (0 when not set) and
+        /// returns the sum; stored as decimal text.
+        pub fn increment(&self, key: &str, delta: i64) -> Result<i64, Error> {
+            atomics::increment(&self.inner, key, delta).map_err(|e| error(&self.name, e))
+        }
+
+        /// The values of `keys`, in order.
+        pub fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+            let pairs = batch::get_many(&self.inner, keys).map_err(|e| error(&self.name, e))?;
+            Ok(pairs.into_iter().map(|(_, v)| v).collect())
+        }
+
+        /// Every key of the bucket (a page at a time underneath).
+        pub fn keys(&self) -> Result<Vec<String>, Error> {
+            let mut keys = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = self
+                    .inner
+                    .list_keys(cursor.as_deref())
+                    .map_err(|e| error(&self.name, e))?;
+                keys.extend(page.keys);
+                match page.cursor {
+                    Some(next) => cursor = Some(next),
+                    None => return Ok(keys),
+                }
+            }
+        }
+
+        /// The value of `key` decoded from JSON (`None`: not set).
+        pub fn get_json<T: serde::de::DeserializeOwned>(
+            &self,
+            key: &str,
+        ) -> Result<Option<T>, Error> {
+            match self.get(key)? {
+                None => Ok(None),
+                Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error {
+                    bucket: self.name.clone(),
+                    reason: format!("value of key {key:?} is not the expected JSON: {e}"),
+                }),
+            }
+        }
+
+        /// Sets `key` to `value` as JSON when the call succeeds.
+        pub fn set_json<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), Error> {
+            let bytes = serde_json::to_vec(value).map_err(|e| Error {
+                bucket: self.name.clone(),
+                reason: format!("cannot encode the value of key {key:?}: {e}"),
+            })?;
+            self.set(key, &bytes)
+        }
     }
 }

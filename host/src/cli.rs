@@ -146,6 +146,18 @@ struct TestArgs {
     /// Let the plugin's stdout/stderr through to the log.
     #[arg(long)]
     grant_stdio: bool,
+    /// Grant a key-value bucket (repeatable), as `kv = [...]` would.
+    #[arg(long, value_name = "BUCKET")]
+    grant_kv: Vec<String>,
+    /// Key-value state to start from: a JSON object of buckets, each an
+    /// object of keys to string values (`{"counts": {"count:a": "41"}}`).
+    #[arg(long, value_name = "FILE")]
+    kv: Option<PathBuf>,
+    /// Commit each successful call's key-value writes, so that later
+    /// events see them. Off by default: like a dry run, the report shows
+    /// the writes and nothing is kept.
+    #[arg(long)]
+    kv_commit: bool,
 }
 
 /// `runnel emit`'s flags.
@@ -397,8 +409,23 @@ async fn cmd_test(args: TestArgs) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_millis(args.timeout_ms),
         grants: crate::config::Grants {
             stdio: args.grant_stdio,
+            kv: args.grant_kv.clone(),
             ..Default::default()
         },
+        kv_seed: match &args.kv {
+            None => Default::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?;
+                serde_json::from_str(&text).with_context(|| {
+                    format!(
+                        "{}: not a JSON object of buckets of string values",
+                        path.display()
+                    )
+                })?
+            }
+        },
+        kv_commit: args.kv_commit,
     };
     let report = crate::harness::run(&args.plugin, events_parsed, &options).await?;
     print!("{report}");

@@ -101,15 +101,20 @@ pub struct Handled {
     /// Emitted events, each with the stream it is routed to.
     pub emitted: Vec<(String, Event)>,
     pub logs: Vec<(Level, String)>,
+    /// What a successful call read and wrote in its key-value buckets: to
+    /// be committed with its emits and the ack, in one step (empty for a
+    /// failed call, and for a handler without buckets).
+    pub kv: crate::kv::KvEffects,
 }
 
 impl Handled {
-    /// A verdict with nothing emitted or logged.
+    /// A verdict with nothing emitted, logged or written.
     pub fn verdict(verdict: Verdict) -> Self {
         Handled {
             verdict,
             emitted: Vec::new(),
             logs: Vec::new(),
+            kv: Default::default(),
         }
     }
 }

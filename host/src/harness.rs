@@ -5,14 +5,20 @@
 //! with a file and any difference fails, so a plugin's behaviour can be
 //! pinned in its own CI the way the Go seed's `pubsubtest` pins a handler's.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
+
+use anyhow::Context as _;
 
 use crate::config::Grants;
 use crate::handler::{Failure, Handler};
 use crate::input::InputEvent;
 use crate::plugin::Standalone;
+
+/// Writes to keep, by bucket: key and value (`None`: deleted).
+type BucketWrites = BTreeMap<String, Vec<(String, Option<Vec<u8>>)>>;
 
 /// How `runnel test` runs the plugin.
 pub struct HarnessOptions {
@@ -21,6 +27,11 @@ pub struct HarnessOptions {
     pub max_attempts: u32,
     pub timeout: Duration,
     pub grants: Grants,
+    /// Key-value state before the first event: bucket → key → value.
+    pub kv_seed: BTreeMap<String, BTreeMap<String, String>>,
+    /// Keep successful calls' writes for the next events (otherwise they
+    /// are shown and dropped, as in a dry run).
+    pub kv_commit: bool,
 }
 
 /// Runs every event through the plugin and returns the report. The report
@@ -39,6 +50,16 @@ pub async fn run(
         options.grants.clone(),
     )?;
     let handler = &loaded.plugin;
+    for (bucket, values) in &options.kv_seed {
+        let writes = values
+            .iter()
+            .map(|(key, value)| (key.clone(), Some(value.as_bytes().to_vec())))
+            .collect();
+        loaded
+            .write(bucket, writes)
+            .await
+            .with_context(|| format!("seeding key-value bucket {bucket:?}"))?;
+    }
     let mut out = String::new();
     for (n, input) in events.into_iter().enumerate() {
         let mut event = input.event;
@@ -61,6 +82,38 @@ pub async fn run(
                     emitted.name,
                     String::from_utf8_lossy(&emitted.payload)
                 )?;
+            }
+            // A dry run's writes are never kept, as in the host.
+            let keep = options.kv_commit && !event.meta.is_dry_run;
+            let fate = match (keep, event.meta.is_dry_run) {
+                (true, _) => "committed",
+                (false, true) => "not kept: a dry run",
+                (false, false) => "not kept: --kv-commit keeps it",
+            };
+            for w in &handled.kv.writes {
+                let bucket = loaded.bucket_name(&w.bucket);
+                match &w.value {
+                    Some(v) => writeln!(
+                        out,
+                        "    kv {bucket} {:?} = {:?} ({fate})",
+                        w.key,
+                        String::from_utf8_lossy(v)
+                    )?,
+                    None => writeln!(out, "    kv {bucket} {:?} deleted ({fate})", w.key)?,
+                }
+            }
+            if keep && !handled.kv.writes.is_empty() {
+                let mut by_bucket: BucketWrites = BTreeMap::new();
+                for w in &handled.kv.writes {
+                    let bucket = loaded.bucket_name(&w.bucket).to_string();
+                    by_bucket
+                        .entry(bucket)
+                        .or_default()
+                        .push((w.key.clone(), w.value.clone()));
+                }
+                for (bucket, writes) in by_bucket {
+                    loaded.write(&bucket, writes).await?;
+                }
             }
             let Some(failure) =
                 Failure::of_attempt(&handled.verdict, &event, attempt, options.max_attempts)

@@ -12,6 +12,8 @@
 //!   loop feeding long-lived delivery lanes, attempts, retries with backoff,
 //!   the error handler, dead letters, batched acks.
 //! - [`handler`] is what a subscriber calls: a wasm plugin or native code.
+//! - [`kv`] is plugins' key-value state: a call's reads and buffered
+//!   writes, committed with the event's acknowledgement by the broker.
 //! - [`plugin`] runs WebAssembly components: engine, artifact cache, sandbox,
 //!   warm instances, and the host side of the WIT contract.
 //! - [`dead_letter`] defines what a dead-letter entry holds, and where a
@@ -50,6 +52,7 @@ pub mod event;
 pub mod handler;
 pub mod harness;
 pub mod input;
+pub mod kv;
 pub mod live;
 pub mod metrics;
 pub mod plugin;

@@ -125,7 +125,7 @@ fn by_plugin(p: &PluginFigures) -> Labels<'_> {
 
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counters: [CounterSpec; 8] = [
+        let counters: [CounterSpec; 10] = [
             (
                 "runnel_events_handled",
                 "Events handled successfully.",
@@ -165,6 +165,16 @@ impl Collector for Scrape {
                 "runnel_entries_lost_to_trimming",
                 "Entries trimmed (MAXLEN) or deleted from the plugin's streams before its group read them.",
                 |s| s.removed_unread,
+            ),
+            (
+                "runnel_kv_commits",
+                "Successful calls whose key-value writes, emitted events and ack were committed in one atomic step.",
+                |s| s.kv_commits,
+            ),
+            (
+                "runnel_kv_conflicts",
+                "Calls run again because a key they read changed before they committed (not counted as attempts).",
+                |s| s.kv_conflicts,
             ),
         ];
 

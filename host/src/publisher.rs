@@ -50,22 +50,27 @@ impl Publisher {
         if routed.is_empty() {
             return Ok(());
         }
-        let entries = routed
-            .iter()
-            .map(|(stream, event)| {
-                let mut fields = event_fields(event);
-                if depth > 0 {
-                    fields.push((DEPTH_FIELD.to_string(), depth.to_string().into_bytes()));
-                }
-                Append {
-                    stream: stream.clone(),
-                    fields,
-                }
-            })
-            .collect();
-        self.broker.append(entries).await?;
+        self.broker.append(entries_at_depth(routed, depth)).await?;
         Ok(())
     }
+}
+
+/// The entries of events emitted at causal depth `depth` (see
+/// [`DEPTH_FIELD`]), for their routed streams.
+pub fn entries_at_depth(routed: &[(String, Event)], depth: u32) -> Vec<Append> {
+    routed
+        .iter()
+        .map(|(stream, event)| {
+            let mut fields = event_fields(event);
+            if depth > 0 {
+                fields.push((DEPTH_FIELD.to_string(), depth.to_string().into_bytes()));
+            }
+            Append {
+                stream: stream.clone(),
+                fields,
+            }
+        })
+        .collect()
 }
 
 /// The entry field that counts how far down a causal chain an event is: 1

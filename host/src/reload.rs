@@ -22,8 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, PluginConfig};
 use crate::live::{LivePlugin, Version};
 use crate::plugin::PluginSettings;
-use crate::plugin::{PluginEngine, WasmPlugin};
-use crate::routes::Routes;
+use crate::plugin::{Links, PluginEngine, WasmPlugin};
 
 /// Quiet time after the last change to a file before it is reloaded:
 /// editors and build tools write a file in several steps.
@@ -71,7 +70,7 @@ pub enum ReloadError {
 /// Reloads the plugins of one runtime.
 pub struct Reloader {
     engine: Arc<PluginEngine>,
-    routes: Arc<Routes>,
+    links: Links,
     /// The config's `max_payload_bytes`: the cap on what new versions emit.
     max_payload_bytes: usize,
     slots: HashMap<String, Slot>,
@@ -80,7 +79,7 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(
         engine: Arc<PluginEngine>,
-        routes: Arc<Routes>,
+        links: Links,
         max_payload_bytes: usize,
         plugins: impl IntoIterator<Item = (PluginConfig, Arc<LivePlugin>)>,
     ) -> Reloader {
@@ -97,7 +96,7 @@ impl Reloader {
             .collect();
         Reloader {
             engine,
-            routes,
+            links,
             max_payload_bytes,
             slots,
         }
@@ -159,10 +158,10 @@ impl Reloader {
     /// Compiles on a blocking thread (a large component takes seconds), then
     /// instantiates once.
     async fn build(&self, config: &PluginConfig) -> anyhow::Result<Arc<WasmPlugin>> {
-        let (engine, routes, config) = (self.engine.clone(), self.routes.clone(), config.clone());
+        let (engine, links, config) = (self.engine.clone(), self.links.clone(), config.clone());
         let settings = PluginSettings::of(&config, self.max_payload_bytes);
         let plugin = tokio::task::spawn_blocking(move || {
-            WasmPlugin::load(&engine, &config.name, &config.path, settings, routes)
+            WasmPlugin::load(&engine, &config.name, &config.path, settings, links)
         })
         .await
         .context("the compiling thread failed")??;

@@ -16,7 +16,7 @@ use crate::dead_letter::replay_stream;
 use crate::handler::Handler;
 use crate::input::InputEvent;
 use crate::live::{LivePlugin, Version};
-use crate::plugin::{PluginEngine, PluginSettings, WasmPlugin};
+use crate::plugin::{Links, PluginEngine, PluginSettings, WasmPlugin};
 use crate::publisher::Publisher;
 use crate::reload::Reloader;
 use crate::routes::Routes;
@@ -72,6 +72,8 @@ pub struct Runtime {
     pub config: Config,
     pub broker: Arc<dyn Broker>,
     pub publisher: Publisher,
+    /// Plugins' key-value state and the queue their commits go through.
+    pub kv: Arc<crate::kv::Store>,
     pub plugins: Vec<RunningPlugin>,
     /// Present when the plugins are WebAssembly files that can be reloaded.
     pub reloader: Option<Arc<Reloader>>,
@@ -85,6 +87,7 @@ impl Runtime {
     /// and file, if one does not load: a service should not start half-way.
     pub async fn from_config(config: Config) -> anyhow::Result<Runtime> {
         let broker = connect(&config.backend).await?;
+        let kv = crate::kv::Store::new(broker.clone());
         let engine = Arc::new(PluginEngine::new(&config.engine)?);
         let routes = Arc::new(config.routes.clone());
         let mut plugins = Vec::new();
@@ -94,7 +97,10 @@ impl Runtime {
                 &p.name,
                 &p.path,
                 PluginSettings::of(p, config.max_payload_bytes),
-                routes.clone(),
+                Links {
+                    routes: routes.clone(),
+                    store: Some(kv.clone()),
+                },
             )
             .with_context(|| format!("plugin {:?}", p.name))?;
             tracing::info!(plugin = %p.name, sha256 = %&plugin.sha256()[..12], "loaded");
@@ -103,12 +109,16 @@ impl Runtime {
         }
         let reloader = Reloader::new(
             engine,
-            routes.clone(),
+            Links {
+                routes: routes.clone(),
+                store: Some(kv.clone()),
+            },
             config.max_payload_bytes,
             plugins.iter().map(|p| (p.config.clone(), p.live.clone())),
         );
         let mut runtime = Runtime::with_handlers(config, broker, routes, plugins);
         runtime.reloader = Some(Arc::new(reloader));
+        runtime.kv = kv;
         Ok(runtime)
     }
 
@@ -131,6 +141,7 @@ impl Runtime {
         }
         Runtime {
             publisher: Publisher::new(broker.clone(), routes),
+            kv: crate::kv::Store::new(broker.clone()),
             broker,
             plugins,
             consumer: match &config.backend {
@@ -189,7 +200,8 @@ impl Runtime {
             )
             .abandon_on(self.abandon.clone())
             .with_breaker(p.breaker.clone())
-            .with_health(p.health.clone());
+            .with_health(p.health.clone())
+            .with_kv(self.kv.clone());
             tasks.spawn(subscriber.consume(p.handler.clone(), shutdown.clone()));
         }
         tasks

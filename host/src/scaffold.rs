@@ -20,10 +20,26 @@ pub enum Lang {
     C,
 }
 
-const WIT: [(&str, &str); 3] = [
+const WIT: [(&str, &str); 7] = [
     ("wit/types.wit", include_str!("../../wit/types.wit")),
     ("wit/host.wit", include_str!("../../wit/host.wit")),
     ("wit/world.wit", include_str!("../../wit/world.wit")),
+    (
+        "wit/deps/keyvalue/store.wit",
+        include_str!("../../wit/deps/keyvalue/store.wit"),
+    ),
+    (
+        "wit/deps/keyvalue/atomics.wit",
+        include_str!("../../wit/deps/keyvalue/atomics.wit"),
+    ),
+    (
+        "wit/deps/keyvalue/batch.wit",
+        include_str!("../../wit/deps/keyvalue/batch.wit"),
+    ),
+    (
+        "wit/deps/keyvalue/world.wit",
+        include_str!("../../wit/deps/keyvalue/world.wit"),
+    ),
 ];
 
 fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
@@ -49,6 +65,7 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
         Lang::Js => vec![
             ("app.js", include_str!("../templates/js/app.js")),
             ("runnel.js", include_str!("../../guest-sdk/js/runnel.js")),
+            ("kv.js", include_str!("../../guest-sdk/js/kv.js")),
             ("package.json", include_str!("../templates/js/package.json")),
             ("build.sh", include_str!("../templates/js/build.sh")),
         ],

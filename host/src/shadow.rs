@@ -170,6 +170,7 @@ mod tests {
                 .map(|p| ("out".to_string(), Event::new("x", p.as_bytes().to_vec())))
                 .collect(),
             logs: Vec::new(),
+            kv: Default::default(),
         }
     }
 

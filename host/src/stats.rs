@@ -34,6 +34,12 @@ pub struct Stats {
     /// Entries trimmed (or deleted) from a source stream before the
     /// plugin's group read them.
     pub removed_unread: AtomicU64,
+    /// Successful calls whose key-value writes, emits and ack were
+    /// committed in one step.
+    pub kv_commits: AtomicU64,
+    /// Calls run again because a key they read changed before their commit
+    /// (not counted as attempts).
+    pub kv_conflicts: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -51,6 +57,8 @@ pub struct Snapshot {
     pub error_handler_failures: u64,
     pub groups_recreated: u64,
     pub removed_unread: u64,
+    pub kv_commits: u64,
+    pub kv_conflicts: u64,
 }
 
 impl Default for Stats {
@@ -68,6 +76,8 @@ impl Default for Stats {
             error_handler_failures: AtomicU64::default(),
             groups_recreated: AtomicU64::default(),
             removed_unread: AtomicU64::default(),
+            kv_commits: AtomicU64::default(),
+            kv_conflicts: AtomicU64::default(),
         }
     }
 }
@@ -100,6 +110,8 @@ impl Stats {
             error_handler_failures: self.error_handler_failures.load(Relaxed),
             groups_recreated: self.groups_recreated.load(Relaxed),
             removed_unread: self.removed_unread.load(Relaxed),
+            kv_commits: self.kv_commits.load(Relaxed),
+            kv_conflicts: self.kv_conflicts.load(Relaxed),
         }
     }
 }

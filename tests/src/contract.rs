@@ -293,6 +293,99 @@ pub async fn a_missing_group_is_said_alike(s: Subject) {
     }
 }
 
+/// A commit applies a call's writes, appends and ack in one step, only
+/// while its consumer holds the entry and what it read is unchanged; a
+/// later commit sees an earlier one's writes.
+pub async fn commits_are_all_or_nothing(s: Subject) {
+    use runnel::kv::{Commit, KvEffects, KvRead, KvWrite, Outcome, Source};
+    let (stream, out, bucket) = (s.name("kv-src"), s.name("kv-out"), s.name("kv-bucket"));
+    s.broker
+        .create_group(&stream, "g", StartFrom::Beginning)
+        .await
+        .unwrap();
+    let ids = s.add(&stream, &["a", "b"]).await;
+    assert_eq!(s.read("g", "c1", &stream, 2).await, ids);
+    let source = |id: &str, consumer: &str| Source {
+        stream: stream.clone(),
+        group: "g".into(),
+        consumer: consumer.into(),
+        id: id.into(),
+    };
+    let read = |value: Option<&str>| KvRead {
+        bucket: bucket.clone(),
+        key: "k".into(),
+        value: value.map(|v| v.as_bytes().to_vec()),
+    };
+    let write = |value: &str| KvWrite {
+        bucket: bucket.clone(),
+        key: "k".into(),
+        value: Some(value.as_bytes().to_vec()),
+    };
+    let commit = |id: &str, consumer: &str, seen: Option<&str>, new: &str| Commit {
+        source: source(id, consumer),
+        effects: KvEffects {
+            reads: vec![read(seen)],
+            writes: vec![write(new)],
+            locks: Default::default(),
+        },
+        appends: vec![Append {
+            stream: out.clone(),
+            fields: vec![("event".into(), new.as_bytes().to_vec())],
+        }],
+    };
+    let value = || async { s.broker.kv_get(&bucket, &["k".to_string()]).await.unwrap()[0].clone() };
+    // Another consumer does not hold the entry; a stale read conflicts.
+    let outcomes = s
+        .broker
+        .commit(&[
+            commit(&ids[0], "c2", None, "1"),
+            commit(&ids[0], "c1", Some("9"), "1"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes[0], Outcome::NotHeld);
+    assert!(
+        matches!(&outcomes[1], Outcome::Conflict { key, .. } if key == "k"),
+        "{outcomes:?}"
+    );
+    assert_eq!(value().await, None, "nothing applied");
+    assert!(s
+        .broker
+        .range(&out, None, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // Two calls in one batch: the second read what the first wrote.
+    let outcomes = s
+        .broker
+        .commit(&[
+            commit(&ids[0], "c1", None, "1"),
+            commit(&ids[1], "c1", Some("1"), "2"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, vec![Outcome::Committed, Outcome::Committed]);
+    assert_eq!(value().await, Some(b"2".to_vec()));
+    let appended = s.broker.range(&out, None, None, 10).await.unwrap();
+    assert_eq!(appended.len(), 2);
+    assert_eq!(
+        s.broker.backlog(&stream, "g").await.unwrap(),
+        0,
+        "both acked"
+    );
+    // Committing again (an answer that was lost) applies nothing.
+    let again = s
+        .broker
+        .commit(&[commit(&ids[1], "c1", Some("2"), "3")])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Outcome::NotHeld]);
+    assert_eq!(value().await, Some(b"2".to_vec()));
+    // The key is listed.
+    let (keys, _) = s.broker.kv_scan(&bucket, None, 100).await.unwrap();
+    assert_eq!(keys, vec!["k".to_string()]);
+}
+
 /// Instantiates every contract check for one backend: `broker_contract!(mod_name, async
 /// fn() -> Arc<dyn Broker>)`.
 #[macro_export]
@@ -322,6 +415,7 @@ macro_rules! broker_contract {
                 marks_expire,
                 deleted_entries_are_gone,
                 a_missing_group_is_said_alike,
+                commits_are_all_or_nothing,
             );
         }
     };

@@ -111,7 +111,20 @@ fn check_lists_what_a_plugin_exports_and_imports() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(stdout.contains("exports: handle, handle-error"), "{stdout}");
-    assert!(stdout.contains("runnel:plugin/host@0.1.0"), "{stdout}");
+    assert!(stdout.contains("runnel:plugin/host@0.2.0"), "{stdout}");
+    // Key-value is imported only by a plugin that uses it, and named as a
+    // capability to grant.
+    assert!(!stdout.contains("wasi:keyvalue"), "{stdout}");
+    let out = runnel(&["check", plugin("counter").to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("wasi:keyvalue/store@0.2.0-draft2"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"key-value      grants.kv = ["BUCKET"]"#),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -314,5 +327,72 @@ fn runnel_test_reports_each_attempt_and_pins_it_with_expect() {
     assert!(
         stderr.contains("line 2:") && stderr.contains("expected:   attempt 1: reject: no"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn runnel_test_shows_key_value_writes_and_keeps_them_only_when_asked() {
+    let dir = scratch("harness-kv");
+    let events = dir.join("events.ndjson");
+    std::fs::write(
+        &events,
+        concat!(
+            r#"{"name":"a","payload":{}}"#,
+            "\n",
+            r#"{"name":"a","payload":{"reject":true}}"#,
+            "\n",
+            r#"{"name":"a","payload":{}}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let seed = dir.join("kv.json");
+    std::fs::write(&seed, r#"{"counts": {"count:a": "41"}}"#).unwrap();
+    let counter = plugin("counter");
+    let report = |extra: &[&str]| {
+        let mut args = vec![
+            "test",
+            counter.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+            "--grant-kv",
+            "counts",
+            "--kv",
+            seed.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let out = runnel(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // Without --kv-commit every event starts from the seed.
+    let dry = report(&[]);
+    assert_eq!(
+        dry.matches(r#"kv counts "count:a" = "42" (not kept: --kv-commit keeps it)"#)
+            .count(),
+        2,
+        "{dry}"
+    );
+    // With it, the rejected event's write is absent and the third event
+    // sees the first one's.
+    let kept = report(&["--kv-commit"]);
+    for line in [
+        r#"    kv counts "count:a" = "42" (committed)"#,
+        "  attempt 1: reject: asked to reject",
+        r#"    kv counts "count:a" = "43" (committed)"#,
+    ] {
+        assert!(kept.contains(line), "{line:?} missing:\n{kept}");
+    }
+    // Not granted: the call is refused with the grant to add.
+    let out = runnel(&[
+        "test",
+        counter.to_str().unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+    ]);
+    let refused = text(&out.stdout);
+    assert!(
+        refused.contains(r#"not granted: add kv = ["counts"]"#),
+        "{refused}"
     );
 }

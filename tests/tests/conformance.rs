@@ -4,7 +4,9 @@
 //! same events, attempt by attempt.
 //!
 //! The Rust build comes from `tests/build.rs`; the others from
-//! `scripts/build-guests.sh`, which the test command runs first.
+//! `scripts/build-guests.sh`, which the test command runs first. A Rust
+//! build made against `runnel:plugin@0.1.0` (`tests/fixtures/`) runs too:
+//! components built for an older contract keep working.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,6 +23,11 @@ fn component(lang: &str) -> PathBuf {
     if lang == "rust" {
         return plugin("conformance");
     }
+    if lang == "rust-0.1.0" {
+        // Built against the first contract, before it gained key-value:
+        // old components must keep running unchanged.
+        return repo_root().join("tests/fixtures/runnel-plugin-0.1.0/conformance.wasm");
+    }
     let path = repo_root().join(format!("plugins/target/guests/{lang}-conformance.wasm"));
     assert!(
         path.exists(),
@@ -32,7 +39,7 @@ fn component(lang: &str) -> PathBuf {
 
 /// Events with fixed ids and times, so that every language sees the same.
 fn events() -> Vec<Event> {
-    let cases: [(&str, &[u8]); 11] = [
+    let cases: [(&str, &[u8]); 16] = [
         ("echo", b"any bytes \xff\x00 even these"),
         ("inherit", b""),
         ("batch", b""),
@@ -44,6 +51,11 @@ fn events() -> Vec<Event> {
         ("no-route", b""),
         ("trap", b""),
         ("something-else", b"{}"),
+        ("kv-count", b""),
+        ("kv-count", b""),
+        ("kv-lost", b""),
+        ("kv-check", b""),
+        ("kv-denied", b""),
     ];
     cases
         .iter()
@@ -74,6 +86,8 @@ fn transcript(lang: &str) -> BTreeMap<String, Vec<String>> {
             "second" = "out"
             "recovered" = "out"
             "meta-echoed" = "out"
+            "counted" = "out"
+            "kv-checked" = "out"
             [[plugin]]
             name = "conformance"
             path = {:?}
@@ -82,6 +96,8 @@ fn transcript(lang: &str) -> BTreeMap<String, Vec<String>> {
             max_attempts = 3
             backoff = {{ initial_ms = 1, max_ms = 1 }}
             timeout_ms = 60000
+            [plugin.grants]
+            kv = ["conformance"]
             "#,
             component(lang)
         ))
@@ -198,10 +214,35 @@ fn every_language_behaves_exactly_like_the_spec() {
     );
     has("trap", "attempt 3: trap");
     has("something-else", "attempt 1: ok");
+    // Key-value: reads see the call's own writes, a commit only on success.
+    assert_eq!(
+        rust["kv-count"],
+        [
+            "attempt 1: ok",
+            r#"emit counted to out: "1""#,
+            "attempt 1: ok",
+            r#"emit counted to out: "2""#
+        ]
+    );
+    has("kv-lost", "attempt 1: reject: kv write then reject");
+    has(
+        "kv-check",
+        r#"emit kv-checked to out: "lost=false count=2""#,
+    );
+    has(
+        "kv-denied",
+        r#"attempt 3: retry: key-value bucket "other": not granted: add kv = ["other"] under the plugin's [plugin.grants]"#,
+    );
 
     let mut differing = Vec::new();
-    for lang in ["c", "js", "python"] {
-        let other = transcript(lang);
+    for lang in ["c", "js", "python", "rust-0.1.0"] {
+        let mut other = transcript(lang);
+        let mut rust = rust.clone();
+        if lang == "rust-0.1.0" {
+            // Built before the contract had key-value state.
+            rust.retain(|name, _| !name.starts_with("kv-"));
+            other.retain(|name, _| !name.starts_with("kv-"));
+        }
         if other != rust {
             differing.push(format!("{lang}:\n{}", rendered(&other)));
         }

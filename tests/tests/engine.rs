@@ -28,6 +28,8 @@ fn settings(reuse: u32) -> PluginSettings {
         strict_grants: false,
         fuel: None,
         max_emitted_payload: runnel::config::DEFAULT_MAX_PAYLOAD_BYTES,
+        kv_buckets: Vec::new(),
+        kv_limits: Default::default(),
     }
 }
 
@@ -83,7 +85,7 @@ async fn warm_instances_are_reused_up_to_the_limit_and_dropped_after_a_trap() {
         "trapper",
         &plugin("trapper"),
         settings(3),
-        Arc::new(Routes::default()),
+        runnel::plugin::Links::routes_only(Arc::new(Routes::default())),
     )
     .unwrap();
     let ok = Event::new("x", "fine");

@@ -16,7 +16,7 @@ use crate::broker::{Append, Broker, StartFrom};
 use crate::config::{Backoff, EngineConfig, Grants};
 use crate::event::Event;
 use crate::handler::{ErrorHandled, Failure, Handled, Handler, Verdict};
-use crate::plugin::{PluginEngine, PluginSettings, WasmPlugin};
+use crate::plugin::{Links, PluginEngine, PluginSettings, WasmPlugin};
 use crate::publisher::{event_fields, Publisher};
 use crate::routes::Routes;
 use crate::stats::Stats;
@@ -78,7 +78,25 @@ enum Backend {
     Redis(String),
 }
 
-type Case = (String, Arc<dyn Handler>);
+/// A case: its name, its handler, and for a handler with key-value state
+/// the store it reads, whose broker the case then runs on (so that its
+/// reads and commits meet).
+#[derive(Clone)]
+struct Case {
+    name: String,
+    handler: Arc<dyn Handler>,
+    kv: Option<Arc<crate::kv::Store>>,
+}
+
+impl Case {
+    fn new(name: &str, handler: Arc<dyn Handler>) -> Case {
+        Case {
+            name: name.to_string(),
+            handler,
+            kv: None,
+        }
+    }
+}
 
 /// Runs every case and returns the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
@@ -95,28 +113,63 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             strict_grants: false,
             fuel: None,
             max_emitted_payload: crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
+            kv_buckets: Vec::new(),
+            kv_limits: Default::default(),
         };
         Ok(Arc::new(WasmPlugin::load(
             &engine,
             "noop",
             &args.plugin,
             settings,
-            Arc::new(Routes::default()),
+            Links::routes_only(Arc::new(Routes::default())),
         )?))
     };
-    let native: Case = (
-        "native Rust handler (baseline)".into(),
-        Arc::new(NativeNoop),
-    );
+    let native = Case::new("native Rust handler (baseline)", Arc::new(NativeNoop));
+    // The counter plugin: every event increments one key (the hottest
+    // case: each call reads what the previous one wrote), its writes
+    // committed with the ack.
+    let counter = |broker: Arc<dyn Broker>| -> anyhow::Result<Case> {
+        let kv = crate::kv::Store::new(broker);
+        let settings = PluginSettings {
+            reuse_instance: 1000,
+            timeout: Duration::from_secs(10),
+            memory_bytes: 64 << 20,
+            grants: Grants::default(),
+            strict_grants: false,
+            fuel: None,
+            max_emitted_payload: crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
+            kv_buckets: vec![(
+                "counts".into(),
+                crate::kv::bucket_storage(
+                    &format!("bench-{}", uuid::Uuid::new_v4().simple()),
+                    "counts",
+                    false,
+                ),
+            )],
+            kv_limits: Default::default(),
+        };
+        let path = args.plugin.with_file_name("counter.wasm");
+        let links = Links {
+            routes: Arc::new(Routes::default()),
+            store: Some(kv.clone()),
+        };
+        let plugin = WasmPlugin::load(&engine, "counter", &path, settings, links)?;
+        Ok(Case {
+            name: "wasm counter (key-value, exactly once)".into(),
+            handler: Arc::new(plugin),
+            kv: Some(kv),
+        })
+    };
     let memory_cases = select(
         &args,
         vec![
             native.clone(),
-            ("wasm, warm instances (reuse ∞)".into(), wasm(u32::MAX)?),
-            ("wasm, reuse 1000 (default)".into(), wasm(1000)?),
-            ("wasm, reuse 100".into(), wasm(100)?),
-            ("wasm, reuse 10".into(), wasm(10)?),
-            ("wasm, fresh instance per event".into(), wasm(1)?),
+            Case::new("wasm, warm instances (reuse ∞)", wasm(u32::MAX)?),
+            Case::new("wasm, reuse 1000 (default)", wasm(1000)?),
+            Case::new("wasm, reuse 100", wasm(100)?),
+            Case::new("wasm, reuse 10", wasm(10)?),
+            Case::new("wasm, fresh instance per event", wasm(1)?),
+            counter(MemoryBroker::new(args.events + 1))?,
         ],
     );
     let rows = if args.redis_only {
@@ -140,7 +193,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
 
     if !args.redis_only {
         let call_cases = vec![
-            native.clone(),
+            (native.name.clone(), native.handler.clone()),
             ("wasm, warm instances (reuse ∞)".into(), wasm(u32::MAX)?),
             ("wasm, reuse 1000 (default)".into(), wasm(1000)?),
         ];
@@ -151,7 +204,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         let rss_before = rss_kib();
         let redis_cases = select(
             &args,
-            vec![native, ("wasm, reuse 1000 (default)".into(), wasm(1000)?)],
+            vec![
+                native,
+                Case::new("wasm, reuse 1000 (default)", wasm(1000)?),
+                counter(RedisBroker::connect(url, Trimming::default()).await?)?,
+            ],
         );
         let rows = measure_cases(&args, &Backend::Redis(url.clone()), &redis_cases).await?;
         out.push_str(&format!(
@@ -193,7 +250,7 @@ fn select(args: &BenchArgs, cases: Vec<Case>) -> Vec<Case> {
     cases
         .into_iter()
         .enumerate()
-        .filter(|(i, (name, _))| *i == 0 || args.only.as_ref().is_none_or(|o| name.contains(o)))
+        .filter(|(i, case)| *i == 0 || args.only.as_ref().is_none_or(|o| case.name.contains(o)))
         .map(|(_, case)| case)
         .collect()
 }
@@ -208,14 +265,8 @@ async fn measure_cases(
     backend: &Backend,
     cases: &[Case],
 ) -> anyhow::Result<Vec<(String, Round)>> {
-    for (_, handler) in cases {
-        measure(
-            handler.clone(),
-            backend,
-            args.events / 10 + 1,
-            args.concurrency,
-        )
-        .await?;
+    for case in cases {
+        measure(case, backend, args.events / 10 + 1, args.concurrency).await?;
     }
     let mut rounds = vec![Vec::new(); cases.len()];
     let mut ceilings = Vec::new();
@@ -234,9 +285,8 @@ async fn measure_cases(
             }
             Backend::Memory => None,
         };
-        for (i, (_, handler)) in cases.iter().enumerate() {
-            let mut round =
-                measure(handler.clone(), backend, args.events, args.concurrency).await?;
+        for (i, case) in cases.iter().enumerate() {
+            let mut round = measure(case, backend, args.events, args.concurrency).await?;
             round.vs_xadd = ceiling.map(|c| round.rate / c);
             if i > 0 {
                 // The native case ran first in this round.
@@ -249,7 +299,7 @@ async fn measure_cases(
     let mut rows: Vec<(String, Round)> = cases
         .iter()
         .zip(rounds)
-        .map(|((name, _), r)| (name.clone(), Round::median(&r)))
+        .map(|(case, r)| (case.name.clone(), Round::median(&r)))
         .collect();
     if !ceilings.is_empty() {
         rows.insert(
@@ -302,20 +352,27 @@ impl Round {
 
 /// Pre-fills a stream with `events`, then times a subscriber draining it.
 async fn measure(
-    handler: Arc<dyn Handler>,
+    case: &Case,
     backend: &Backend,
     events: usize,
     concurrency: usize,
 ) -> anyhow::Result<Round> {
     let stream = format!("runnel-bench-{}", uuid::Uuid::new_v4().simple());
-    let (broker, read_count, block): (Arc<dyn Broker>, usize, Duration) = match backend {
-        Backend::Memory => (MemoryBroker::new(events), 256, Duration::from_millis(100)),
-        Backend::Redis(url) => (
+    let (broker, read_count, block): (Arc<dyn Broker>, usize, Duration) = match (backend, &case.kv)
+    {
+        (_, Some(kv)) => (
+            kv.broker().clone(),
+            read_count(backend),
+            Duration::from_millis(100),
+        ),
+        (Backend::Memory, None) => (MemoryBroker::new(events), 256, Duration::from_millis(100)),
+        (Backend::Redis(url), None) => (
             RedisBroker::connect(url, Trimming::default()).await?,
             512,
             Duration::from_millis(100),
         ),
     };
+    let handler = case.handler.clone();
     broker
         .create_group(&stream, "bench", StartFrom::Beginning)
         .await?;
@@ -353,7 +410,10 @@ async fn measure(
     };
     let stats = Arc::new(Stats::default());
     let publisher = Publisher::new(broker.clone(), Arc::new(Routes::default()));
-    let subscriber = Subscriber::new(broker.clone(), publisher, subscription, stats.clone());
+    let mut subscriber = Subscriber::new(broker.clone(), publisher, subscription, stats.clone());
+    if let Some(kv) = &case.kv {
+        subscriber = subscriber.with_kv(kv.clone());
+    }
     let shutdown = CancellationToken::new();
     let mut redis_conn = match backend {
         Backend::Redis(url) => Some(
@@ -402,6 +462,14 @@ async fn measure(
         vs_xadd: None,
         vs_native: 1.0,
     })
+}
+
+/// Entries per read: what the plain cases of `backend` use.
+fn read_count(backend: &Backend) -> usize {
+    match backend {
+        Backend::Memory => 256,
+        Backend::Redis(_) => 512,
+    }
 }
 
 /// XADD requests per second that `redis-benchmark` reaches with 16-deep

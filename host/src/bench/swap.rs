@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{measure, Backend};
+use super::{measure, Backend, Case};
 use crate::config::Config;
 use crate::event::Event;
 use crate::handler::{ErrorHandled, Failure, Handled, Handler};
 use crate::live::{LivePlugin, Version};
 use crate::plugin::PluginSettings;
-use crate::plugin::{PluginEngine, WasmPlugin};
+use crate::plugin::{Links, PluginEngine, WasmPlugin};
 use crate::reload::{Reloaded, Reloader};
 use crate::routes::Routes;
 
@@ -95,13 +95,13 @@ pub(super) async fn pause_report(
         "noop",
         &file,
         PluginSettings::of(&plugin, crate::config::DEFAULT_MAX_PAYLOAD_BYTES),
-        routes.clone(),
+        Links::routes_only(routes.clone()),
     )?;
     let sha256 = first.sha256().to_string();
     let live = LivePlugin::new("noop", Version::new(Arc::new(first), sha256));
     let reloader = Reloader::new(
         engine,
-        routes,
+        Links::routes_only(routes),
         crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
         [(plugin, live.clone())],
     );
@@ -141,9 +141,14 @@ pub(super) async fn pause_report(
             anyhow::Ok(windows)
         }
     });
-    let rate = measure(timed.clone(), &Backend::Memory, EVENTS, args.concurrency)
-        .await?
-        .rate;
+    let rate = measure(
+        &Case::new("swap", timed.clone()),
+        &Backend::Memory,
+        EVENTS,
+        args.concurrency,
+    )
+    .await?
+    .rate;
     let windows = swapper.await??;
     let _ = std::fs::remove_dir_all(&dir);
 

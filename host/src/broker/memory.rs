@@ -16,12 +16,16 @@ use tokio::sync::Notify;
 use super::{
     parse_entry_id, Append, Broker, Delivery, Entry, GroupCreated, MissingGroup, StartFrom,
 };
+use crate::kv::{Commit, Outcome};
 
 /// The in-memory broker. Cheap to share: clone the `Arc`.
 pub struct MemoryBroker {
     state: Mutex<HashMap<String, Stream>>,
     /// Idempotency marks and when they expire.
     marks: Mutex<HashMap<String, Instant>>,
+    /// Key-value buckets by storage name. Taken after `state` by a commit,
+    /// so that custody, reads, writes, appends and the ack are one step.
+    kv: Mutex<HashMap<String, BTreeMap<String, Vec<u8>>>>,
     /// Woken on every append and every ack: readers wait for entries,
     /// writers for room. One signal keeps the logic simple; the waiters
     /// re-check their own condition.
@@ -64,6 +68,7 @@ impl MemoryBroker {
         Arc::new(MemoryBroker {
             state: Mutex::new(HashMap::new()),
             marks: Mutex::new(HashMap::new()),
+            kv: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             capacity: capacity.max(1),
         })
@@ -74,41 +79,99 @@ impl MemoryBroker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_kv(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<String, Vec<u8>>>> {
+        self.kv.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Appends one entry if the stream has room; `None` when it is full.
     fn try_append(&self, stream: &str, fields: &[super::Field]) -> Option<String> {
         let mut state = self.lock();
         let s = state.entry(stream.to_string()).or_default();
-        if s.next_seq == 0 {
-            s.next_seq = 1;
-        }
-        s.make_room(self.capacity);
-        if s.entries.len() >= self.capacity {
+        if !s.room_for(self.capacity, 1) {
             return None;
         }
-        let seq = s.next_seq;
-        s.next_seq += 1;
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
-        let id = format!("{ms}-{seq}");
-        s.entries.push_back(Stored {
-            seq,
-            ms,
-            entry: Entry {
-                id: id.clone(),
-                fields: Arc::new(fields.to_vec()),
-            },
-            deleted: false,
-        });
-        Some(id)
+        Some(s.push(fields))
+    }
+
+    /// Applies the first commits that can be applied now, in order, into
+    /// `outcomes`; stops at one whose appends do not fit (a full stream),
+    /// to be tried again once something changed.
+    fn try_commit(&self, commits: &[Commit], outcomes: &mut Vec<Outcome>) {
+        let mut state = self.lock();
+        let mut kv = self.lock_kv();
+        for c in &commits[outcomes.len()..] {
+            let src = &c.source;
+            let held = state
+                .get(&src.stream)
+                .and_then(|s| s.groups.get(&src.group))
+                .map(|g| {
+                    seq_of(&src.id)
+                        .ok()
+                        .and_then(|seq| g.pending.get(&seq))
+                        .is_some_and(|p| p.consumer == src.consumer)
+                });
+            if held == Some(false) {
+                outcomes.push(Outcome::NotHeld);
+                continue;
+            }
+            let changed = c
+                .effects
+                .reads
+                .iter()
+                .find(|r| kv.get(&r.bucket).and_then(|b| b.get(&r.key)) != r.value.as_ref());
+            if let Some(r) = changed {
+                outcomes.push(Outcome::Conflict {
+                    bucket: r.bucket.clone(),
+                    key: r.key.clone(),
+                });
+                continue;
+            }
+            let mut needed: HashMap<&str, usize> = HashMap::new();
+            for a in &c.appends {
+                *needed.entry(&a.stream).or_default() += 1;
+            }
+            let fits = needed.into_iter().all(|(stream, n)| {
+                state
+                    .entry(stream.to_string())
+                    .or_default()
+                    .room_for(self.capacity, n)
+            });
+            if !fits {
+                return;
+            }
+            for w in &c.effects.writes {
+                let bucket = kv.entry(w.bucket.clone()).or_default();
+                match &w.value {
+                    Some(v) => bucket.insert(w.key.clone(), v.clone()),
+                    None => bucket.remove(&w.key),
+                };
+            }
+            for a in &c.appends {
+                state
+                    .get_mut(&a.stream)
+                    .expect("made room above")
+                    .push(&a.fields);
+            }
+            if let Some(g) = state
+                .get_mut(&src.stream)
+                .and_then(|s| s.groups.get_mut(&src.group))
+            {
+                if let Ok(seq) = seq_of(&src.id) {
+                    g.pending.remove(&seq);
+                }
+            }
+            outcomes.push(Outcome::Committed);
+        }
     }
 }
 
 impl Stream {
-    /// Drops the oldest entries until one more fits in `capacity`, sparing
-    /// entries some group has not finished with.
-    fn make_room(&mut self, capacity: usize) {
+    /// Drops the oldest entries until `n` more fit in `capacity`, sparing
+    /// entries some group has not finished with; whether they fit.
+    fn room_for(&mut self, capacity: usize, n: usize) -> bool {
+        if self.next_seq == 0 {
+            self.next_seq = 1;
+        }
         let finished_below = if self.groups.is_empty() {
             u64::MAX
         } else {
@@ -125,11 +188,33 @@ impl Stream {
                 .min()
                 .unwrap_or(0)
         };
-        while self.entries.len() >= capacity
+        while self.entries.len() + n > capacity
             && self.entries.front().is_some_and(|e| e.seq < finished_below)
         {
             self.entries.pop_front();
         }
+        self.entries.len() + n <= capacity
+    }
+
+    /// Appends an entry (room was made) and returns its id.
+    fn push(&mut self, fields: &[super::Field]) -> String {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let id = format!("{ms}-{seq}");
+        self.entries.push_back(Stored {
+            seq,
+            ms,
+            entry: Entry {
+                id: id.clone(),
+                fields: Arc::new(fields.to_vec()),
+            },
+            deleted: false,
+        });
+        id
     }
 
     fn stored(&self, seq: u64) -> Option<&Stored> {
@@ -402,6 +487,59 @@ impl Broker for MemoryBroker {
             }
         }
         Ok(())
+    }
+
+    async fn kv_get(&self, bucket: &str, keys: &[String]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+        let kv = self.lock_kv();
+        let b = kv.get(bucket);
+        Ok(keys
+            .iter()
+            .map(|k| b.and_then(|b| b.get(k)).cloned())
+            .collect())
+    }
+
+    async fn kv_scan(
+        &self,
+        bucket: &str,
+        cursor: Option<&str>,
+        count: usize,
+    ) -> anyhow::Result<(Vec<String>, Option<String>)> {
+        // The cursor is the last key of the previous page: keys are sorted.
+        let kv = self.lock_kv();
+        let Some(b) = kv.get(bucket) else {
+            return Ok((Vec::new(), None));
+        };
+        let from = match cursor {
+            Some(after) => std::ops::Bound::Excluded(after.to_string()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut keys: Vec<String> = b
+            .range((from, std::ops::Bound::Unbounded))
+            .take(count.max(1) + 1)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let next = if keys.len() > count.max(1) {
+            keys.pop();
+            keys.last().cloned()
+        } else {
+            None
+        };
+        Ok((keys, next))
+    }
+
+    async fn commit(&self, commits: &[Commit]) -> anyhow::Result<Vec<Outcome>> {
+        let mut outcomes = Vec::with_capacity(commits.len());
+        loop {
+            let room = self.changed.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            self.try_commit(commits, &mut outcomes);
+            self.changed.notify_waiters();
+            if outcomes.len() == commits.len() {
+                return Ok(outcomes);
+            }
+            room.await;
+        }
     }
 
     async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64> {

@@ -277,6 +277,35 @@ pub trait Broker: Send + Sync + 'static {
     /// read is blocked; a backend whose reads block briefly may ignore it.
     async fn wake_reader(&self, _group: &str, _consumer: &str) {}
 
+    /// The committed values of `keys` in the key-value bucket stored as
+    /// `bucket` ([`crate::kv::bucket_storage`]), in order; `None` for a key
+    /// that is not set (or a bucket never written).
+    async fn kv_get(&self, bucket: &str, keys: &[String]) -> anyhow::Result<Vec<Option<Vec<u8>>>>;
+
+    /// About `count` keys of `bucket` from `cursor` (`None`: the start),
+    /// and the cursor of the next page (`None`: this was the last). Keys
+    /// written or deleted meanwhile may or may not be listed.
+    async fn kv_scan(
+        &self,
+        bucket: &str,
+        cursor: Option<&str>,
+        count: usize,
+    ) -> anyhow::Result<(Vec<String>, Option<String>)>;
+
+    /// Makes successful calls durable, in order, each in one atomic step:
+    /// if its source entry is still pending for its consumer and every
+    /// value it read is unchanged, its writes, its appends and the
+    /// acknowledgement of its source all apply; otherwise none does. A
+    /// missing group skips the custody check (nothing holds the entry, and
+    /// it will not be delivered again). A later commit sees the writes of
+    /// an earlier one. An `Err` means the backend did not answer: some
+    /// commits may have applied, and sending them again is safe (an applied
+    /// one finds its entry acknowledged: [`crate::kv::Outcome::NotHeld`]).
+    async fn commit(
+        &self,
+        commits: &[crate::kv::Commit],
+    ) -> anyhow::Result<Vec<crate::kv::Outcome>>;
+
     /// Whether the backend answers now, for readiness checks.
     async fn ping(&self) -> anyhow::Result<()> {
         Ok(())

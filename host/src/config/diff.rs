@@ -47,6 +47,7 @@ impl PluginConfig {
             grants,
             strict_grants,
             fuel_per_call,
+            kv_limits,
             ..
         } = newer.clone();
         PluginConfig {
@@ -57,6 +58,7 @@ impl PluginConfig {
             grants,
             strict_grants,
             fuel_per_call,
+            kv_limits,
             ..self.clone()
         }
     }
@@ -85,6 +87,7 @@ impl PluginConfig {
             breaker_failures,
             breaker_pause_ms,
             dedup_window_ms,
+            kv_limits,
         } = self;
         let mut out = Vec::new();
         let mut check = |name, applies, differs: bool| {
@@ -111,6 +114,7 @@ impl PluginConfig {
             Reload,
             *fuel_per_call != other.fuel_per_call,
         );
+        check("kv_limits", Reload, *kv_limits != other.kv_limits);
         check("streams", Restart, *streams != other.streams);
         check("events", Restart, *events != other.events);
         check("group", Restart, *group != other.group);

@@ -325,6 +325,9 @@ pub struct PluginConfig {
     /// many milliseconds is acknowledged without a call (a redelivery after a
     /// lost ack, a producer's retry). Off by default.
     pub dedup_window_ms: Option<u64>,
+    /// Bounds on a call's use of its key-value buckets.
+    #[serde(default)]
+    pub kv_limits: crate::kv::KvLimits,
 }
 
 fn default_breaker_failures() -> u32 {
@@ -392,6 +395,13 @@ pub struct Grants {
     pub dirs: Vec<DirGrant>,
     /// The real wall clock instead of one frozen at the event's time.
     pub clock: bool,
+    /// Key-value buckets the plugin may open (`wasi:keyvalue`), its own:
+    /// no other plugin sees them. A shadow reads those of the plugin it
+    /// shadows (and never writes).
+    pub kv: Vec<String>,
+    /// Key-value buckets shared with every plugin that lists the same name
+    /// here.
+    pub kv_shared: Vec<String>,
 }
 
 /// A host directory made visible to a plugin.

@@ -162,6 +162,28 @@ impl Config {
             if p.backoff.initial_ms > p.backoff.max_ms {
                 return Err((key("backoff.initial_ms"), "is larger than max_ms".into()));
             }
+            for (field, buckets) in [
+                ("grants.kv", &p.grants.kv),
+                ("grants.kv_shared", &p.grants.kv_shared),
+            ] {
+                if let Some(bad) = buckets.iter().find(|b| !crate::kv::valid_bucket_name(b)) {
+                    return Err((
+                        key(field),
+                        format!("{bad:?} is not a bucket name (1 to 64 of A-Z a-z 0-9 . _ -)"),
+                    ));
+                }
+            }
+            if let Some(both) = p.grants.kv.iter().find(|b| p.grants.kv_shared.contains(b)) {
+                return Err((
+                    key("grants.kv_shared"),
+                    format!("{both:?} is in kv too: a bucket is either the plugin's own or shared"),
+                ));
+            }
+            let limits = &p.kv_limits;
+            at_least_one("kv_limits.max_key_bytes", limits.max_key_bytes as u64)?;
+            at_least_one("kv_limits.max_value_bytes", limits.max_value_bytes as u64)?;
+            at_least_one("kv_limits.max_ops_per_call", limits.max_ops_per_call.into())?;
+            at_least_one("kv_limits.page_keys", limits.page_keys as u64)?;
         }
         Ok(())
     }

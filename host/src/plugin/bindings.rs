@@ -1,9 +1,33 @@
-//! Host-side bindings of the `handler` world, generated from `wit/`.
+//! Host-side bindings of the `handler` world, generated from `wit/`, and of
+//! the frozen `runnel:plugin@0.1.0` imports that older components use.
 
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "handler",
+    imports: {
+        // Async: reads wait on the store. Trappable: a wait past the call's
+        // deadline ends the call as a timeout.
+        "wasi:keyvalue": async | trappable,
+    },
     exports: { default: async },
+    with: {
+        "wasi:keyvalue/store.bucket": crate::plugin::keyvalue::BucketHandle,
+        "wasi:keyvalue/atomics.cas": crate::plugin::keyvalue::CasHandle,
+    },
 });
 
 pub use self::runnel::plugin::types as wit;
+
+/// `runnel:plugin@0.1.0`, as released: components built against it import
+/// `runnel:plugin/host@0.1.0`, which the linker cannot alias to 0.2.0 (a
+/// new minor version of a 0.x package is a breaking one). Its `host` and
+/// `types` are unchanged in 0.2.0, so the host serves both from one
+/// implementation; its exports have the same shape and are called through
+/// the 0.2.0 bindings.
+pub mod v0_1 {
+    wasmtime::component::bindgen!({
+        path: "wit-0.1.0",
+        world: "handler",
+        exports: { default: async },
+    });
+}

@@ -8,6 +8,7 @@
 
 mod bindings;
 pub mod engine;
+mod keyvalue;
 mod limits;
 mod sandbox;
 mod state;
@@ -26,6 +27,7 @@ use wasmtime::{Store, UpdateDeadline};
 use crate::config::Grants;
 use crate::event::Event;
 use crate::handler::{ErrorHandled, Failure, FailureKind, Handled, Handler, Verdict};
+use crate::kv::{bucket_storage, KvAccess, KvEffects, KvLimits, Txn};
 use crate::routes::Routes;
 use bindings::{wit, HandlerPre};
 pub use engine::PluginEngine;
@@ -47,6 +49,10 @@ pub struct PluginSettings {
     /// same config accept (`max_payload_bytes`), so that a plugin cannot
     /// publish what nobody can read.
     pub max_emitted_payload: usize,
+    /// Granted key-value buckets: the name the guest opens, and the
+    /// storage name ([`crate::kv::bucket_storage`]).
+    pub kv_buckets: Vec<(String, String)>,
+    pub kv_limits: KvLimits,
 }
 
 impl PluginSettings {
@@ -62,6 +68,38 @@ impl PluginSettings {
             strict_grants: p.strict_grants,
             fuel: p.fuel_per_call,
             max_emitted_payload: max_payload_bytes,
+            kv_buckets: kv_buckets(p.shadow_of.as_deref().unwrap_or(&p.name), &p.grants),
+            kv_limits: p.kv_limits,
+        }
+    }
+}
+
+/// Granted buckets with their storage names, under `namespace` (the
+/// plugin's name, or that of the plugin a shadow shadows).
+fn kv_buckets(namespace: &str, grants: &Grants) -> Vec<(String, String)> {
+    let own = grants.kv.iter().map(|b| (b, false));
+    let shared = grants.kv_shared.iter().map(|b| (b, true));
+    own.chain(shared)
+        .map(|(b, shared)| (b.clone(), bucket_storage(namespace, b, shared)))
+        .collect()
+}
+
+/// What a plugin's imports reach outside it: the routes its emitted events
+/// follow, and the store its key-value buckets live in (the broker, so that
+/// writes commit with the event's ack).
+#[derive(Clone)]
+pub struct Links {
+    pub routes: Arc<Routes>,
+    /// `None`: no store; every bucket is denied whatever the grants.
+    pub store: Option<Arc<crate::kv::Store>>,
+}
+
+impl Links {
+    /// Links for a plugin that may emit along `routes` and has no store.
+    pub fn routes_only(routes: Arc<Routes>) -> Links {
+        Links {
+            routes,
+            store: None,
         }
     }
 }
@@ -85,6 +123,8 @@ pub struct WasmPlugin {
     counts_fuel: bool,
     settings: PluginSettings,
     routes: Arc<Routes>,
+    /// The plugin's buckets and their store, when it is granted some.
+    kv: Option<Arc<KvAccess>>,
     warm: Mutex<Vec<Warm>>,
     alive: Arc<AtomicUsize>,
 }
@@ -115,7 +155,7 @@ impl WasmPlugin {
         name: &str,
         path: &Path,
         settings: PluginSettings,
-        routes: Arc<Routes>,
+        links: Links,
     ) -> anyhow::Result<WasmPlugin> {
         let compiled = engine.compile_file(path)?;
         let (pre, uses_wasi) =
@@ -138,14 +178,25 @@ impl WasmPlugin {
             }
             tracing::info!(plugin = %name, "imports capabilities it was not granted; their calls will be denied: {}", list.join(", "));
         }
+        let name: Arc<str> = name.into();
+        let kv = match (&links.store, settings.kv_buckets.is_empty()) {
+            (Some(store), false) => Some(Arc::new(KvAccess {
+                store: store.clone(),
+                buckets: settings.kv_buckets.clone(),
+                limits: settings.kv_limits,
+                plugin: name.clone(),
+            })),
+            _ => None,
+        };
         Ok(WasmPlugin {
-            name: name.into(),
+            name,
             sha256: compiled.sha256,
             pre,
             uses_wasi,
             counts_fuel: engine.counts_fuel(),
             settings,
-            routes,
+            routes: links.routes,
+            kv,
             warm: Mutex::new(Vec::new()),
             alive: Arc::new(AtomicUsize::new(0)),
         })
@@ -197,6 +248,8 @@ impl WasmPlugin {
             table: ResourceTable::new(),
             clock,
             call: Default::default(),
+            kv: Txn::new(self.kv.clone()),
+            kv_lock_wait: self.settings.timeout,
             deadline: None,
         };
         let mut store = Store::new(self.pre.engine(), state);
@@ -292,12 +345,10 @@ impl Handler for WasmPlugin {
         if !verdict.is_trap() {
             self.give_back(warm);
         }
+        let done = verdict == Verdict::Done;
         Handled {
-            emitted: if verdict == Verdict::Done {
-                call.emitted
-            } else {
-                Vec::new()
-            },
+            emitted: if done { call.emitted } else { Vec::new() },
+            kv: if done { call.kv } else { KvEffects::default() },
             verdict,
             logs: call.logs,
         }
@@ -347,6 +398,8 @@ impl Handler for WasmPlugin {
 /// plugin over some events (`runnel test`, `runnel replay`).
 pub struct Standalone {
     pub plugin: WasmPlugin,
+    /// Its key-value state, in memory, for this run only.
+    kv: Arc<crate::kv::Store>,
     /// Kept alive after the plugin (fields drop in order): its epoch ticker
     /// is what enforces the time limit.
     _engine: PluginEngine,
@@ -364,6 +417,7 @@ impl Standalone {
     ) -> anyhow::Result<Standalone> {
         let engine = PluginEngine::new(&crate::config::EngineConfig::for_one_plugin())?;
         let routes = Arc::new(Routes::new([("*".to_string(), sink.to_string())]));
+        let kv_buckets = kv_buckets(name, &grants);
         let settings = PluginSettings {
             reuse_instance: 1000,
             timeout,
@@ -372,12 +426,75 @@ impl Standalone {
             strict_grants: false,
             fuel: None,
             max_emitted_payload: crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
+            kv_buckets,
+            kv_limits: KvLimits::default(),
         };
-        let plugin = WasmPlugin::load(&engine, name, path, settings, routes)?;
+        let kv = crate::kv::Store::new(crate::broker::memory::MemoryBroker::new(1 << 16));
+        let links = Links {
+            routes,
+            store: Some(kv.clone()),
+        };
+        let plugin = WasmPlugin::load(&engine, name, path, settings, links)?;
         Ok(Standalone {
             plugin,
+            kv,
             _engine: engine,
         })
+    }
+}
+
+impl Standalone {
+    /// The name the plugin opens a bucket by, from its storage name.
+    pub fn bucket_name<'a>(&'a self, storage: &'a str) -> &'a str {
+        self.plugin
+            .settings
+            .kv_buckets
+            .iter()
+            .find(|(_, s)| s == storage)
+            .map_or(storage, |(name, _)| name)
+    }
+
+    /// Writes keys of a granted bucket (`None` deletes), outside any call:
+    /// state to start from, or a call's writes to keep.
+    pub async fn write(
+        &self,
+        bucket: &str,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+    ) -> anyhow::Result<()> {
+        let Some((_, storage)) = self
+            .plugin
+            .settings
+            .kv_buckets
+            .iter()
+            .find(|(n, _)| n == bucket)
+        else {
+            anyhow::bail!("bucket {bucket:?} is not granted: add --grant-kv {bucket}");
+        };
+        let commit = crate::kv::Commit {
+            // No stream holds the event: nothing to check or acknowledge.
+            source: crate::kv::Source {
+                stream: String::new(),
+                group: String::new(),
+                consumer: String::new(),
+                id: "0-0".into(),
+            },
+            effects: KvEffects {
+                writes: writes
+                    .into_iter()
+                    .map(|(key, value)| crate::kv::KvWrite {
+                        bucket: storage.clone(),
+                        key,
+                        value,
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            appends: Vec::new(),
+        };
+        match self.kv.commit(commit).await? {
+            crate::kv::Outcome::Committed => Ok(()),
+            other => anyhow::bail!("writing bucket {bucket:?}: {other:?}"),
+        }
     }
 }
 
@@ -389,6 +506,11 @@ fn link(
 ) -> anyhow::Result<(HandlerPre<HostState>, bool)> {
     let mut linker: Linker<HostState> = Linker::new(engine.engine());
     bindings::Handler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+    // What components built against the 0.1.0 contract import.
+    bindings::v0_1::Handler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+        &mut linker,
+        |s| s,
+    )?;
     let wants_wasi = inspect(engine, component)
         .imports
         .iter()

@@ -63,7 +63,7 @@ pub struct Ungranted {
 
 /// The capabilities `imports` reach for that `grants` leave closed.
 pub fn ungranted(imports: &[String], grants: &Grants) -> Vec<Ungranted> {
-    let rules: [(&str, &str, &str, bool); 5] = [
+    let rules: [(&str, &str, &str, bool); 6] = [
         (
             "wasi:filesystem/",
             "filesystem",
@@ -87,6 +87,12 @@ pub fn ungranted(imports: &[String], grants: &Grants) -> Vec<Ungranted> {
             "wall clock",
             "grants.clock = true",
             grants.clock,
+        ),
+        (
+            "wasi:keyvalue/",
+            "key-value",
+            "grants.kv = [\"BUCKET\"]",
+            !grants.kv.is_empty() || !grants.kv_shared.is_empty(),
         ),
         (
             "wasi:sockets/",

@@ -8,12 +8,13 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::runnel::plugin::{host, types};
-use super::bindings::wit;
+use super::bindings::{v0_1, wit};
 use super::limits::Limits;
 use super::sandbox::EventClock;
 use super::stdio::{CallTag, StderrTail};
 use crate::event::Event;
 use crate::handler::Level;
+use crate::kv::{KvEffects, Txn};
 use crate::routes::Routes;
 
 /// Most events one call may emit; a plugin in a loop is stopped here.
@@ -42,7 +43,13 @@ pub struct HostState {
     /// their lines belong to.
     pub stdio_tag: Option<CallTag>,
     pub call: Call,
-    /// When the running call must stop; checked at every epoch tick.
+    /// The call's key-value transaction (denies every bucket when the
+    /// plugin is granted none).
+    pub kv: Txn,
+    /// Longest wait for a key's lock in this host (the call's time limit).
+    pub kv_lock_wait: std::time::Duration,
+    /// When the running call must stop; checked at every epoch tick and
+    /// by every wait in a host call.
     pub deadline: Option<Instant>,
 }
 
@@ -91,6 +98,7 @@ impl HostState {
         call.may_emit = may_emit && event.is_some();
         call.emitted.clear();
         call.logs.clear();
+        self.kv.reset();
         self.limits.refused = None;
         self.stderr_tail.clear();
     }
@@ -101,6 +109,7 @@ impl HostState {
         Output {
             emitted: std::mem::take(&mut self.call.emitted),
             logs: std::mem::take(&mut self.call.logs),
+            kv: self.kv.finish(),
         }
     }
 }
@@ -109,6 +118,8 @@ impl HostState {
 pub struct Output {
     pub emitted: Vec<(String, Event)>,
     pub logs: Vec<(Level, String)>,
+    /// What it read and wrote in its buckets (to commit if it succeeded).
+    pub kv: KvEffects,
 }
 
 impl WasiView for HostState {
@@ -234,4 +245,33 @@ pub fn fill_view(view: &mut wit::Event, event: &Event) {
     view.meta.attempts = event.meta.attempts;
     view.meta.is_dry_run = event.meta.is_dry_run;
     view.payload.clone_from(&event.payload);
+}
+
+impl v0_1::runnel::plugin::types::Host for HostState {}
+
+/// Components built against `runnel:plugin@0.1.0` get the same `log` and
+/// `emit`: the interface did not change.
+impl v0_1::runnel::plugin::host::Host for HostState {
+    fn log(&mut self, level: v0_1::runnel::plugin::types::Level, message: String) {
+        use v0_1::runnel::plugin::types::Level as Old;
+        let level = match level {
+            Old::Trace => wit::Level::Trace,
+            Old::Debug => wit::Level::Debug,
+            Old::Info => wit::Level::Info,
+            Old::Warn => wit::Level::Warn,
+            Old::Error => wit::Level::Error,
+        };
+        host::Host::log(self, level, message)
+    }
+
+    fn emit(&mut self, events: Vec<v0_1::runnel::plugin::types::NewEvent>) -> Result<(), String> {
+        let events = events
+            .into_iter()
+            .map(|e| wit::NewEvent {
+                name: e.name,
+                payload: e.payload,
+            })
+            .collect();
+        host::Host::emit(self, events)
+    }
 }

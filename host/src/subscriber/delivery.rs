@@ -10,13 +10,14 @@ use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::throttle::left_out_note;
-use super::{InFlight, Shared};
+use super::{InFlight, Shared, BACKEND_RETRY};
 use crate::broker::{Delivery, Entry, EVENT_FIELD};
 use crate::config::Backoff;
 use crate::dead_letter::DeadLetter;
 use crate::event::Event;
 use crate::handler::{Failure, FailureKind, Verdict};
-use crate::publisher::causal_depth;
+use crate::kv::{Commit, KvEffects, Outcome, Source};
+use crate::publisher::{causal_depth, entries_at_depth};
 use crate::stats::Stats;
 
 /// An entry this consumer took, on its way to its final outcome.
@@ -24,10 +25,26 @@ pub(super) struct Job {
     pub delivery: Delivery,
     /// Its share of the in-flight budget, given back when the job is dropped.
     pub _slot: OwnedSemaphorePermit,
-    /// Set when it comes back after a backoff: the event as decoded, and the
-    /// attempts made so far.
-    pub resume: Option<(Event, u32)>,
+    /// Set when it comes back to a lane after a wait: what to do next.
+    pub resume: Option<Resume>,
+    /// Times its calls were run again after a key-value conflict.
+    pub reruns: u32,
 }
+
+/// Where a job that left its lane to wait picks up again.
+pub(super) enum Resume {
+    /// Call the handler: the event as decoded, and the attempts made so
+    /// far (after a backoff, or a conflict that does not count as one).
+    Call(Event, u32),
+    /// The attempt that succeeded could not be committed: it counts as a
+    /// failed one (`retry`), with this reason.
+    Failed(Event, u32, String),
+}
+
+/// Times a call is run again after key-value conflicts before the conflict
+/// counts as a failed attempt: a key so hot that this many calls in a row
+/// lost the race needs the plugin's backoff, not another immediate try.
+const MAX_CONFLICT_RERUNS: u32 = 10;
 
 /// Where a job goes next.
 enum Step {
@@ -36,6 +53,9 @@ enum Step {
     /// The call succeeded and left work that waits on the backend: publish
     /// what it emitted, record the event id in the dedup window.
     Publish(Event, Vec<(String, Event)>),
+    /// The call succeeded and used key-value state: commit its writes, its
+    /// emits and the ack in one step (attempts made, including this one).
+    Commit(Event, u32, Vec<(String, Event)>, KvEffects),
     /// Call again after the backoff.
     Retry(Event, u32),
     /// Final: acknowledge (`true`) or leave pending (`false`, shutdown).
@@ -48,7 +68,11 @@ impl Shared {
     /// its own, so that the lane can call the handler for the next entry.
     pub(super) async fn run(self: &Arc<Self>, mut job: Job) {
         let mut step = match job.resume.take() {
-            Some((event, attempts)) => Step::Call(event, attempts),
+            Some(Resume::Call(event, attempts)) => Step::Call(event, attempts),
+            Some(Resume::Failed(event, attempts, reason)) => {
+                self.failed(&job.delivery, event, attempts, Verdict::Retry(reason))
+                    .await
+            }
             None => self.start(&job.delivery).await,
         };
         loop {
@@ -66,6 +90,12 @@ impl Shared {
                         shared.finish(job, published);
                     });
                 }
+                Step::Commit(event, attempts, emitted, effects) => {
+                    let shared = self.clone();
+                    return self.spawn_wait(async move {
+                        shared.commit(job, event, attempts, emitted, effects).await;
+                    });
+                }
                 Step::Retry(event, attempts) => {
                     if self.shutdown.is_cancelled() {
                         return self.finish(job, false);
@@ -76,7 +106,7 @@ impl Shared {
                             biased;
                             _ = shared.shutdown.cancelled() => shared.finish(job, false),
                             _ = tokio::time::sleep(delay) => {
-                                job.resume = Some((event, attempts));
+                                job.resume = Some(Resume::Call(event, attempts));
                                 shared.enqueue(vec![job]);
                             }
                         }
@@ -125,6 +155,93 @@ impl Shared {
         self.lock_in_flight().remove(&key);
         if ack {
             let _ = self.acks.send(key);
+        }
+    }
+
+    /// Commits a successful call that used key-value state: its writes,
+    /// its emits and the ack of its entry, in one step, retrying a backend
+    /// that does not answer (a commit applied whose answer was lost finds
+    /// its entry acknowledged). A conflict runs the call again on fresh
+    /// state.
+    async fn commit(
+        self: &Arc<Self>,
+        mut job: Job,
+        event: Event,
+        attempts: u32,
+        emitted: Vec<(String, Event)>,
+        effects: KvEffects,
+    ) {
+        let depth = causal_depth(&job.delivery.entry) + 1;
+        let commit = Commit {
+            source: Source {
+                stream: job.delivery.stream.clone(),
+                group: self.sub.group.clone(),
+                consumer: self.sub.consumer.clone(),
+                id: job.delivery.entry.id.clone(),
+            },
+            effects,
+            appends: entries_at_depth(&emitted, depth),
+        };
+        let mut failures = 0;
+        let outcome = loop {
+            let attempt = self.kv.commit(commit.clone());
+            let result = tokio::select! {
+                biased;
+                result = attempt => result,
+                _ = self.shutdown.cancelled() => return self.finish(job, false),
+            };
+            match result {
+                Ok(outcome) => break outcome,
+                Err(e) => {
+                    tracing::warn!(plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id, "committing key-value writes failed, retrying: {e:#}");
+                }
+            }
+            failures += 1;
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return self.finish(job, false),
+                _ = tokio::time::sleep(BACKEND_RETRY.delay(failures.min(8))) => {}
+            }
+        };
+        match outcome {
+            Outcome::Committed => {
+                Stats::bump(&self.stats.kv_commits);
+                self.remember_handled(&event).await;
+                // Acknowledged by the commit itself.
+                self.finish(job, false);
+            }
+            Outcome::NotHeld => {
+                tracing::info!(plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id, entry = %job.delivery.entry.id, "not committed: the entry is no longer this consumer's (another consumer took it over, or it is acknowledged already)");
+                self.finish(job, false);
+            }
+            Outcome::Conflict { bucket, key } => {
+                Stats::bump(&self.stats.kv_conflicts);
+                job.reruns += 1;
+                if job.reruns > MAX_CONFLICT_RERUNS {
+                    let reason = format!("key {key:?} of {bucket} kept changing under the call: {MAX_CONFLICT_RERUNS} runs in a row lost to a concurrent commit");
+                    job.reruns = 0;
+                    job.resume = Some(Resume::Failed(event, attempts, reason));
+                    return self.enqueue(vec![job]);
+                }
+                tracing::debug!(plugin = %self.sub.plugin, event_id = %event.id, %bucket, key, "key-value conflict: running the call again on fresh state");
+                // A short random pause spreads out calls racing for one key.
+                let pause = std::time::Duration::from_micros(fastrand::u64(
+                    0..(250u64 << job.reruns.min(6)),
+                ));
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return self.finish(job, false),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                job.resume = Some(Resume::Call(event, attempts - 1));
+                self.enqueue(vec![job]);
+            }
+            Outcome::Failed(reason) => {
+                job.resume = Some(Resume::Failed(
+                    event,
+                    attempts,
+                    format!("committing key-value writes failed: {reason}"),
+                ));
+                self.enqueue(vec![job]);
+            }
         }
     }
 
@@ -259,18 +376,39 @@ impl Shared {
             _ => Some(false),
         };
         self.breaker.record(&self.sub.plugin, speaks_of_the_plugin);
-        let failure =
-            match Failure::of_attempt(&handled.verdict, &event, attempts, self.sub.max_attempts) {
-                None if handled.emitted.is_empty() && self.sub.dedup_window.is_none() => {
-                    Stats::bump(&stats.handled);
-                    return Step::Finished(true);
-                }
-                None => return Step::Publish(event, handled.emitted),
-                Some(failure) => failure,
-            };
+        if handled.verdict != Verdict::Done {
+            return self
+                .failed(delivery, event, attempts, handled.verdict)
+                .await;
+        }
+        // A dry run's writes are never committed (nor checked).
+        if !handled.kv.is_empty() && !event.meta.is_dry_run {
+            return Step::Commit(event, attempts, handled.emitted, handled.kv);
+        }
+        if handled.emitted.is_empty() && self.sub.dedup_window.is_none() {
+            Stats::bump(&stats.handled);
+            return Step::Finished(true);
+        }
+        Step::Publish(event, handled.emitted)
+    }
+
+    /// What a failed attempt leads to: the error handler, then another
+    /// attempt after the backoff, or the dead-letter stream after the last.
+    async fn failed(
+        &self,
+        delivery: &Delivery,
+        event: Event,
+        attempts: u32,
+        verdict: Verdict,
+    ) -> Step {
+        let stats = &self.stats;
+        let Some(failure) = Failure::of_attempt(&verdict, &event, attempts, self.sub.max_attempts)
+        else {
+            unreachable!("called for failed attempts only");
+        };
         let (kind, last) = (failure.kind, failure.is_last_attempt);
         stats.failed(kind);
-        if matches!(handled.verdict, Verdict::Trap(_) | Verdict::OutOfMemory(_)) {
+        if matches!(verdict, Verdict::Trap(_) | Verdict::OutOfMemory(_)) {
             Stats::bump(&stats.traps);
         }
         // The last attempt's line is the dead letter's.

@@ -129,6 +129,7 @@ impl Subscription {
 pub struct Subscriber {
     broker: Arc<dyn Broker>,
     publisher: Publisher,
+    kv: Arc<crate::kv::Store>,
     sub: Subscription,
     stats: Arc<Stats>,
     abandon: CancellationToken,
@@ -162,6 +163,8 @@ type InFlight = std::collections::HashSet<EntryRef, foldhash::fast::RandomState>
 struct Shared {
     broker: Arc<dyn Broker>,
     publisher: Publisher,
+    /// Where successful calls that used key-value state commit.
+    kv: Arc<crate::kv::Store>,
     sub: Subscription,
     stats: Arc<Stats>,
     handler: Arc<dyn Handler>,
@@ -189,6 +192,7 @@ impl Subscriber {
         stats: Arc<Stats>,
     ) -> Self {
         Subscriber {
+            kv: crate::kv::Store::new(broker.clone()),
             broker,
             publisher,
             sub,
@@ -197,6 +201,13 @@ impl Subscriber {
             breaker: Arc::new(Breaker::never()),
             health: Arc::default(),
         }
+    }
+
+    /// Commits calls that used key-value state through `kv` (the store
+    /// their plugin read from); a store of its own otherwise.
+    pub fn with_kv(mut self, kv: Arc<crate::kv::Store>) -> Self {
+        self.kv = kv;
+        self
     }
 
     /// Reports whether it reads, and why not, to `health`.
@@ -237,6 +248,7 @@ impl Subscriber {
         let shared = Arc::new(Shared {
             broker: self.broker,
             publisher: self.publisher,
+            kv: self.kv,
             calls: Semaphore::new(self.sub.concurrency),
             sub: self.sub,
             stats: self.stats,
@@ -396,6 +408,7 @@ impl Subscriber {
                     delivery,
                     _slot: slot,
                     resume: None,
+                    reruns: 0,
                 });
             }
             shared.enqueue(jobs);

@@ -2,7 +2,9 @@
  * The conformance plugin (plugins/CONFORMANCE.md) in C: the same verdicts,
  * emitted bytes and log lines as its Rust, Python and JavaScript twins.
  */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "runnel.h"
 
@@ -25,6 +27,53 @@ static bool fail_n(const runnel_event_t *event, uint32_t *n) {
 static void json_field(runnel_buf_t *b, const char *key, runnel_str_t value) {
     runnel_buf_printf(b, "\"%s\":", key);
     runnel_buf_json_string(b, value.ptr, value.len);
+}
+
+/* kv-count, kv-lost and kv-check (CONFORMANCE.md) on the bucket
+ * "conformance". */
+static runnel_verdict_t kv_case(runnel_str_t name) {
+    runnel_kv_bucket_t bucket;
+    RUNNEL_TRY(runnel_kv_open("conformance", &bucket));
+    runnel_verdict_t v = RUNNEL_OK;
+    bool found;
+    uint8_t *value = NULL;
+    size_t len = 0;
+    char text[32];
+    if (runnel_is(name, "kv-count")) {
+        int64_t n;
+        v = runnel_kv_increment(&bucket, "count", 1, &n);
+        if (runnel_ok(v))
+            v = runnel_kv_get(&bucket, "count", &found, &value, &len);
+        if (runnel_ok(v)) {
+            int written = snprintf(text, sizeof text, "%lld", (long long)n);
+            if (!found || len != (size_t)written || memcmp(value, text, len) != 0)
+                v = runnel_reject("read its own write wrong");
+            else
+                v = runnel_emit_str("counted", text);
+        }
+    } else if (runnel_is(name, "kv-lost")) {
+        v = runnel_kv_set(&bucket, "lost", "x", 1);
+        if (runnel_ok(v))
+            v = runnel_reject("kv write then reject");
+    } else {
+        bool lost;
+        v = runnel_kv_exists(&bucket, "lost", &lost);
+        if (runnel_ok(v))
+            v = runnel_kv_get(&bucket, "count", &found, &value, &len);
+        if (runnel_ok(v)) {
+            runnel_buf_t b = RUNNEL_BUF_INIT;
+            runnel_buf_printf(&b, "lost=%s count=", lost ? "true" : "false");
+            if (found)
+                runnel_buf_printf(&b, "%.*s", (int)len, (const char *)value);
+            else
+                runnel_buf_printf(&b, "none");
+            v = runnel_emit("kv-checked", b.ptr, b.len);
+            runnel_buf_free(&b);
+        }
+    }
+    free(value);
+    runnel_kv_close(&bucket);
+    return v;
 }
 
 runnel_verdict_t runnel_handle(const runnel_event_t *event) {
@@ -81,6 +130,13 @@ runnel_verdict_t runnel_handle(const runnel_event_t *event) {
         return runnel_emit("unrouted", "", 0);
     if (runnel_is(name, "trap"))
         abort();
+    if (runnel_is(name, "kv-count") || runnel_is(name, "kv-lost") || runnel_is(name, "kv-check"))
+        return kv_case(name);
+    if (runnel_is(name, "kv-denied")) {
+        runnel_kv_bucket_t other;
+        RUNNEL_TRY(runnel_kv_open("other", &other));
+        runnel_kv_close(&other);
+    }
     return RUNNEL_OK;
 }
 

@@ -1,6 +1,7 @@
 // The conformance plugin (plugins/CONFORMANCE.md) in JavaScript: the same
 // verdicts, emitted bytes and log lines as its Rust, Python and C twins.
 import { handler, errorHandler, emit, emitAll, log, Reject, Retry } from "../../../guest-sdk/js/runnel.js";
+import { kv } from "../../../guest-sdk/js/kv.js";
 
 const FAIL_N_USAGE = 'fail-n needs a payload {"n": <integer 0..4294967295>}';
 
@@ -74,6 +75,25 @@ export const handle = handler((event) => {
       break;
     case "trap":
       throw new Error("trap requested");
+    case "kv-count": {
+      const bucket = kv.open("conformance");
+      const n = bucket.increment("count", 1);
+      if (bucket.getText("count") !== String(n)) throw new Reject("read its own write wrong");
+      emit("counted", String(n));
+      break;
+    }
+    case "kv-lost":
+      kv.open("conformance").set("lost", "x");
+      throw new Reject("kv write then reject");
+    case "kv-check": {
+      const bucket = kv.open("conformance");
+      const count = bucket.getText("count");
+      emit("kv-checked", `lost=${bucket.exists("lost")} count=${count === undefined ? "none" : count}`);
+      break;
+    }
+    case "kv-denied":
+      kv.open("other");
+      break;
     default:
       break;
   }

@@ -73,6 +73,23 @@ class Conformance(runnel.Plugin):
             emit("unrouted", b"")
         elif name == "trap":
             raise RuntimeError("trap requested")
+        elif name == "kv-count":
+            bucket = runnel.kv.open("conformance")
+            n = bucket.increment("count", 1)
+            if bucket.get("count") != str(n).encode():
+                raise Reject("read its own write wrong")
+            emit("counted", str(n))
+        elif name == "kv-lost":
+            runnel.kv.open("conformance").set("lost", b"x")
+            raise Reject("kv write then reject")
+        elif name == "kv-check":
+            bucket = runnel.kv.open("conformance")
+            lost = "true" if bucket.exists("lost") else "false"
+            count = bucket.get("count")
+            count_text = "none" if count is None else count.decode("utf-8", "replace")
+            emit("kv-checked", f"lost={lost} count={count_text}")
+        elif name == "kv-denied":
+            runnel.kv.open("other")
 
     def handle_error(self, failure: Failure, event: Optional[Event]) -> None:
         last = "true" if failure.is_last_attempt else "false"

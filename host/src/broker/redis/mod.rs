@@ -8,6 +8,7 @@
 //! connection of its own ([`reader`]), because a blocked connection serves
 //! nobody else, with a response timeout longer than its `BLOCK`.
 
+mod commit;
 mod reader;
 mod tls;
 
@@ -616,6 +617,59 @@ impl Broker for RedisBroker {
             )
             .await?;
         Ok(())
+    }
+
+    async fn kv_get(&self, bucket: &str, keys: &[String]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.query(
+            redis::cmd("HMGET").arg(bucket).arg(keys),
+            || format!("HMGET {bucket}"),
+            None,
+        )
+        .await
+    }
+
+    async fn kv_scan(
+        &self,
+        bucket: &str,
+        cursor: Option<&str>,
+        count: usize,
+    ) -> anyhow::Result<(Vec<String>, Option<String>)> {
+        let (next, pairs): (String, Vec<Vec<u8>>) = self
+            .query(
+                redis::cmd("HSCAN")
+                    .arg(bucket)
+                    .arg(cursor.unwrap_or("0"))
+                    .arg("COUNT")
+                    .arg(count.max(1)),
+                || format!("HSCAN {bucket}"),
+                None,
+            )
+            .await?;
+        let keys = pairs
+            .into_iter()
+            .step_by(2)
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
+            .collect();
+        Ok((keys, (next != "0").then_some(next)))
+    }
+
+    async fn commit(
+        &self,
+        commits: &[crate::kv::Commit],
+    ) -> anyhow::Result<Vec<crate::kv::Outcome>> {
+        if commits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let invocation =
+            commit::invocation(commits, self.trimming.approximate, |s| self.max_len(s));
+        let reply: Value = invocation
+            .invoke_async(&mut self.commands())
+            .await
+            .map_err(|e| self.error(e, "committing key-value writes".into(), None))?;
+        commit::outcomes(commits, reply)
     }
 
     async fn ping(&self) -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! The conformance plugin: one behaviour, specified in `plugins/CONFORMANCE.md`
 //! and implemented in every guest language, so that one test can check each
 //! language's build (and SDK) byte for byte against the same expectations.
-use runnel_guest::{emit, emit_all, export_plugin, log, Event, Failure, FailureKind, NewEvent};
+use runnel_guest::{emit, emit_all, export_plugin, kv, log, Event, Failure, FailureKind, NewEvent};
 use runnel_guest::{Outcome, Plugin, Refusal};
 use serde::Serialize;
 
@@ -76,6 +76,28 @@ impl Plugin for Conformance {
             }
             "no-route" => emit("unrouted", Vec::new()),
             "trap" => panic!("trap requested"),
+            "kv-count" => {
+                let bucket = kv::open("conformance")?;
+                let n = bucket.increment("count", 1)?;
+                if bucket.get("count")?.as_deref() != Some(n.to_string().as_bytes()) {
+                    return Err(Refusal::reject("read its own write wrong"));
+                }
+                emit("counted", n.to_string())
+            }
+            "kv-lost" => {
+                kv::open("conformance")?.set("lost", b"x")?;
+                Err(Refusal::reject("kv write then reject"))
+            }
+            "kv-check" => {
+                let bucket = kv::open("conformance")?;
+                let lost = bucket.exists("lost")?;
+                let count = match bucket.get("count")? {
+                    Some(v) => String::from_utf8_lossy(&v).into_owned(),
+                    None => "none".to_string(),
+                };
+                emit("kv-checked", format!("lost={lost} count={count}"))
+            }
+            "kv-denied" => kv::open("other").map(|_| ()).map_err(Refusal::from),
             _ => Ok(()),
         }
     }

@@ -1,0 +1,220 @@
+//! Key-value commits on Redis: a batch of successful calls made durable by
+//! one Lua script, each call all or nothing.
+//!
+//! Why a script rather than `WATCH`/`MULTI`/`EXEC`: `WATCH` belongs to a
+//! connection (the multiplexed one cannot hold it), cannot check who holds
+//! a pending entry, and watching a busy source stream would abort on every
+//! producer's `XADD`. The script checks everything a call depends on before
+//! it writes anything, so an error cannot leave a call half applied; the
+//! `#!lua` shebang makes Redis 7 refuse the whole script up front when it is
+//! out of memory (`noeviction`), rather than fail half-way. Replicas and the
+//! AOF receive a script's effects as one `MULTI`/`EXEC`: a truncated AOF
+//! loses a commit whole, and its event is delivered again.
+//!
+//! Every key the script touches is passed in `KEYS` (deduplicated), so that
+//! a Redis Cluster can route it when all of them share a slot.
+
+use std::collections::HashMap;
+
+use redis::Value;
+
+use crate::kv::{Commit, Outcome};
+
+/// The script. `ARGV[1]` is the number of calls, `ARGV[2]` `~` or `=` for
+/// `MAXLEN`; then per call: its source stream (index into `KEYS`), group,
+/// consumer, entry id; its reads (count, then bucket index, key, `0`/`1`
+/// for absent/present, value); its writes (count, then bucket index, key,
+/// `0`/`1` for delete/set, value); its appends (count, then stream index,
+/// `MAXLEN`, field count, fields and values). One reply per call: `ok`,
+/// `notheld`, `conflict <read number>`, or `failed <reason>`.
+const COMMIT: &str = r#"#!lua
+local n, approx = tonumber(ARGV[1]), ARGV[2]
+local i = 3
+local replies = {}
+local function type_is(key, a)
+  local t = redis.call('TYPE', key)['ok']
+  return t == a or t == 'none'
+end
+for c = 1, n do
+  local src, group, consumer, id = KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
+  local verdict = nil
+  local p = redis.pcall('XPENDING', src, group, id, id, 1)
+  if type(p) == 'table' and p['err'] then
+    -- A group that vanished holds nothing: apply, the ack does nothing.
+    if not string.find(p['err'], 'NOGROUP', 1, true) then verdict = 'failed ' .. p['err'] end
+  elseif #p == 0 or p[1][2] ~= consumer then
+    verdict = 'notheld'
+  end
+  local nreads = tonumber(ARGV[i]); i = i + 1
+  for r = 1, nreads do
+    if not verdict then
+      local bucket = KEYS[tonumber(ARGV[i])]
+      if not type_is(bucket, 'hash') then
+        verdict = 'failed key ' .. bucket .. ' is not a hash'
+      else
+        local now = redis.call('HGET', bucket, ARGV[i + 1])
+        local was = ARGV[i + 2] == '1' and ARGV[i + 3] or false
+        if now ~= was then verdict = 'conflict ' .. r end
+      end
+    end
+    i = i + 4
+  end
+  local nwrites = tonumber(ARGV[i]); i = i + 1
+  local writes = i
+  i = i + 4 * nwrites
+  local nappends = tonumber(ARGV[i]); i = i + 1
+  local appends = i
+  for a = 1, nappends do
+    local stream = KEYS[tonumber(ARGV[i])]
+    if not verdict and not type_is(stream, 'stream') then
+      verdict = 'failed key ' .. stream .. ' is not a stream'
+    end
+    i = i + 3 + 2 * tonumber(ARGV[i + 2])
+  end
+  if not verdict then
+    for w = writes, writes + 4 * (nwrites - 1), 4 do
+      local bucket = KEYS[tonumber(ARGV[w])]
+      if not type_is(bucket, 'hash') then
+        verdict = 'failed key ' .. bucket .. ' is not a hash'
+      end
+    end
+  end
+  if not verdict then
+    for w = writes, writes + 4 * (nwrites - 1), 4 do
+      local bucket = KEYS[tonumber(ARGV[w])]
+      if ARGV[w + 2] == '1' then
+        redis.call('HSET', bucket, ARGV[w + 1], ARGV[w + 3])
+      else
+        redis.call('HDEL', bucket, ARGV[w + 1])
+      end
+    end
+    local a = appends
+    for _ = 1, nappends do
+      local nfields = tonumber(ARGV[a + 2])
+      local cmd = {'XADD', KEYS[tonumber(ARGV[a])], 'MAXLEN', approx, ARGV[a + 1], '*'}
+      for f = a + 3, a + 2 + 2 * nfields do cmd[#cmd + 1] = ARGV[f] end
+      redis.call(unpack(cmd))
+      a = a + 3 + 2 * nfields
+    end
+    redis.call('XACK', src, group, id)
+    verdict = 'ok'
+  end
+  replies[c] = verdict
+end
+return replies
+"#;
+
+/// The script, loaded once per process (redis-rs sends `EVALSHA` and falls
+/// back to `EVAL` when Redis has not seen it, after a restart say).
+pub(super) fn script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(COMMIT))
+}
+
+/// Builds the script's invocation for `commits`; `max_len` gives each
+/// stream's `MAXLEN`.
+pub(super) fn invocation(
+    commits: &[Commit],
+    approximate: bool,
+    max_len: impl Fn(&str) -> u64,
+) -> redis::ScriptInvocation<'static> {
+    let mut keys = Keys::default();
+    let mut inv = script().prepare_invoke();
+    inv.arg(commits.len())
+        .arg(if approximate { "~" } else { "=" });
+    for c in commits {
+        let src = keys.index(&c.source.stream);
+        inv.arg(src)
+            .arg(&c.source.group)
+            .arg(&c.source.consumer)
+            .arg(&c.source.id);
+        inv.arg(c.effects.reads.len());
+        for r in &c.effects.reads {
+            let b = keys.index(&r.bucket);
+            inv.arg(b).arg(&r.key);
+            match &r.value {
+                Some(v) => inv.arg("1").arg(v.as_slice()),
+                None => inv.arg("0").arg(""),
+            };
+        }
+        inv.arg(c.effects.writes.len());
+        for w in &c.effects.writes {
+            let b = keys.index(&w.bucket);
+            inv.arg(b).arg(&w.key);
+            match &w.value {
+                Some(v) => inv.arg("1").arg(v.as_slice()),
+                None => inv.arg("0").arg(""),
+            };
+        }
+        inv.arg(c.appends.len());
+        for a in &c.appends {
+            let s = keys.index(&a.stream);
+            inv.arg(s).arg(max_len(&a.stream)).arg(a.fields.len());
+            for (field, value) in &a.fields {
+                inv.arg(field).arg(value.as_slice());
+            }
+        }
+    }
+    for k in keys.names {
+        inv.key(k);
+    }
+    inv
+}
+
+/// The script's `KEYS`, each name once, in order of first use.
+#[derive(Default)]
+struct Keys<'c> {
+    names: Vec<&'c str>,
+    index: HashMap<&'c str, usize>,
+}
+
+impl<'c> Keys<'c> {
+    /// The 1-based index (Lua's) of `name` in `KEYS`.
+    fn index(&mut self, name: &'c str) -> usize {
+        *self.index.entry(name).or_insert_with(|| {
+            self.names.push(name);
+            self.names.len()
+        })
+    }
+}
+
+/// Reads the script's replies, one per commit, with the names of the
+/// keys a conflict was found on.
+pub(super) fn outcomes(commits: &[Commit], reply: Value) -> anyhow::Result<Vec<Outcome>> {
+    let Value::Array(items) = reply else {
+        anyhow::bail!("commit script answered {reply:?}, not a list");
+    };
+    if items.len() != commits.len() {
+        anyhow::bail!(
+            "commit script answered {} outcomes for {} commits",
+            items.len(),
+            commits.len()
+        );
+    }
+    items
+        .into_iter()
+        .zip(commits)
+        .map(|(item, commit)| {
+            let text: String = redis::from_redis_value(item)
+                .map_err(|e| anyhow::anyhow!("commit script reply: {e}"))?;
+            Ok(match text.split_once(' ') {
+                None if text == "ok" => Outcome::Committed,
+                None if text == "notheld" => Outcome::NotHeld,
+                Some(("conflict", n)) => {
+                    let read = n
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|n| commit.effects.reads.get(n.checked_sub(1)?))
+                        .ok_or_else(|| anyhow::anyhow!("commit script reply {text:?}"))?;
+                    Outcome::Conflict {
+                        bucket: read.bucket.clone(),
+                        key: read.key.clone(),
+                    }
+                }
+                Some(("failed", reason)) => Outcome::Failed(reason.to_string()),
+                _ => anyhow::bail!("commit script reply {text:?}"),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,186 @@
+//! Key-value state for plugins (`wasi:keyvalue`), committed exactly once
+//! with the event that caused it.
+//!
+//! A call never writes to the store. Its reads go to the committed state
+//! (through the [`Broker`]) and are remembered with the value they saw; its
+//! writes are buffered in a [`Txn`]. When the call succeeds, the subscriber
+//! hands the reads, the writes, the emitted events and the acknowledgement
+//! of the source entry to [`Broker::commit`] as one [`Commit`], which the
+//! backend applies in one atomic step (one Lua script on Redis, one critical
+//! section in memory) only if this consumer still holds the entry and every
+//! value read is unchanged. A call that fails, traps or times out drops its
+//! `Txn`: nothing it wrote is left behind. A crash before the commit leaves
+//! the entry pending (delivered again, nothing applied); a crash after it
+//! leaves it acknowledged (never delivered again).
+//!
+//! Storage: one map per bucket, named by [`bucket_storage`]: a plugin's
+//! buckets are its own unless its config lists them as shared.
+
+mod store;
+mod txn;
+
+pub use store::{KeyLock, Store};
+pub use txn::{BucketIx, Txn, TxnError};
+
+use std::sync::Arc;
+
+use crate::broker::Append;
+
+/// The storage name of a bucket (`runnel:kv:plugin:<namespace>:<bucket>`,
+/// or `runnel:kv:shared:<bucket>` for a bucket shared between plugins): a
+/// Redis hash, or a map of the memory backend. The namespace is the
+/// plugin's name (a shadow uses the plugin it shadows, so that it reads
+/// what the live version reads). Bucket names cannot hold `:`, so the last
+/// segment is always the bucket.
+pub fn bucket_storage(namespace: &str, bucket: &str, shared: bool) -> String {
+    if shared {
+        format!("runnel:kv:shared:{bucket}")
+    } else {
+        format!("runnel:kv:plugin:{namespace}:{bucket}")
+    }
+}
+
+/// Whether `name` may name a bucket: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+pub fn valid_bucket_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Bounds on what one call may do with its buckets; each refusal names
+/// the limit and where it is set (`[plugin.kv_limits]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvLimits {
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Most key operations in one call (a `get-many` of 10 keys counts 10):
+    /// a commit is one step on the store, so its size is bounded.
+    pub max_ops_per_call: u32,
+    /// Most keys one `list-keys` page returns.
+    pub page_keys: usize,
+}
+
+impl Default for KvLimits {
+    fn default() -> Self {
+        KvLimits {
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+            max_ops_per_call: 1000,
+            page_keys: 1000,
+        }
+    }
+}
+
+/// What a plugin may open, and where its reads go: built once per plugin
+/// from its config, shared by its instances.
+pub struct KvAccess {
+    pub store: Arc<Store>,
+    /// Granted buckets: the name the guest opens, and its storage name.
+    pub buckets: Vec<(String, String)>,
+    pub limits: KvLimits,
+    /// For the host log line that names a refused bucket and the grant.
+    pub plugin: Arc<str>,
+}
+
+/// One key as a call read it: which bucket (storage name), which key, and
+/// the committed value seen (`None`: not set). At commit the value must
+/// still be the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvRead {
+    pub bucket: String,
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// One key as a call left it: the new value, or `None` to delete it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvWrite {
+    pub bucket: String,
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// What a successful call did to its buckets: what must still hold and
+/// what to write, at commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvEffects {
+    pub reads: Vec<KvRead>,
+    pub writes: Vec<KvWrite>,
+    /// The keys the call locked in this host, let go once its writes are
+    /// pending in the [`Store`] (or when dropped).
+    pub locks: KeyLocks,
+}
+
+/// Locks a call holds on keys (see [`Store`]). A copy holds none: only the
+/// call's own effects keep its keys locked.
+#[derive(Default)]
+pub struct KeyLocks(pub Vec<KeyLock>);
+
+impl Clone for KeyLocks {
+    fn clone(&self) -> Self {
+        KeyLocks::default()
+    }
+}
+
+impl PartialEq for KeyLocks {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for KeyLocks {}
+
+impl std::fmt::Debug for KeyLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} key locks", self.0.len())
+    }
+}
+
+impl KvEffects {
+    /// Whether the call used no bucket at all.
+    pub fn is_empty(&self) -> bool {
+        self.reads.is_empty() && self.writes.is_empty()
+    }
+}
+
+/// The entry a commit acknowledges: it must still be pending for
+/// `consumer` in `group`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub stream: String,
+    pub group: String,
+    pub consumer: String,
+    pub id: String,
+}
+
+/// One successful call, to be made durable in one atomic step: check the
+/// source entry's custody and every read, then write, append and ack.
+#[derive(Clone, Debug)]
+pub struct Commit {
+    pub source: Source,
+    pub effects: KvEffects,
+    /// The events the call emitted, as entries for their streams.
+    pub appends: Vec<Append>,
+}
+
+/// How a [`Commit`] ended. Only `Committed` applied anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written, appended and acknowledged.
+    Committed,
+    /// A value the call read has changed since: nothing applied; run the
+    /// call again on fresh state.
+    Conflict { bucket: String, key: String },
+    /// The entry is no longer pending for this consumer: another consumer
+    /// took it over (it will handle it), or it was acknowledged already (by
+    /// this consumer's earlier commit whose answer was lost, or by the
+    /// consumer that took it over). Nothing applied.
+    NotHeld,
+    /// The store refused the commit for this call alone (a key of the wrong
+    /// type, say): nothing applied; a failed attempt.
+    Failed(String),
+}
