@@ -491,9 +491,10 @@ impl Standalone {
             },
             appends: Vec::new(),
         };
-        match self.kv.commit(commit).await? {
-            crate::kv::Outcome::Committed => Ok(()),
-            other => anyhow::bail!("writing bucket {bucket:?}: {other:?}"),
+        match self.kv.commit(commit).await {
+            Ok(crate::kv::Outcome::Committed) => Ok(()),
+            Ok(other) => anyhow::bail!("writing bucket {bucket:?}: {other:?}"),
+            Err(e) => Err(e.error.context(format!("writing bucket {bucket:?}"))),
         }
     }
 }

@@ -4,7 +4,10 @@
 //! wrote, so tests can check that a failed call's writes never land:
 //! `"fail_times": N` (retry while `attempts <= N`), `"reject": true`,
 //! `"trap": true`. `"iterations": N` spins that long first (a handler
-//! that takes time, for tests that kill a host mid-stream).
+//! that takes time, for tests that kill a host mid-stream). To run into
+//! the host's limits: `"blob_bytes": N` also sets `blob` to N bytes,
+//! `"extra_keys": N` increments N more keys, `"key_bytes": N` increments a
+//! key N bytes long.
 use runnel_guest::{emit_json, export_plugin, kv, Event, Outcome, Plugin, Refusal};
 
 #[derive(serde::Deserialize, Default)]
@@ -15,6 +18,9 @@ struct Spec {
     trap: bool,
     emit: bool,
     iterations: u64,
+    blob_bytes: usize,
+    extra_keys: usize,
+    key_bytes: usize,
 }
 
 struct Counter;
@@ -39,6 +45,15 @@ impl Plugin for Counter {
             return Err(Refusal::reject(format!(
                 "read {read:?} after writing {n}: reads must see the call's own writes"
             )));
+        }
+        if spec.blob_bytes > 0 {
+            counts.set("blob", &vec![b'x'; spec.blob_bytes])?;
+        }
+        for i in 0..spec.extra_keys {
+            counts.increment(&format!("extra:{i}"), 1)?;
+        }
+        if spec.key_bytes > 0 {
+            counts.increment(&"k".repeat(spec.key_bytes), 1)?;
         }
         if event.meta.attempts <= spec.fail_times {
             return Err(Refusal::retry(format!("failing attempt {}", event.meta.attempts)));
