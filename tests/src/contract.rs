@@ -322,7 +322,7 @@ pub async fn commits_are_all_or_nothing(s: Subject) {
         value: Some(value.as_bytes().to_vec()),
     };
     let commit = |id: &str, consumer: &str, seen: Option<&str>, new: &str| Commit {
-        source: source(id, consumer),
+        source: Some(source(id, consumer)),
         effects: KvEffects {
             reads: vec![read(seen)],
             writes: vec![write(new)],
@@ -380,6 +380,17 @@ pub async fn commits_are_all_or_nothing(s: Subject) {
         .await
         .unwrap();
     assert_eq!(again, vec![Outcome::NotHeld]);
+    assert_eq!(value().await, Some(b"2".to_vec()));
+    // A group that does not exist (or vanished: the subscriber creates it
+    // again and the entry may come back) holds nothing: nothing applies.
+    let mut orphan = commit(&ids[0], "c1", Some("2"), "9");
+    if let Some(src) = &mut orphan.source {
+        src.group = "no-such-group".into();
+    }
+    assert_eq!(
+        s.broker.commit(&[orphan]).await.unwrap(),
+        vec![Outcome::NotHeld]
+    );
     assert_eq!(value().await, Some(b"2".to_vec()));
     // The key is listed.
     let (keys, _) = s.broker.kv_scan(&bucket, None, 100).await.unwrap();

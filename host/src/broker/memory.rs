@@ -93,23 +93,19 @@ impl MemoryBroker {
         Some(s.push(fields))
     }
 
-    /// Applies the first commits that can be applied now, in order, into
-    /// `outcomes`; stops at one whose appends do not fit (a full stream),
-    /// to be tried again once something changed.
+    /// Applies commits in order, each all or nothing, and says how each
+    /// ended.
     fn try_commit(&self, commits: &[Commit], outcomes: &mut Vec<Outcome>) {
         let mut state = self.lock();
         let mut kv = self.lock_kv();
-        for c in &commits[outcomes.len()..] {
-            let src = &c.source;
-            let held = state
-                .get(&src.stream)
-                .and_then(|s| s.groups.get(&src.group))
-                .map(|g| {
-                    seq_of(&src.id)
-                        .ok()
-                        .and_then(|seq| g.pending.get(&seq))
-                        .is_some_and(|p| p.consumer == src.consumer)
-                });
+        for c in commits {
+            let held = c.source.as_ref().map(|src| {
+                state
+                    .get(&src.stream)
+                    .and_then(|s| s.groups.get(&src.group))
+                    .and_then(|g| g.pending.get(&seq_of(&src.id).ok()?))
+                    .is_some_and(|p| p.consumer == src.consumer)
+            });
             if held == Some(false) {
                 outcomes.push(Outcome::NotHeld);
                 continue;
@@ -137,7 +133,8 @@ impl MemoryBroker {
                     .room_for(self.capacity, n)
             });
             if !fits {
-                return;
+                outcomes.push(Outcome::Busy);
+                continue;
             }
             for w in &c.effects.writes {
                 let bucket = kv.entry(w.bucket.clone()).or_default();
@@ -152,12 +149,14 @@ impl MemoryBroker {
                     .expect("made room above")
                     .push(&a.fields);
             }
-            if let Some(g) = state
-                .get_mut(&src.stream)
-                .and_then(|s| s.groups.get_mut(&src.group))
-            {
-                if let Ok(seq) = seq_of(&src.id) {
-                    g.pending.remove(&seq);
+            if let Some(src) = &c.source {
+                if let Some(g) = state
+                    .get_mut(&src.stream)
+                    .and_then(|s| s.groups.get_mut(&src.group))
+                {
+                    if let Ok(seq) = seq_of(&src.id) {
+                        g.pending.remove(&seq);
+                    }
                 }
             }
             outcomes.push(Outcome::Committed);
@@ -529,17 +528,9 @@ impl Broker for MemoryBroker {
 
     async fn commit(&self, commits: &[Commit]) -> anyhow::Result<Vec<Outcome>> {
         let mut outcomes = Vec::with_capacity(commits.len());
-        loop {
-            let room = self.changed.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            self.try_commit(commits, &mut outcomes);
-            self.changed.notify_waiters();
-            if outcomes.len() == commits.len() {
-                return Ok(outcomes);
-            }
-            room.await;
-        }
+        self.try_commit(commits, &mut outcomes);
+        self.changed.notify_waiters();
+        Ok(outcomes)
     }
 
     async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64> {
@@ -569,6 +560,60 @@ mod tests {
             stream: stream.into(),
             fields: fields(v),
         }
+    }
+
+    /// A commit whose emits do not fit (a full stream nobody has finished)
+    /// applies nothing and says so at once, rather than wait: waiting would
+    /// hold up every later commit of the host, the acks among them.
+    #[tokio::test]
+    async fn a_commit_into_a_full_stream_is_busy_not_waiting() {
+        use crate::kv::{Commit, KvEffects, KvWrite, Source};
+        let broker = MemoryBroker::new(2);
+        broker
+            .create_group("in", "g", StartFrom::Beginning)
+            .await
+            .unwrap();
+        broker
+            .create_group("full", "other", StartFrom::Beginning)
+            .await
+            .unwrap();
+        broker
+            .append(vec![
+                append("full", "a"),
+                append("full", "b"),
+                append("in", "x"),
+            ])
+            .await
+            .unwrap();
+        let got = broker
+            .read("g", "c", &["in".to_string()], 1, Duration::ZERO)
+            .await
+            .unwrap();
+        let write = KvWrite {
+            bucket: "b".into(),
+            key: "k".into(),
+            value: Some(b"1".to_vec()),
+        };
+        let commit = Commit {
+            source: Some(Source {
+                stream: "in".into(),
+                group: "g".into(),
+                consumer: "c".into(),
+                id: got[0].entry.id.clone(),
+            }),
+            effects: KvEffects {
+                writes: vec![write],
+                ..Default::default()
+            },
+            appends: vec![append("full", "c")],
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(5), broker.commit(&[commit]))
+            .await
+            .expect("a commit never waits for room")
+            .unwrap();
+        assert_eq!(outcome, vec![Outcome::Busy]);
+        assert_eq!(broker.kv_get("b", &["k".into()]).await.unwrap(), vec![None]);
+        assert_eq!(broker.backlog("in", "g").await.unwrap(), 1, "not acked");
     }
 
     const NOW: Duration = Duration::ZERO;

@@ -296,11 +296,14 @@ pub trait Broker: Send + Sync + 'static {
     /// if its source entry is still pending for its consumer and every
     /// value it read is unchanged, its writes, its appends and the
     /// acknowledgement of its source all apply; otherwise none does. A
-    /// missing group skips the custody check (nothing holds the entry, and
-    /// it will not be delivered again). A later commit sees the writes of
-    /// an earlier one. An `Err` means the backend did not answer: some
-    /// commits may have applied, and sending them again is safe (an applied
-    /// one finds its entry acknowledged: [`crate::kv::Outcome::NotHeld`]).
+    /// missing group holds nothing ([`crate::kv::Outcome::NotHeld`]: the
+    /// subscriber creates it again and the entry may come back). A commit
+    /// whose emits do not fit a full stream is
+    /// [`crate::kv::Outcome::Busy`], never waited for. A later commit sees
+    /// the writes of an earlier one. An `Err` means the backend did not
+    /// answer or refused the whole batch: some commits may have applied,
+    /// and sending them again is safe (an applied one finds its entry
+    /// acknowledged: `NotHeld`).
     async fn commit(
         &self,
         commits: &[crate::kv::Commit],

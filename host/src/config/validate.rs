@@ -184,6 +184,10 @@ impl Config {
             at_least_one("kv_limits.max_value_bytes", limits.max_value_bytes as u64)?;
             at_least_one("kv_limits.max_ops_per_call", limits.max_ops_per_call.into())?;
             at_least_one("kv_limits.page_keys", limits.page_keys as u64)?;
+            at_least_one(
+                "kv_limits.max_write_bytes_per_call",
+                limits.max_write_bytes_per_call as u64,
+            )?;
         }
         Ok(())
     }

@@ -62,6 +62,9 @@ pub struct KvLimits {
     pub max_ops_per_call: u32,
     /// Most keys one `list-keys` page returns.
     pub page_keys: usize,
+    /// Most bytes (keys and values) one call may write: its commit is one
+    /// step on the store, which holds everything else up while it runs.
+    pub max_write_bytes_per_call: usize,
 }
 
 impl Default for KvLimits {
@@ -71,6 +74,7 @@ impl Default for KvLimits {
             max_value_bytes: 1 << 20,
             max_ops_per_call: 1000,
             page_keys: 1000,
+            max_write_bytes_per_call: 16 << 20,
         }
     }
 }
@@ -161,10 +165,32 @@ pub struct Source {
 /// source entry's custody and every read, then write, append and ack.
 #[derive(Clone, Debug)]
 pub struct Commit {
-    pub source: Source,
+    /// `None`: writes outside any delivery (`runnel test` seeding its
+    /// state): nothing to check or acknowledge.
+    pub source: Option<Source>,
     pub effects: KvEffects,
     /// The events the call emitted, as entries for their streams.
     pub appends: Vec<Append>,
+}
+
+impl Commit {
+    /// Roughly how many bytes it sends: keys and values read and written,
+    /// and the appended entries' fields.
+    pub fn size(&self) -> usize {
+        let reads = self.effects.reads.iter();
+        let writes = self.effects.writes.iter();
+        let kv: usize = reads
+            .map(|r| r.key.len() + r.value.as_ref().map_or(0, Vec::len))
+            .chain(writes.map(|w| w.key.len() + w.value.as_ref().map_or(0, Vec::len)))
+            .sum();
+        let appended: usize = self
+            .appends
+            .iter()
+            .flat_map(|a| a.fields.iter())
+            .map(|(f, v)| f.len() + v.len())
+            .sum();
+        kv + appended
+    }
 }
 
 /// How a [`Commit`] ended. Only `Committed` applied anything.
@@ -178,8 +204,15 @@ pub enum Outcome {
     /// The entry is no longer pending for this consumer: another consumer
     /// took it over (it will handle it), or it was acknowledged already (by
     /// this consumer's earlier commit whose answer was lost, or by the
-    /// consumer that took it over). Nothing applied.
+    /// consumer that took it over), or its group vanished (the subscriber
+    /// creates it again and the entry may come back: applying now could
+    /// apply it twice). Nothing applied.
     NotHeld,
+    /// A stream the call emits to is full (the memory backend's
+    /// backpressure): nothing applied; run the call again once there is
+    /// room. Never waited for inside the commit, which would hold up every
+    /// later commit of the host, the acks that make room among them.
+    Busy,
     /// The store refused the commit for this call alone (a key of the wrong
     /// type, say): nothing applied; a failed attempt.
     Failed(String),

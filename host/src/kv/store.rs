@@ -36,6 +36,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,12 +47,20 @@ use crate::broker::Broker;
 /// Redis, which blocks the server while it runs: keep it short).
 const MAX_BATCH: usize = 64;
 
+/// Most bytes (values written, fields appended) in one batch; a commit
+/// larger than this goes alone.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
 /// A key of a bucket: storage name and key.
 type At = (String, String);
 
-/// Most committed values remembered; past it the memory starts over (a
-/// forgotten value costs one round trip to read again).
-const MAX_REMEMBERED: usize = 100_000;
+/// Most bytes of committed values remembered; past it the memory starts
+/// over (a forgotten value costs one round trip to read again).
+const MAX_REMEMBERED_BYTES: usize = 64 << 20;
+
+/// Largest value remembered: a counter or a small record is worth keeping,
+/// a large document is read again.
+const MAX_REMEMBERED_VALUE: usize = 4 << 10;
 
 /// What the host knows of key-value state beyond the backend.
 #[derive(Default)]
@@ -61,6 +70,8 @@ struct Known {
     pending: HashMap<At, (u64, Option<Vec<u8>>)>,
     /// Values this host committed (see the module's notes).
     committed: HashMap<At, Option<Vec<u8>>>,
+    /// Bytes of keys and values in `committed`, counted as they go in.
+    committed_bytes: usize,
 }
 
 impl Known {
@@ -89,12 +100,19 @@ impl Known {
         self.unqueue(seq, commit);
         match outcome {
             Some(Outcome::Committed) => {
-                if self.committed.len() >= MAX_REMEMBERED {
-                    self.committed.clear();
-                }
                 for w in &commit.effects.writes {
-                    self.committed
-                        .insert((w.bucket.clone(), w.key.clone()), w.value.clone());
+                    let at = (w.bucket.clone(), w.key.clone());
+                    let size = w.value.as_ref().map_or(0, Vec::len);
+                    if size > MAX_REMEMBERED_VALUE {
+                        self.committed.remove(&at);
+                        continue;
+                    }
+                    if self.committed_bytes >= MAX_REMEMBERED_BYTES {
+                        self.committed.clear();
+                        self.committed_bytes = 0;
+                    }
+                    self.committed_bytes += at.0.len() + at.1.len() + size;
+                    self.committed.insert(at, w.value.clone());
                 }
             }
             Some(Outcome::Conflict { bucket, key }) => {
@@ -126,6 +144,13 @@ pub struct KeyLock {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     at: (String, String),
     locks: Arc<Mutex<Locks>>,
+}
+
+impl KeyLock {
+    /// Whether this is the lock of `key` in `bucket`.
+    pub fn is(&self, bucket: &str, key: &str) -> bool {
+        self.at.0 == bucket && self.at.1 == key
+    }
 }
 
 impl Drop for KeyLock {
@@ -212,9 +237,9 @@ impl Store {
         Ok(values)
     }
 
-    /// Takes `key`'s lock in this host, waiting for it only if `wait`;
-    /// `None` when it is taken and `wait` is false.
-    pub async fn lock_key(&self, bucket: &str, key: &str, wait: bool) -> Option<KeyLock> {
+    /// Takes `key`'s lock in this host, waiting for it at most `wait`;
+    /// `None` when another call still holds it then.
+    pub async fn lock_key(&self, bucket: &str, key: &str, wait: Duration) -> Option<KeyLock> {
         let at = (bucket.to_string(), key.to_string());
         let mutex = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
@@ -222,9 +247,13 @@ impl Store {
         };
         let guard = match mutex.clone().try_lock_owned() {
             Ok(guard) => Some(guard),
-            Err(_) if wait => Some(mutex.lock_owned().await),
-            Err(_) => None,
+            Err(_) => tokio::time::timeout(wait, mutex.clone().lock_owned())
+                .await
+                .ok(),
         };
+        // Before a lock not taken is dropped: its drop forgets the key when
+        // nobody else holds or waits for it.
+        drop(mutex);
         let lock = KeyLock {
             guard,
             at,
@@ -298,44 +327,79 @@ async fn commit_loop(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut commits = Vec::with_capacity(batch.len());
-        let mut waiting = Vec::with_capacity(batch.len());
-        for q in batch.drain(..) {
-            commits.push(q.commit);
-            waiting.push((q.seq, q.reply));
+        // Several scripts when the batch is large in bytes: one script
+        // blocks Redis while it runs.
+        while !batch.is_empty() {
+            let mut bytes = 0;
+            let take = batch
+                .iter()
+                .take_while(|q| {
+                    bytes += q.commit.size();
+                    bytes <= MAX_BATCH_BYTES
+                })
+                .count()
+                .max(1);
+            let chunk: Vec<Queued> = batch.drain(..take).collect();
+            send(&*broker, &known, chunk).await;
         }
-        let result = match broker.commit(&commits).await {
-            Ok(outcomes) if outcomes.len() != commits.len() => Err(anyhow::anyhow!(
+    }
+}
+
+/// Sends one batch and hands out its outcomes. When the backend refuses
+/// the batch (rather than not answering), each commit is sent again on its
+/// own, so that one the backend cannot take fails alone instead of taking
+/// its neighbours with it every time it is retried.
+async fn send(broker: &dyn Broker, known: &Mutex<Known>, batch: Vec<Queued>) {
+    let mut commits = Vec::with_capacity(batch.len());
+    let mut waiting = Vec::with_capacity(batch.len());
+    for q in batch {
+        commits.push(q.commit);
+        waiting.push((q.seq, q.reply));
+    }
+    let mut results: Vec<Result<Outcome, anyhow::Error>> = match broker.commit(&commits).await {
+        Ok(outcomes) if outcomes.len() == commits.len() => outcomes.into_iter().map(Ok).collect(),
+        Ok(outcomes) => {
+            let line = format!(
                 "the backend answered {} outcomes for {} commits",
                 outcomes.len(),
                 commits.len()
-            )),
-            other => other,
-        };
-        // The outcome is known (or the commit is abandoned): the backend
-        // now holds what the writes were a guess of, or never will.
-        {
-            let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
-            for (i, ((seq, _), commit)) in waiting.iter().zip(&commits).enumerate() {
-                let outcome = result.as_ref().ok().map(|o| &o[i]);
-                known.settle(*seq, commit, outcome);
-            }
+            );
+            commits
+                .iter()
+                .map(|_| Err(anyhow::anyhow!(line.clone())))
+                .collect()
         }
-        match result {
-            Ok(outcomes) => {
-                for ((_, reply), outcome) in waiting.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
+        Err(e) if commits.len() > 1 => {
+            tracing::debug!(
+                "a batch of {} commits failed, sending each alone: {e:#}",
+                commits.len()
+            );
+            let mut alone = Vec::with_capacity(commits.len());
+            for c in &commits {
+                alone.push(match broker.commit(std::slice::from_ref(c)).await {
+                    Ok(mut o) if o.len() == 1 => Ok(o.remove(0)),
+                    Ok(_) => Err(anyhow::anyhow!(
+                        "the backend answered no outcome for a commit"
+                    )),
+                    Err(e) => Err(e),
+                });
             }
-            Err(e) => {
-                let line = format!("{e:#}");
-                for ((_, reply), commit) in waiting.into_iter().zip(commits) {
-                    let _ = reply.send(Err(NotSent {
-                        error: anyhow::anyhow!(line.clone()),
-                        commit: Some(Box::new(commit)),
-                    }));
-                }
-            }
+            alone
         }
+        Err(e) => vec![Err(e)],
+    };
+    // The outcome is known (or the commit is abandoned): the backend now
+    // holds what the writes were a guess of, or never will.
+    {
+        let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
+        for (((seq, _), commit), result) in waiting.iter().zip(&commits).zip(&results) {
+            known.settle(*seq, commit, result.as_ref().ok());
+        }
+    }
+    for (((_, reply), commit), result) in waiting.into_iter().zip(commits).zip(results.drain(..)) {
+        let _ = reply.send(result.map_err(|error| NotSent {
+            error,
+            commit: Some(Box::new(commit)),
+        }));
     }
 }

@@ -33,6 +33,10 @@ pub type BucketIx = usize;
 pub struct Txn {
     access: Option<Arc<KvAccess>>,
     ops: u32,
+    /// Bytes written so far in this call (keys and values, every write).
+    written: usize,
+    /// The call is a dry run: its writes will never commit.
+    dry_run: bool,
     /// The committed value of each key the call read, as first seen.
     reads: HashMap<(BucketIx, String), Option<Vec<u8>>>,
     writes: BTreeMap<(BucketIx, String), Option<Vec<u8>>>,
@@ -50,9 +54,12 @@ impl Txn {
         }
     }
 
-    /// Starts a new call: forgets what the last one read and wrote.
-    pub fn reset(&mut self) {
+    /// Starts a new call (`dry_run`: one whose writes will never commit):
+    /// forgets what the last one read and wrote.
+    pub fn reset(&mut self, dry_run: bool) {
+        self.dry_run = dry_run;
         self.ops = 0;
+        self.written = 0;
         self.reads.clear();
         self.writes.clear();
         self.locks.clear();
@@ -133,19 +140,23 @@ impl Txn {
         let Some(access) = self.access.clone() else {
             return Duration::ZERO;
         };
+        // A dry run never commits: it must not hold up the calls that do.
+        if self.dry_run {
+            return Duration::ZERO;
+        }
         let started = Instant::now();
         let storage = &access.buckets[b].1;
         for key in keys {
             let at = (b, key.clone());
-            if self.reads.contains_key(&at) || self.writes.contains_key(&at) {
+            let seen = self.reads.contains_key(&at) || self.writes.contains_key(&at);
+            if seen || self.locks.iter().any(|l| l.is(storage, key)) {
                 continue;
             }
             let wait = match self.locks.is_empty() {
                 true => max_wait,
                 false => max_wait.min(HOLDING_WAIT),
             };
-            let taking = access.store.lock_key(storage, key, true);
-            if let Ok(Some(lock)) = tokio::time::timeout(wait, taking).await {
+            if let Some(lock) = access.store.lock_key(storage, key, wait).await {
                 self.locks.push(lock);
             }
         }
@@ -163,6 +174,7 @@ impl Txn {
                 value.len()
             )));
         }
+        self.count_bytes(key.len() + value.len())?;
         self.writes.insert((b, key), Some(value));
         Ok(())
     }
@@ -280,6 +292,7 @@ impl Txn {
             locks: KeyLocks(std::mem::take(&mut self.locks)),
         };
         self.ops = 0;
+        self.written = 0;
         effects
     }
 
@@ -297,6 +310,17 @@ impl Txn {
         if self.ops > limit {
             return Err(TxnError::Other(format!(
                 "more than {limit} key-value operations in one call ([plugin.kv_limits] max_ops_per_call)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn count_bytes(&mut self, bytes: usize) -> Result<(), TxnError> {
+        let limit = self.access()?.limits.max_write_bytes_per_call;
+        self.written = self.written.saturating_add(bytes);
+        if self.written > limit {
+            return Err(TxnError::Other(format!(
+                "more than {limit} bytes written in one call ([plugin.kv_limits] max_write_bytes_per_call)"
             )));
         }
         Ok(())

@@ -472,12 +472,7 @@ impl Standalone {
         };
         let commit = crate::kv::Commit {
             // No stream holds the event: nothing to check or acknowledge.
-            source: crate::kv::Source {
-                stream: String::new(),
-                group: String::new(),
-                consumer: String::new(),
-                id: "0-0".into(),
-            },
+            source: None,
             effects: KvEffects {
                 writes: writes
                     .into_iter()

@@ -98,7 +98,7 @@ impl HostState {
         call.may_emit = may_emit && event.is_some();
         call.emitted.clear();
         call.logs.clear();
-        self.kv.reset();
+        self.kv.reset(call.is_dry_run);
         self.limits.refused = None;
         self.stderr_tail.clear();
     }

@@ -29,6 +29,8 @@ pub(super) struct Job {
     pub resume: Option<Resume>,
     /// Times its calls were run again after a key-value conflict.
     pub reruns: u32,
+    /// Times its commit found a stream it emits to full.
+    pub busy: u32,
 }
 
 /// Where a job that left its lane to wait picks up again.
@@ -175,12 +177,12 @@ impl Shared {
     ) -> Receipt {
         let depth = causal_depth(&delivery.entry) + 1;
         self.kv.enqueue(Commit {
-            source: Source {
+            source: Some(Source {
                 stream: delivery.stream.clone(),
                 group: self.sub.group.clone(),
                 consumer: self.sub.consumer.clone(),
                 id: delivery.entry.id.clone(),
-            },
+            }),
             effects,
             appends: entries_at_depth(&emitted, depth),
         })
@@ -257,6 +259,19 @@ impl Shared {
                     attempts,
                     format!("committing key-value writes failed: {reason}"),
                 ));
+                self.enqueue(vec![job]);
+            }
+            Outcome::Busy => {
+                // Backpressure: a stream the call emits to is full. Wait
+                // (pending, in flight) and run the call again; not an
+                // attempt, and not a conflict either.
+                let pause = BACKEND_RETRY.delay(job.busy.min(8));
+                job.busy += 1;
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return self.finish(job, false),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                job.resume = Some(Resume::Call(event, attempts - 1));
                 self.enqueue(vec![job]);
             }
         }

@@ -409,6 +409,7 @@ impl Subscriber {
                     _slot: slot,
                     resume: None,
                     reruns: 0,
+                    busy: 0,
                 });
             }
             shared.enqueue(jobs);

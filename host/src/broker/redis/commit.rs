@@ -21,7 +21,8 @@ use redis::Value;
 use crate::kv::{Commit, Outcome};
 
 /// The script. `ARGV[1]` is the number of calls, `ARGV[2]` `~` or `=` for
-/// `MAXLEN`; then per call: its source stream (index into `KEYS`), group,
+/// `MAXLEN`; then per call: its source stream (index into `KEYS`; 0 for
+/// none: no custody check, no ack), group,
 /// consumer, entry id; its reads (count, then bucket index, key, `0`/`1`
 /// for absent/present, value); its writes (count, then bucket index, key,
 /// `0`/`1` for delete/set, value); its appends (count, then stream index,
@@ -36,15 +37,23 @@ local function type_is(key, a)
   return t == a or t == 'none'
 end
 for c = 1, n do
-  local src, group, consumer, id = KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local srcix = tonumber(ARGV[i])
+  local src, group, consumer, id = KEYS[srcix], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   i = i + 4
   local verdict = nil
-  local p = redis.pcall('XPENDING', src, group, id, id, 1)
-  if type(p) == 'table' and p['err'] then
-    -- A group that vanished holds nothing: apply, the ack does nothing.
-    if not string.find(p['err'], 'NOGROUP', 1, true) then verdict = 'failed ' .. p['err'] end
-  elseif #p == 0 or p[1][2] ~= consumer then
-    verdict = 'notheld'
+  if src then
+    local p = redis.pcall('XPENDING', src, group, id, id, 1)
+    if type(p) == 'table' and p['err'] then
+      -- A vanished group is created again by the subscriber, and the
+      -- entry may be delivered again: applying now could apply it twice.
+      if string.find(p['err'], 'NOGROUP', 1, true) then
+        verdict = 'notheld'
+      else
+        verdict = 'failed ' .. p['err']
+      end
+    elseif #p == 0 or p[1][2] ~= consumer then
+      verdict = 'notheld'
+    end
   end
   local nreads = tonumber(ARGV[i]); i = i + 1
   for r = 1, nreads do
@@ -97,7 +106,7 @@ for c = 1, n do
       redis.call(unpack(cmd))
       a = a + 3 + 2 * nfields
     end
-    redis.call('XACK', src, group, id)
+    if src then redis.call('XACK', src, group, id) end
     verdict = 'ok'
   end
   replies[c] = verdict
@@ -124,11 +133,18 @@ pub(super) fn invocation(
     inv.arg(commits.len())
         .arg(if approximate { "~" } else { "=" });
     for c in commits {
-        let src = keys.index(&c.source.stream);
-        inv.arg(src)
-            .arg(&c.source.group)
-            .arg(&c.source.consumer)
-            .arg(&c.source.id);
+        match &c.source {
+            Some(source) => {
+                let src = keys.index(&source.stream);
+                inv.arg(src)
+                    .arg(&source.group)
+                    .arg(&source.consumer)
+                    .arg(&source.id);
+            }
+            None => {
+                inv.arg(0).arg("").arg("").arg("");
+            }
+        }
         inv.arg(c.effects.reads.len());
         for r in &c.effects.reads {
             let b = keys.index(&r.bucket);
