@@ -247,6 +247,25 @@ runnel_verdict_t runnel_kv_increment(runnel_kv_bucket_t *bucket, const char *key
     return RUNNEL_OK;
 }
 
+/* -------------------------------------------------------------- config */
+
+char *runnel_config_get(const char *key) {
+    handler_string_t k = borrowed(key);
+    handler_option_string_t got;
+    wasi_config_store_error_t err;
+    if (!wasi_config_store_get(&k, &got, &err)) {
+        wasi_config_store_error_free(&err);
+        return NULL;
+    }
+    if (!got.is_some)
+        return NULL;
+    char *out = xmalloc(got.val.len + 1);
+    memcpy(out, got.val.ptr, got.val.len);
+    out[got.val.len] = 0;
+    handler_string_free(&got.val);
+    return out;
+}
+
 /* ------------------------------------------------------------- exports */
 
 static void event_in(const runnel_plugin_types_event_t *raw, runnel_event_t *ev) {

@@ -233,6 +233,14 @@ runnel_verdict_t runnel_kv_exists(runnel_kv_bucket_t *bucket, const char *key, b
 runnel_verdict_t runnel_kv_increment(runnel_kv_bucket_t *bucket, const char *key, int64_t delta,
                                      int64_t *sum);
 
+/* -------------------------------------------------------------- config */
+
+/* The value of `key` in the plugin's [plugin.config] (plain values and
+ * secrets the host read when it loaded the plugin), malloc'd and
+ * NUL-terminated, to free(); NULL when the config does not set it. A plugin
+ * that never calls it does not import wasi:config. */
+char *runnel_config_get(const char *key);
+
 /* ---------------------------------------------------------------- JSON */
 
 /* A small, strict JSON reader (RFC 8259 over UTF-8, as Rust's serde_json

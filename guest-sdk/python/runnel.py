@@ -34,7 +34,8 @@ from componentize_py_types import Err
 from wit_world.imports import atomics as _atomics
 from wit_world.imports import batch as _batch
 from wit_world.imports import host as _host
-from wit_world.imports import store as _store
+from wit_world.imports import wasi_config_store as _config_store
+from wit_world.imports import wasi_keyvalue_store as _store
 from wit_world.imports import types as _types
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "log",
     "kv",
     "KvError",
+    "config",
 ]
 
 
@@ -431,3 +433,36 @@ class _Kv:
 
 
 kv = _Kv()
+
+
+class _Config:
+    """The plugin's configuration (``wasi:config/store``): its
+    ``[plugin.config]`` table, plain values and secrets the host read from
+    the environment or files when it loaded the plugin."""
+
+    @staticmethod
+    def get(key: str) -> Optional[str]:
+        """The value of ``key``, ``None`` when the config does not set it."""
+        try:
+            return _config_store.get(key)
+        except Err:
+            return None
+
+    @staticmethod
+    def require(key: str) -> str:
+        """The value of ``key``; raises :class:`Retry` naming the key when
+        it is not set."""
+        value = _Config.get(key)
+        if value is None:
+            raise Retry(f'config key "{key}" is not set: add it under the plugin\'s [plugin.config]')
+        return value
+
+    @staticmethod
+    def all() -> List[Tuple[str, str]]:
+        try:
+            return list(_config_store.get_all())
+        except Err:
+            return []
+
+
+config = _Config()

@@ -301,3 +301,35 @@ pub mod kv {
         }
     }
 }
+
+/// The plugin's configuration (`wasi:config/store`): its `[plugin.config]`
+/// table, plain values and secrets the host read from the environment or
+/// files when it loaded the plugin.
+///
+/// ```ignore
+/// let endpoint = runnel_guest::config::require("endpoint")?;
+/// ```
+pub mod config {
+    use super::bindings::wasi::config::store;
+    use super::Refusal;
+
+    /// The value of `key`, `None` when the config does not set it.
+    pub fn get(key: &str) -> Option<String> {
+        store::get(key).ok().flatten()
+    }
+
+    /// The value of `key`; a retry naming the key when it is not set (the
+    /// config can be fixed and reloaded before the attempts run out).
+    pub fn require(key: &str) -> Result<String, Refusal> {
+        get(key).ok_or_else(|| {
+            Refusal::retry(format!(
+                "config key {key:?} is not set: add it under the plugin's [plugin.config]"
+            ))
+        })
+    }
+
+    /// Every key and value.
+    pub fn all() -> Vec<(String, String)> {
+        store::get_all().unwrap_or_default()
+    }
+}

@@ -20,7 +20,7 @@ pub enum Lang {
     C,
 }
 
-const WIT: [(&str, &str); 7] = [
+const WIT: [(&str, &str); 9] = [
     ("wit/types.wit", include_str!("../../wit/types.wit")),
     ("wit/host.wit", include_str!("../../wit/host.wit")),
     ("wit/world.wit", include_str!("../../wit/world.wit")),
@@ -39,6 +39,14 @@ const WIT: [(&str, &str); 7] = [
     (
         "wit/deps/keyvalue/world.wit",
         include_str!("../../wit/deps/keyvalue/world.wit"),
+    ),
+    (
+        "wit/deps/config/store.wit",
+        include_str!("../../wit/deps/config/store.wit"),
+    ),
+    (
+        "wit/deps/config/world.wit",
+        include_str!("../../wit/deps/config/world.wit"),
     ),
 ];
 
@@ -66,6 +74,7 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
             ("app.js", include_str!("../templates/js/app.js")),
             ("runnel.js", include_str!("../../guest-sdk/js/runnel.js")),
             ("kv.js", include_str!("../../guest-sdk/js/kv.js")),
+            ("config.js", include_str!("../../guest-sdk/js/config.js")),
             ("package.json", include_str!("../templates/js/package.json")),
             ("build.sh", include_str!("../templates/js/build.sh")),
         ],

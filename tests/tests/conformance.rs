@@ -39,7 +39,7 @@ fn component(lang: &str) -> PathBuf {
 
 /// Events with fixed ids and times, so that every language sees the same.
 fn events() -> Vec<Event> {
-    let cases: [(&str, &[u8]); 16] = [
+    let cases: [(&str, &[u8]); 18] = [
         ("echo", b"any bytes \xff\x00 even these"),
         ("inherit", b""),
         ("batch", b""),
@@ -56,6 +56,8 @@ fn events() -> Vec<Event> {
         ("kv-lost", b""),
         ("kv-check", b""),
         ("kv-denied", b""),
+        ("config", b""),
+        ("config-reject", b""),
     ];
     cases
         .iter()
@@ -88,6 +90,7 @@ fn transcript(lang: &str) -> BTreeMap<String, Vec<String>> {
             "meta-echoed" = "out"
             "counted" = "out"
             "kv-checked" = "out"
+            "configured" = "out"
             [[plugin]]
             name = "conformance"
             path = {:?}
@@ -98,6 +101,9 @@ fn transcript(lang: &str) -> BTreeMap<String, Vec<String>> {
             timeout_ms = 60000
             [plugin.grants]
             kv = ["conformance"]
+            [plugin.config]
+            greeting = "hello"
+            token = {{ env = "RUNNEL_CONFORMANCE_TOKEN" }}
             "#,
             component(lang)
         ))
@@ -165,6 +171,9 @@ fn logs(logs: &[(Level, String)]) -> Vec<String> {
 
 #[test]
 fn every_language_behaves_exactly_like_the_spec() {
+    // A secret for the plugin's config; it must never reach what the host
+    // records (log lines, verdicts). Set before any runtime starts.
+    std::env::set_var("RUNNEL_CONFORMANCE_TOKEN", "tok-3f9a-secret");
     let rust = transcript("rust");
     let rendered = |t: &BTreeMap<String, Vec<String>>| {
         t.iter()
@@ -230,6 +239,12 @@ fn every_language_behaves_exactly_like_the_spec() {
         r#"emit kv-checked to out: "lost=false count=2""#,
     );
     has(
+        "config",
+        r#"emit configured to out: "greeting=hello missing=none""#,
+    );
+    has("config", "log info: token=[secret]");
+    has("config-reject", "attempt 1: reject: bad token [secret]");
+    has(
         "kv-denied",
         r#"attempt 3: retry: key-value bucket "other": not granted: add kv = ["other"] under the plugin's [plugin.grants]"#,
     );
@@ -239,9 +254,10 @@ fn every_language_behaves_exactly_like_the_spec() {
         let mut other = transcript(lang);
         let mut rust = rust.clone();
         if lang == "rust-0.1.0" {
-            // Built before the contract had key-value state.
-            rust.retain(|name, _| !name.starts_with("kv-"));
-            other.retain(|name, _| !name.starts_with("kv-"));
+            // Built before the contract had key-value state and config.
+            let new_in_0_2 = |name: &str| name.starts_with("kv-") || name.starts_with("config");
+            rust.retain(|name, _| !new_in_0_2(name));
+            other.retain(|name, _| !new_in_0_2(name));
         }
         if other != rust {
             differing.push(format!("{lang}:\n{}", rendered(&other)));

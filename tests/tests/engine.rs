@@ -30,6 +30,7 @@ fn settings(reuse: u32) -> PluginSettings {
         max_emitted_payload: runnel::config::DEFAULT_MAX_PAYLOAD_BYTES,
         kv_buckets: Vec::new(),
         kv_limits: Default::default(),
+        config: Default::default(),
     }
 }
 

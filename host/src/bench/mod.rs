@@ -115,6 +115,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             max_emitted_payload: crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
             kv_buckets: Vec::new(),
             kv_limits: Default::default(),
+            config: Default::default(),
         };
         Ok(Arc::new(WasmPlugin::load(
             &engine,
@@ -147,6 +148,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
                 ),
             )],
             kv_limits: Default::default(),
+            config: Default::default(),
         };
         let path = args.plugin.with_file_name("counter.wasm");
         let links = Links {

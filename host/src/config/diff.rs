@@ -48,6 +48,7 @@ impl PluginConfig {
             strict_grants,
             fuel_per_call,
             kv_limits,
+            config,
             ..
         } = newer.clone();
         PluginConfig {
@@ -59,6 +60,7 @@ impl PluginConfig {
             strict_grants,
             fuel_per_call,
             kv_limits,
+            config,
             ..self.clone()
         }
     }
@@ -88,6 +90,7 @@ impl PluginConfig {
             breaker_pause_ms,
             dedup_window_ms,
             kv_limits,
+            config,
         } = self;
         let mut out = Vec::new();
         let mut check = |name, applies, differs: bool| {
@@ -115,6 +118,7 @@ impl PluginConfig {
             *fuel_per_call != other.fuel_per_call,
         );
         check("kv_limits", Reload, *kv_limits != other.kv_limits);
+        check("config", Reload, *config != other.config);
         check("streams", Restart, *streams != other.streams);
         check("events", Restart, *events != other.events);
         check("group", Restart, *group != other.group);

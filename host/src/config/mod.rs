@@ -328,6 +328,26 @@ pub struct PluginConfig {
     /// Bounds on a call's use of its key-value buckets.
     #[serde(default)]
     pub kv_limits: crate::kv::KvLimits,
+    /// What the plugin reads through `wasi:config/store`: keys to plain
+    /// strings, or to secrets read when the plugin loads (see
+    /// [`ConfigValue`]).
+    #[serde(default)]
+    pub config: std::collections::BTreeMap<String, ConfigValue>,
+}
+
+/// A value of a plugin's `[plugin.config]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ConfigValue {
+    /// A plain string, as written.
+    Plain(String),
+    /// A secret: the named environment variable, read when the plugin
+    /// loads (`{ env = "PAYMENTS_TOKEN" }`).
+    Env { env: String },
+    /// A secret: a file's contents without a trailing newline, read when
+    /// the plugin loads (`{ file = "token.txt" }`, relative to the config
+    /// file).
+    File { file: PathBuf },
 }
 
 fn default_breaker_failures() -> u32 {
@@ -468,6 +488,11 @@ impl Config {
             resolve(&mut plugin.path);
             for dir in &mut plugin.grants.dirs {
                 resolve(&mut dir.host);
+            }
+            for value in plugin.config.values_mut() {
+                if let ConfigValue::File { file } = value {
+                    resolve(file);
+                }
             }
         }
         if let Some(file) = config.admin.as_mut().and_then(|a| a.token_file.as_mut()) {

@@ -13,6 +13,7 @@ mod limits;
 mod sandbox;
 mod state;
 mod stdio;
+mod wasi_config;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -53,6 +54,9 @@ pub struct PluginSettings {
     /// storage name ([`crate::kv::bucket_storage`]).
     pub kv_buckets: Vec<(String, String)>,
     pub kv_limits: KvLimits,
+    /// What `wasi:config/store` serves (`[plugin.config]`), secrets not yet
+    /// read: they are read when the plugin loads.
+    pub config: std::collections::BTreeMap<String, crate::config::ConfigValue>,
 }
 
 impl PluginSettings {
@@ -70,6 +74,7 @@ impl PluginSettings {
             max_emitted_payload: max_payload_bytes,
             kv_buckets: kv_buckets(p.shadow_of.as_deref().unwrap_or(&p.name), &p.grants),
             kv_limits: p.kv_limits,
+            config: p.config.clone(),
         }
     }
 }
@@ -125,6 +130,8 @@ pub struct WasmPlugin {
     routes: Arc<Routes>,
     /// The plugin's buckets and their store, when it is granted some.
     kv: Option<Arc<KvAccess>>,
+    /// Its configuration, secrets read.
+    config: Arc<wasi_config::ConfigValues>,
     warm: Mutex<Vec<Warm>>,
     alive: Arc<AtomicUsize>,
 }
@@ -179,6 +186,7 @@ impl WasmPlugin {
             tracing::info!(plugin = %name, "imports capabilities it was not granted; their calls will be denied: {}", list.join(", "));
         }
         let name: Arc<str> = name.into();
+        let config = Arc::new(wasi_config::ConfigValues::resolve(&settings.config)?);
         let kv = match (&links.store, settings.kv_buckets.is_empty()) {
             (Some(store), false) => Some(Arc::new(KvAccess {
                 store: store.clone(),
@@ -197,6 +205,7 @@ impl WasmPlugin {
             settings,
             routes: links.routes,
             kv,
+            config,
             warm: Mutex::new(Vec::new()),
             alive: Arc::new(AtomicUsize::new(0)),
         })
@@ -249,6 +258,7 @@ impl WasmPlugin {
             clock,
             call: Default::default(),
             kv: Txn::new(self.kv.clone()),
+            config: self.config.clone(),
             kv_lock_wait: self.settings.timeout,
             deadline: None,
         };
@@ -331,14 +341,17 @@ impl Handler for WasmPlugin {
         fill_view(&mut warm.view, event);
         let result = warm.instance.call_handle(&mut warm.store, &warm.view).await;
         let call = warm.store.data_mut().finish();
+        // A refusal's reason and a trap's stderr end up in logs and dead
+        // letters: no secret of the plugin's config goes with them.
+        let scrub = |m: String| self.config.scrub(m);
         let verdict = match result {
             Ok(Ok(())) => Verdict::Done,
-            Ok(Err(wit::Refusal::Retry(m))) => Verdict::Retry(m),
-            Ok(Err(wit::Refusal::Reject(m))) => Verdict::Reject(m),
+            Ok(Err(wit::Refusal::Retry(m))) => Verdict::Retry(scrub(m)),
+            Ok(Err(wit::Refusal::Reject(m))) => Verdict::Reject(scrub(m)),
             Err(trap) => {
                 let state = warm.store.data_mut();
                 let refused = state.limits.refused.take();
-                let stderr = state.stderr_tail.take_text();
+                let stderr = scrub(state.stderr_tail.take_text());
                 trap_verdict(&trap, &self.settings, refused, &stderr)
             }
         };
@@ -428,6 +441,7 @@ impl Standalone {
             max_emitted_payload: crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
             kv_buckets,
             kv_limits: KvLimits::default(),
+            config: Default::default(),
         };
         let kv = crate::kv::Store::new(crate::broker::memory::MemoryBroker::new(1 << 16));
         let links = Links {

@@ -46,6 +46,9 @@ pub struct HostState {
     /// The call's key-value transaction (denies every bucket when the
     /// plugin is granted none).
     pub kv: Txn,
+    /// The plugin's configuration (`wasi:config/store`), and its secrets to
+    /// keep out of log lines.
+    pub config: Arc<super::wasi_config::ConfigValues>,
     /// Longest wait for a key's lock in this host (the call's time limit).
     pub kv_lock_wait: std::time::Duration,
     /// When the running call must stop; checked at every epoch tick and
@@ -137,7 +140,8 @@ impl WasiView for HostState {
 impl types::Host for HostState {}
 
 impl host::Host for HostState {
-    fn log(&mut self, level: wit::Level, mut message: String) {
+    fn log(&mut self, level: wit::Level, message: String) {
+        let mut message = self.config.scrub(message);
         if message.len() > MAX_LOG_LINE {
             let mut cut = MAX_LOG_LINE;
             while !message.is_char_boundary(cut) {

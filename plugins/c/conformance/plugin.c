@@ -132,6 +132,27 @@ runnel_verdict_t runnel_handle(const runnel_event_t *event) {
         abort();
     if (runnel_is(name, "kv-count") || runnel_is(name, "kv-lost") || runnel_is(name, "kv-check"))
         return kv_case(name);
+    if (runnel_is(name, "config")) {
+        char *token = runnel_config_get("token");
+        char *greeting = runnel_config_get("greeting");
+        char *missing = runnel_config_get("missing");
+        runnel_log_info("token=%s", token ? token : "none");
+        runnel_buf_t b = RUNNEL_BUF_INIT;
+        runnel_buf_printf(&b, "greeting=%s missing=%s", greeting ? greeting : "none",
+                          missing ? missing : "none");
+        runnel_verdict_t v = runnel_emit("configured", b.ptr, b.len);
+        runnel_buf_free(&b);
+        free(token);
+        free(greeting);
+        free(missing);
+        return v;
+    }
+    if (runnel_is(name, "config-reject")) {
+        char *token = runnel_config_get("token");
+        runnel_verdict_t v = runnel_reject("bad token %s", token ? token : "");
+        free(token);
+        return v;
+    }
     if (runnel_is(name, "kv-denied")) {
         runnel_kv_bucket_t other;
         RUNNEL_TRY(runnel_kv_open("other", &other));

@@ -2,6 +2,7 @@
 // verdicts, emitted bytes and log lines as its Rust, Python and C twins.
 import { handler, errorHandler, emit, emitAll, log, Reject, Retry } from "../../../guest-sdk/js/runnel.js";
 import { kv } from "../../../guest-sdk/js/kv.js";
+import { config } from "../../../guest-sdk/js/config.js";
 
 const FAIL_N_USAGE = 'fail-n needs a payload {"n": <integer 0..4294967295>}';
 
@@ -94,6 +95,14 @@ export const handle = handler((event) => {
     case "kv-denied":
       kv.open("other");
       break;
+    case "config": {
+      const orNone = (v) => (v === undefined ? "none" : v);
+      log.info(`token=${orNone(config.get("token"))}`);
+      emit("configured", `greeting=${orNone(config.get("greeting"))} missing=${orNone(config.get("missing"))}`);
+      break;
+    }
+    case "config-reject":
+      throw new Reject(`bad token ${config.get("token") ?? ""}`);
     default:
       break;
   }

@@ -90,6 +90,16 @@ class Conformance(runnel.Plugin):
             emit("kv-checked", f"lost={lost} count={count_text}")
         elif name == "kv-denied":
             runnel.kv.open("other")
+        elif name == "config":
+            def or_none(v: Optional[str]) -> str:
+                return "none" if v is None else v
+
+            log.info(f"token={or_none(runnel.config.get('token'))}")
+            greeting = or_none(runnel.config.get("greeting"))
+            missing = or_none(runnel.config.get("missing"))
+            emit("configured", f"greeting={greeting} missing={missing}")
+        elif name == "config-reject":
+            raise Reject(f"bad token {runnel.config.get('token') or ''}")
 
     def handle_error(self, failure: Failure, event: Optional[Event]) -> None:
         last = "true" if failure.is_last_attempt else "false"

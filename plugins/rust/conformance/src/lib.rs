@@ -1,7 +1,7 @@
 //! The conformance plugin: one behaviour, specified in `plugins/CONFORMANCE.md`
 //! and implemented in every guest language, so that one test can check each
 //! language's build (and SDK) byte for byte against the same expectations.
-use runnel_guest::{emit, emit_all, export_plugin, kv, log, Event, Failure, FailureKind, NewEvent};
+use runnel_guest::{config, emit, emit_all, export_plugin, kv, log, Event, Failure, FailureKind, NewEvent};
 use runnel_guest::{Outcome, Plugin, Refusal};
 use serde::Serialize;
 
@@ -98,6 +98,17 @@ impl Plugin for Conformance {
                 emit("kv-checked", format!("lost={lost} count={count}"))
             }
             "kv-denied" => kv::open("other").map(|_| ()).map_err(Refusal::from),
+            "config" => {
+                let or_none = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+                log::info(&format!("token={}", or_none(config::get("token"))));
+                let greeting = or_none(config::get("greeting"));
+                let missing = or_none(config::get("missing"));
+                emit("configured", format!("greeting={greeting} missing={missing}"))
+            }
+            "config-reject" => Err(Refusal::reject(format!(
+                "bad token {}",
+                config::get("token").unwrap_or_default()
+            ))),
             _ => Ok(()),
         }
     }
