@@ -86,6 +86,9 @@ struct Case {
     name: String,
     handler: Arc<dyn Handler>,
     kv: Option<Arc<crate::kv::Store>>,
+    /// Distinct event names in the stream (the counter plugin's keys): 1
+    /// for the usual `order.created`.
+    names: usize,
 }
 
 impl Case {
@@ -94,6 +97,7 @@ impl Case {
             name: name.to_string(),
             handler,
             kv: None,
+            names: 1,
         }
     }
 }
@@ -129,7 +133,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     // The counter plugin: every event increments one key (the hottest
     // case: each call reads what the previous one wrote), its writes
     // committed with the ack.
-    let counter = |broker: Arc<dyn Broker>| -> anyhow::Result<Case> {
+    let counter = |broker: Arc<dyn Broker>, names: usize| -> anyhow::Result<Case> {
         let kv = crate::kv::Store::new(broker);
         let settings = PluginSettings {
             reuse_instance: 1000,
@@ -157,9 +161,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         };
         let plugin = WasmPlugin::load(&engine, "counter", &path, settings, links)?;
         Ok(Case {
-            name: "wasm counter (key-value, exactly once)".into(),
+            name: match names {
+                1 => "wasm counter, one hot key".to_string(),
+                n => format!("wasm counter, {n} keys"),
+            },
             handler: Arc::new(plugin),
             kv: Some(kv),
+            names,
         })
     };
     let memory_cases = select(
@@ -171,7 +179,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             Case::new("wasm, reuse 100", wasm(100)?),
             Case::new("wasm, reuse 10", wasm(10)?),
             Case::new("wasm, fresh instance per event", wasm(1)?),
-            counter(MemoryBroker::new(args.events + 1))?,
+            counter(MemoryBroker::new(args.events + 1), 1)?,
+            counter(MemoryBroker::new(args.events + 1), 1000)?,
         ],
     );
     let rows = if args.redis_only {
@@ -209,7 +218,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             vec![
                 native,
                 Case::new("wasm, reuse 1000 (default)", wasm(1000)?),
-                counter(RedisBroker::connect(url, Trimming::default()).await?)?,
+                counter(RedisBroker::connect(url, Trimming::default()).await?, 1)?,
+                counter(RedisBroker::connect(url, Trimming::default()).await?, 1000)?,
             ],
         );
         let rows = measure_cases(&args, &Backend::Redis(url.clone()), &redis_cases).await?;
@@ -384,9 +394,12 @@ async fn measure(
         let n = left.min(1000);
         left -= n;
         let appends = (0..n)
-            .map(|_| Append {
+            .map(|i| Append {
                 stream: stream.clone(),
-                fields: event_fields(&Event::new("order.created", payload.clone())),
+                fields: event_fields(&Event::new(
+                    event_name(case.names, left + i),
+                    payload.clone(),
+                )),
             })
             .collect();
         broker.append(appends).await?;
@@ -464,6 +477,14 @@ async fn measure(
         vs_xadd: None,
         vs_native: 1.0,
     })
+}
+
+/// The name of the `i`th event of a case with `names` distinct names.
+fn event_name(names: usize, i: usize) -> String {
+    match names {
+        0 | 1 => "order.created".to_string(),
+        n => format!("order.created.{}", i % n),
+    }
 }
 
 /// Entries per read: what the plain cases of `backend` use.
