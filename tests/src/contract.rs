@@ -332,6 +332,7 @@ pub async fn commits_are_all_or_nothing(s: Subject) {
             stream: out.clone(),
             fields: vec![("event".into(), new.as_bytes().to_vec())],
         }],
+        mark: None,
     };
     let value = || async { s.broker.kv_get(&bucket, &["k".to_string()]).await.unwrap()[0].clone() };
     // Another consumer does not hold the entry; a stale read conflicts.
@@ -392,6 +393,31 @@ pub async fn commits_are_all_or_nothing(s: Subject) {
         vec![Outcome::NotHeld]
     );
     assert_eq!(value().await, Some(b"2".to_vec()));
+    // With an idempotency mark: the first entry of an event commits and
+    // sets it; another entry of the same event is only acknowledged.
+    let more = s.add(&stream, &["c", "d"]).await;
+    assert_eq!(s.read("g", "c1", &stream, 2).await, more);
+    let mark = runnel::kv::Mark {
+        key: s.name("kv-mark"),
+        ttl: Duration::from_secs(60),
+    };
+    let mut first = commit(&more[0], "c1", Some("2"), "3");
+    first.mark = Some(mark.clone());
+    let mut again = commit(&more[1], "c1", Some("3"), "4");
+    again.mark = Some(mark.clone());
+    let outcomes = s.broker.commit(&[first, again]).await.unwrap();
+    assert_eq!(outcomes, vec![Outcome::Committed, Outcome::Duplicate]);
+    assert_eq!(
+        value().await,
+        Some(b"3".to_vec()),
+        "the duplicate wrote nothing"
+    );
+    assert!(s.broker.is_marked(&mark.key).await.unwrap());
+    assert_eq!(
+        s.broker.backlog(&stream, "g").await.unwrap(),
+        0,
+        "both acked"
+    );
     // The key is listed.
     let (keys, _) = s.broker.kv_scan(&bucket, None, 100).await.unwrap();
     assert_eq!(keys, vec!["k".to_string()]);

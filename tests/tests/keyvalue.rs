@@ -265,6 +265,43 @@ async fn a_shadow_writes_nothing_on_redis() {
     a_shadow_writes_nothing(Backend::Redis).await;
 }
 
+/// With a dedup window, the same event (one id) delivered as several
+/// entries at once is applied once: the mark is set in the same step as
+/// the writes, so the copies cannot all pass the check before any commits.
+async fn duplicates_apply_once_with_a_dedup_window(b: Backend) {
+    let (name, stream) = (unique("counter"), unique("kv-dup"));
+    let config = counter(&name, &stream, 4, true, "dedup_window_ms = 60000");
+    let run = start(&format!("{}{config}", backend(b))).await.unwrap();
+    let event = Event::new("dup", "");
+    run.inject(&stream, vec![event.clone(); 8]).await.unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+    let stats = &run.runtime.plugins[0].stats;
+    until(LIMIT, "every copy to be settled", || async {
+        let s = stats.snapshot();
+        s.handled + s.deduplicated >= 8
+    })
+    .await;
+    let got = counts(&run.runtime.broker, &name, &["dup"]).await;
+    assert_eq!(
+        got,
+        vec![Some(1)],
+        "{b:?}: eight copies of one event count once"
+    );
+    let s = stats.snapshot();
+    assert_eq!((s.handled, s.deduplicated), (1, 7), "{b:?}: {s:?}");
+    run.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_apply_once_with_a_dedup_window_in_memory() {
+    duplicates_apply_once_with_a_dedup_window(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_apply_once_with_a_dedup_window_on_redis() {
+    duplicates_apply_once_with_a_dedup_window(Backend::Redis).await;
+}
+
 /// A bucket the config does not grant cannot be opened: the plugin hears
 /// `access-denied`, and the SDK's message names the grant to add.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

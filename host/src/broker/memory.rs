@@ -98,6 +98,8 @@ impl MemoryBroker {
     fn try_commit(&self, commits: &[Commit], outcomes: &mut Vec<Outcome>) {
         let mut state = self.lock();
         let mut kv = self.lock_kv();
+        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
         for c in commits {
             let held = c.source.as_ref().map(|src| {
                 state
@@ -109,6 +111,25 @@ impl MemoryBroker {
             if held == Some(false) {
                 outcomes.push(Outcome::NotHeld);
                 continue;
+            }
+            let ack = |state: &mut HashMap<String, Stream>| {
+                if let Some(src) = &c.source {
+                    if let Some(g) = state
+                        .get_mut(&src.stream)
+                        .and_then(|s| s.groups.get_mut(&src.group))
+                    {
+                        if let Ok(seq) = seq_of(&src.id) {
+                            g.pending.remove(&seq);
+                        }
+                    }
+                }
+            };
+            if let Some(mark) = &c.mark {
+                if marks.get(&mark.key).is_some_and(|until| *until > now) {
+                    ack(&mut state);
+                    outcomes.push(Outcome::Duplicate);
+                    continue;
+                }
             }
             let changed = c
                 .effects
@@ -149,16 +170,10 @@ impl MemoryBroker {
                     .expect("made room above")
                     .push(&a.fields);
             }
-            if let Some(src) = &c.source {
-                if let Some(g) = state
-                    .get_mut(&src.stream)
-                    .and_then(|s| s.groups.get_mut(&src.group))
-                {
-                    if let Ok(seq) = seq_of(&src.id) {
-                        g.pending.remove(&seq);
-                    }
-                }
+            if let Some(mark) = &c.mark {
+                marks.insert(mark.key.clone(), now + mark.ttl);
             }
+            ack(&mut state);
             outcomes.push(Outcome::Committed);
         }
     }
@@ -606,6 +621,7 @@ mod tests {
                 ..Default::default()
             },
             appends: vec![append("full", "c")],
+            mark: None,
         };
         let outcome = tokio::time::timeout(Duration::from_secs(5), broker.commit(&[commit]))
             .await

@@ -171,6 +171,18 @@ pub struct Commit {
     pub effects: KvEffects,
     /// The events the call emitted, as entries for their streams.
     pub appends: Vec<Append>,
+    /// The event's idempotency mark (a dedup window): if it is set, the
+    /// event was handled already and the commit only acknowledges the
+    /// entry ([`Outcome::Duplicate`]); otherwise it is set with the writes,
+    /// so that a duplicate cannot slip in between.
+    pub mark: Option<Mark>,
+}
+
+/// An idempotency mark: its key, and how long it lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub key: String,
+    pub ttl: std::time::Duration,
 }
 
 impl Commit {
@@ -189,7 +201,7 @@ impl Commit {
             .flat_map(|a| a.fields.iter())
             .map(|(f, v)| f.len() + v.len())
             .sum();
-        kv + appended
+        kv + appended + self.mark.as_ref().map_or(0, |m| m.key.len())
     }
 }
 
@@ -208,6 +220,9 @@ pub enum Outcome {
     /// creates it again and the entry may come back: applying now could
     /// apply it twice). Nothing applied.
     NotHeld,
+    /// The event's mark was set: the same event (another entry of it) was
+    /// handled already. The entry was acknowledged; nothing else applied.
+    Duplicate,
     /// A stream the call emits to is full (the memory backend's
     /// backpressure): nothing applied; run the call again once there is
     /// room. Never waited for inside the commit, which would hold up every

@@ -499,6 +499,7 @@ impl Standalone {
                 ..Default::default()
             },
             appends: Vec::new(),
+            mark: None,
         };
         match self.kv.commit(commit).await {
             Ok(crate::kv::Outcome::Committed) => Ok(()),

@@ -16,7 +16,7 @@ use crate::config::Backoff;
 use crate::dead_letter::DeadLetter;
 use crate::event::Event;
 use crate::handler::{Failure, FailureKind, Verdict};
-use crate::kv::{Commit, KvEffects, NotSent, Outcome, Receipt, Source};
+use crate::kv::{Commit, KvEffects, Mark, NotSent, Outcome, Receipt, Source};
 use crate::publisher::{causal_depth, entries_at_depth};
 use crate::stats::Stats;
 
@@ -172,10 +172,17 @@ impl Shared {
     fn queue_commit(
         &self,
         delivery: &Delivery,
+        event: &Event,
         emitted: Vec<(String, Event)>,
         effects: KvEffects,
     ) -> Receipt {
         let depth = causal_depth(&delivery.entry) + 1;
+        // The dedup mark commits with the writes: set after them, a crash
+        // or a duplicate handled meanwhile could apply the event twice.
+        let mark = match (self.dedup_key(event), self.sub.dedup_window) {
+            (Some(key), Some(ttl)) => Some(Mark { key, ttl }),
+            _ => None,
+        };
         self.kv.enqueue(Commit {
             source: Some(Source {
                 stream: delivery.stream.clone(),
@@ -185,6 +192,7 @@ impl Shared {
             }),
             effects,
             appends: entries_at_depth(&emitted, depth),
+            mark,
         })
     }
 
@@ -224,8 +232,14 @@ impl Shared {
         match outcome {
             Outcome::Committed => {
                 Stats::bump(&self.stats.kv_commits);
-                self.remember_handled(&event).await;
-                // Acknowledged by the commit itself.
+                // Acknowledged and marked (with a dedup window) by the
+                // commit itself.
+                Stats::bump(&self.stats.handled);
+                self.finish(job, false);
+            }
+            Outcome::Duplicate => {
+                Stats::bump(&self.stats.deduplicated);
+                tracing::debug!(plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id, "handled already within the dedup window: acknowledged, nothing committed");
                 self.finish(job, false);
             }
             Outcome::NotHeld => {
@@ -415,7 +429,7 @@ impl Shared {
         }
         // A dry run's writes are never committed (nor checked).
         if !handled.kv.is_empty() && !event.meta.is_dry_run {
-            let receipt = self.queue_commit(delivery, handled.emitted, handled.kv);
+            let receipt = self.queue_commit(delivery, &event, handled.emitted, handled.kv);
             return Step::Commit(event, attempts, receipt);
         }
         if handled.emitted.is_empty() && self.sub.dedup_window.is_none() {

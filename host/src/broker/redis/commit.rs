@@ -22,12 +22,13 @@ use crate::kv::{Commit, Outcome};
 
 /// The script. `ARGV[1]` is the number of calls, `ARGV[2]` `~` or `=` for
 /// `MAXLEN`; then per call: its source stream (index into `KEYS`; 0 for
-/// none: no custody check, no ack), group,
-/// consumer, entry id; its reads (count, then bucket index, key, `0`/`1`
+/// none: no custody check, no ack), group, consumer, entry id, and its
+/// idempotency mark (index into `KEYS`, 0 for none) with its time to live
+/// in ms; its reads (count, then bucket index, key, `0`/`1`
 /// for absent/present, value); its writes (count, then bucket index, key,
 /// `0`/`1` for delete/set, value); its appends (count, then stream index,
 /// `MAXLEN`, field count, fields and values). One reply per call: `ok`,
-/// `notheld`, `conflict <read number>`, or `failed <reason>`.
+/// `notheld`, `duplicate`, `conflict <read number>`, or `failed <reason>`.
 const COMMIT: &str = r#"#!lua
 local n, approx = tonumber(ARGV[1]), ARGV[2]
 local i = 3
@@ -39,7 +40,8 @@ end
 for c = 1, n do
   local srcix = tonumber(ARGV[i])
   local src, group, consumer, id = KEYS[srcix], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  i = i + 4
+  local mark, markttl = KEYS[tonumber(ARGV[i + 4])], ARGV[i + 5]
+  i = i + 6
   local verdict = nil
   if src then
     local p = redis.pcall('XPENDING', src, group, id, id, 1)
@@ -54,6 +56,11 @@ for c = 1, n do
     elseif #p == 0 or p[1][2] ~= consumer then
       verdict = 'notheld'
     end
+  end
+  if not verdict and mark and redis.call('EXISTS', mark) == 1 then
+    -- Handled already (another entry of the same event): acknowledge only.
+    if src then redis.call('XACK', src, group, id) end
+    verdict = 'duplicate'
   end
   local nreads = tonumber(ARGV[i]); i = i + 1
   for r = 1, nreads do
@@ -107,6 +114,7 @@ for c = 1, n do
       a = a + 3 + 2 * nfields
     end
     if src then redis.call('XACK', src, group, id) end
+    if mark then redis.call('SET', mark, '1', 'PX', markttl) end
     verdict = 'ok'
   end
   replies[c] = verdict
@@ -143,6 +151,15 @@ pub(super) fn invocation(
             }
             None => {
                 inv.arg(0).arg("").arg("").arg("");
+            }
+        }
+        match &c.mark {
+            Some(mark) => {
+                let ix = keys.index(&mark.key);
+                inv.arg(ix).arg(mark.ttl.as_millis().max(1) as u64);
+            }
+            None => {
+                inv.arg(0).arg(0);
             }
         }
         inv.arg(c.effects.reads.len());
@@ -217,6 +234,7 @@ pub(super) fn outcomes(commits: &[Commit], reply: Value) -> anyhow::Result<Vec<O
             Ok(match text.split_once(' ') {
                 None if text == "ok" => Outcome::Committed,
                 None if text == "notheld" => Outcome::NotHeld,
+                None if text == "duplicate" => Outcome::Duplicate,
                 Some(("conflict", n)) => {
                     let read = n
                         .parse::<usize>()
