@@ -102,6 +102,22 @@ impl Case {
     }
 }
 
+/// How the bench's plugins run: `reuse` events per instance, no grants.
+fn settings(reuse: u32) -> PluginSettings {
+    PluginSettings {
+        reuse_instance: reuse,
+        timeout: Duration::from_secs(10),
+        memory_bytes: 64 << 20,
+        grants: Grants::default(),
+        strict_grants: false,
+        fuel: None,
+        max_emitted_payload: crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
+        kv_buckets: Vec::new(),
+        kv_limits: Default::default(),
+        config: Default::default(),
+    }
+}
+
 /// Runs every case and returns the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let engine = Arc::new(PluginEngine::new(&EngineConfig {
@@ -109,18 +125,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         ..EngineConfig::default()
     })?);
     let wasm = |reuse: u32| -> anyhow::Result<Arc<dyn Handler>> {
-        let settings = PluginSettings {
-            reuse_instance: reuse,
-            timeout: Duration::from_secs(10),
-            memory_bytes: 64 << 20,
-            grants: Grants::default(),
-            strict_grants: false,
-            fuel: None,
-            max_emitted_payload: crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
-            kv_buckets: Vec::new(),
-            kv_limits: Default::default(),
-            config: Default::default(),
-        };
+        let settings = settings(reuse);
         Ok(Arc::new(WasmPlugin::load(
             &engine,
             "noop",
@@ -130,29 +135,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         )?))
     };
     let native = Case::new("native Rust handler (baseline)", Arc::new(NativeNoop));
-    // The counter plugin: every event increments one key (the hottest
-    // case: each call reads what the previous one wrote), its writes
-    // committed with the ack.
+    // The counter plugin: every event increments the key of its name,
+    // its writes committed with the ack; with one name, every call reads
+    // what the previous one wrote (the hottest case).
     let counter = |broker: Arc<dyn Broker>, names: usize| -> anyhow::Result<Case> {
         let kv = crate::kv::Store::new(broker);
+        let namespace = format!("bench-{}", uuid::Uuid::new_v4().simple());
         let settings = PluginSettings {
-            reuse_instance: 1000,
-            timeout: Duration::from_secs(10),
-            memory_bytes: 64 << 20,
-            grants: Grants::default(),
-            strict_grants: false,
-            fuel: None,
-            max_emitted_payload: crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
+            grants: Grants {
+                kv: vec!["counts".into()],
+                ..Grants::default()
+            },
             kv_buckets: vec![(
                 "counts".into(),
-                crate::kv::bucket_storage(
-                    &format!("bench-{}", uuid::Uuid::new_v4().simple()),
-                    "counts",
-                    false,
-                ),
+                crate::kv::bucket_storage(&namespace, "counts", false),
             )],
-            kv_limits: Default::default(),
-            config: Default::default(),
+            ..settings(1000)
         };
         let path = args.plugin.with_file_name("counter.wasm");
         let links = Links {

@@ -204,11 +204,11 @@ impl Shared {
         let mut receipt = receipt;
         let mut failures = 0;
         let outcome = loop {
-            let result = tokio::select! {
-                biased;
-                result = &mut receipt => result,
-                _ = self.shutdown.cancelled() => return self.finish(job, false),
-            };
+            // Not given up at shutdown: a commit on its way is applied or
+            // not whatever this task does, and its outcome comes within a
+            // round trip (draining waits for it; the shutdown deadline
+            // abandons it).
+            let result = (&mut receipt).await;
             let commit = match result {
                 Ok(Ok(outcome)) => break outcome,
                 Ok(Err(NotSent { error, commit })) => {
