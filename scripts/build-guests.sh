@@ -180,9 +180,15 @@ py_build() { # DIR OUT
 js_build() { # DIR OUT
   # From the repository root: componentize-js maps the working directory to
   # `/` while it evaluates the module, so `../../../guest-sdk/js/runnel.js`
-  # resolves. The disabled features leave a component that imports no WASI.
+  # resolves. The disabled features leave a component that imports no WASI,
+  # except `wasi:http` for a plugin that sends requests (imports http.js).
+  local disabled="stdio random clocks http fetch-event"
+  if grep -q 'guest-sdk/js/http.js\|from "runnel/http.js"' "$1"/*.js; then
+    disabled="stdio random clocks fetch-event"
+  fi
+  # shellcheck disable=SC2086
   PATH=$NODE_BIN:$PATH "$JS_TOOLS/node_modules/.bin/componentize-js" "$1/app.js" \
-    -w wit -n handler -d stdio random clocks http fetch-event -o "$2"
+    -w wit -n handler -d $disabled -o "$2"
 }
 
 C_GEN=$WORK/c-bindings
@@ -197,7 +203,7 @@ c_build() { # DIR OUT
   # shellcheck disable=SC2046
   clang --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror \
     -Wno-unused-parameter -I "$C_GEN" -I guest-sdk/c \
-    $(find "$1" -name '*.c' | LC_ALL=C sort) guest-sdk/c/runnel.c \
+    $(find "$1" -name '*.c' | LC_ALL=C sort) guest-sdk/c/runnel.c guest-sdk/c/runnel_http.c \
     "$C_GEN/handler.c" "$C_GEN/handler_component_type.o" -Wl,--strip-debug -o "$core" || return 1
   # A plugin that uses stdio, files or clocks imports WASI preview 1 and
   # would need the adapter: say so rather than fail obscurely.

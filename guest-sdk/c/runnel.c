@@ -285,9 +285,16 @@ static void event_drop(runnel_event_t *ev) {
     str_free(ev->meta.correlation_id);
 }
 
+/* The id of the event being handled, NUL-terminated ("" outside a call). */
+static char *current_event_id;
+
+const char *runnel_current_event_id(void) { return current_event_id ? current_event_id : ""; }
+
 bool exports_handler_handle(handler_event_t *raw, handler_refusal_t *err) {
     runnel_event_t ev;
     event_in(raw, &ev);
+    free(current_event_id);
+    current_event_id = strndup((const char *)raw->id.ptr, raw->id.len);
     runnel_verdict_t v = runnel_handle(&ev);
     event_drop(&ev);
     /* Arguments of an export are the callee's to free. */

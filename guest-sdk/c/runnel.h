@@ -241,6 +241,52 @@ runnel_verdict_t runnel_kv_increment(runnel_kv_bucket_t *bucket, const char *key
  * that never calls it does not import wasi:config. */
 char *runnel_config_get(const char *key);
 
+/* ---------------------------------------------------------------- HTTP */
+
+/* Outbound HTTP (wasi:http) to the hosts the plugin's config grants
+ * (http = ["https://api.example.com"] under [plugin.grants]). Requests are
+ * effects outside the event system: a redelivered or retried event sends
+ * them again, so every request other than GET and HEAD carries an
+ * Idempotency-Key header, the event's id, unless the request sets its own.
+ * In a dry run the host refuses all but GET and HEAD. Redirects are followed
+ * (up to 5), each hop granted or refused on its own; every wait ends at the
+ * call's time limit. A plugin that calls none of these does not import
+ * wasi:http. */
+
+typedef struct {
+    const char *name;
+    const char *value;
+} runnel_http_header_t;
+
+typedef struct {
+    const char *method; /* "GET" when NULL */
+    const char *url;    /* absolute: http(s)://host[:port]/path?query */
+    const runnel_http_header_t *headers;
+    size_t header_count;
+    const void *body;
+    size_t body_len;
+} runnel_http_request_t;
+
+typedef struct {
+    uint16_t status;
+    runnel_http_header_t *headers; /* malloc'd names (lowercase) and values */
+    size_t header_count;
+    uint8_t *body; /* malloc'd, NUL-terminated for convenience */
+    size_t body_len;
+} runnel_http_response_t;
+
+/* Sends a request and reads the whole response into *out (free it with
+ * runnel_http_response_free). A request the host refused (not granted, not
+ * GET/HEAD in a dry run, too many in one call) is a rejection: no retry
+ * would change it; any other failure (a timeout, connection refused, a body
+ * too big) is a retry. Both name the URL. */
+runnel_verdict_t runnel_http_send(const runnel_http_request_t *req, runnel_http_response_t *out);
+/* The first value of a header, by case-insensitive name; NULL if absent. */
+const char *runnel_http_header(const runnel_http_response_t *r, const char *name);
+void runnel_http_response_free(runnel_http_response_t *r);
+/* The id of the event being handled ("" outside runnel_handle). */
+const char *runnel_current_event_id(void);
+
 /* ---------------------------------------------------------------- JSON */
 
 /* A small, strict JSON reader (RFC 8259 over UTF-8, as Rust's serde_json

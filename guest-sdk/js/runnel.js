@@ -101,17 +101,37 @@ function logUncaught(where, e) {
  * acknowledge the event; throw (or return) `Retry` or `Reject` to refuse it.
  * Any other exception is logged and traps the call, like a panic in Rust. */
 export function handler(fn) {
+  const failed = (e) => {
+    if (e instanceof Refusal) throw e;
+    logUncaught("handle", e);
+    throw e instanceof Error ? e : new Error(String(e));
+  };
+  const done = (verdict) => {
+    if (verdict instanceof Refusal) throw verdict;
+  };
   return function handle(raw) {
+    eventId = raw.id;
     let verdict;
     try {
       verdict = fn(new Event(raw));
     } catch (e) {
-      if (e instanceof Refusal) throw e;
-      logUncaught("handle", e);
-      throw e instanceof Error ? e : new Error(String(e));
+      failed(e);
     }
-    if (verdict instanceof Refusal) throw verdict;
+    // An async handler (one that awaits `fetch`): componentize-js runs the
+    // event loop until its promise settles.
+    if (verdict !== null && typeof verdict === "object" && typeof verdict.then === "function") {
+      return verdict.then(done, failed);
+    }
+    done(verdict);
   };
+}
+
+let eventId = "";
+
+/** The id of the event being handled (`""` outside `handle`): what
+ * `runnel/http.js` sends as the idempotency key. */
+export function currentEventId() {
+  return eventId;
 }
 
 /** Wraps `fn(failure, event)` as the component's `handleError` export.

@@ -36,7 +36,10 @@ from wit_world.imports import batch as _batch
 from wit_world.imports import host as _host
 from wit_world.imports import wasi_config_store as _config_store
 from wit_world.imports import wasi_keyvalue_store as _store
-from wit_world.imports import types as _types
+from wit_world.imports import runnel_plugin_types as _types
+from wit_world.imports import outgoing_handler as _outgoing
+from wit_world.imports import wasi_http_types as _http
+from wit_world.imports import streams as _streams
 
 __all__ = [
     "Plugin",
@@ -56,6 +59,9 @@ __all__ = [
     "kv",
     "KvError",
     "config",
+    "http",
+    "HttpError",
+    "Response",
 ]
 
 
@@ -188,7 +194,8 @@ class Plugin:
 
 
 def _refusal(r: Refusal) -> Err:
-    if isinstance(r, Reject):
+    # A request the host refused stays refused: retrying cannot help.
+    if isinstance(r, Reject) or (isinstance(r, HttpError) and r.kind == "denied"):
         return Err(_types.Refusal_Reject(r.message))
     return Err(_types.Refusal_Retry(r.message))
 
@@ -215,6 +222,7 @@ def export(plugin: Type[Plugin]) -> type:
             return instance[0]
 
         def handle(self, event: _types.Event) -> None:
+            _current_event_id[0] = event.id
             try:
                 verdict = self._plugin.handle(Event(event))
             except Refusal as r:
@@ -466,3 +474,231 @@ class _Config:
 
 
 config = _Config()
+
+
+# The id of the event being handled: the default idempotency key.
+_current_event_id: List[str] = [""]
+
+MAX_REDIRECTS = 5
+
+
+class HttpError(Retry):
+    """An HTTP request failed. ``kind`` is ``"denied"`` (the host refused
+    it: not granted, or not GET/HEAD in a dry run; raised out of ``handle``
+    it is a :class:`Reject`, since no retry would change that),
+    ``"timeout"`` or ``"failed"`` (both a :class:`Retry`)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        prefix = {"denied": "HTTP request denied", "timeout": "HTTP request timed out"}
+        super().__init__(f"{prefix.get(kind, 'HTTP request failed')}: {message}")
+        self.kind = kind
+
+
+class Response:
+    """A whole response: ``status``, ``headers`` (lowercase names, as
+    received) and ``body`` (bytes)."""
+
+    def __init__(self, status: int, headers: List[Tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: str) -> Optional[str]:
+        """The first value of a header, by case-insensitive name."""
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        try:
+            return parse_json(self.body)
+        except ValueError as e:
+            raise HttpError("failed", f"response is not the expected JSON: {e}") from None
+
+    def raise_for_status(self) -> "Response":
+        """This response, or an :class:`HttpError` for a 4xx or 5xx status."""
+        if 400 <= self.status <= 599:
+            raise HttpError("failed", f"status {self.status}: {self.text()[:200]}")
+        return self
+
+
+def _http_error(url: str, code: Any) -> HttpError:
+    if isinstance(code, _http.ErrorCode_HttpRequestDenied):
+        return HttpError("denied", f"{url} (not granted by the plugin's grants.http, or not GET/HEAD in a dry run)")
+    if isinstance(code, _http.ErrorCode_ConnectionLimitReached):
+        return HttpError("denied", f"{url}: too many requests in one call (http_limits.max_requests_per_call)")
+    timeouts = (
+        _http.ErrorCode_ConnectionTimeout,
+        _http.ErrorCode_ConnectionReadTimeout,
+        _http.ErrorCode_ConnectionWriteTimeout,
+        _http.ErrorCode_HttpResponseTimeout,
+    )
+    kind = "timeout" if isinstance(code, timeouts) else "failed"
+    return HttpError(kind, f"{url}: {type(code).__name__.replace('ErrorCode_', '')}")
+
+
+def _split_url(url: str) -> Tuple[str, str, str]:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest:
+        raise HttpError("failed", f"{url!r} is not an absolute http(s) URL")
+    rest = rest.split("#", 1)[0]
+    cut = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0] or [len(rest)])
+    authority, path = rest[:cut], rest[cut:]
+    if not path.startswith("/"):
+        path = "/" + path
+    return scheme.lower(), authority, path
+
+
+def _resolve(base: str, location: str) -> str:
+    if "://" in location:
+        return location
+    scheme, authority, path = _split_url(base)
+    if location.startswith("/"):
+        return f"{scheme}://{authority}{location}"
+    directory = path.split("?", 1)[0].rsplit("/", 1)[0]
+    return f"{scheme}://{authority}{directory}/{location}"
+
+
+_METHODS = {
+    "GET": _http.Method_Get,
+    "HEAD": _http.Method_Head,
+    "POST": _http.Method_Post,
+    "PUT": _http.Method_Put,
+    "DELETE": _http.Method_Delete,
+    "PATCH": _http.Method_Patch,
+    "OPTIONS": _http.Method_Options,
+}
+
+
+def _send_once(method: str, url: str, headers: List[Tuple[str, str]], body: bytes, timeout_ns: Optional[int]) -> Response:
+    scheme, authority, path = _split_url(url)
+    fields = _http.Fields.from_list([(k, v.encode("utf-8")) for k, v in headers])
+    request = _http.OutgoingRequest(fields)
+    kind = _METHODS.get(method)
+    request.set_method(kind() if kind else _http.Method_Other(method))
+    request.set_scheme(_http.Scheme_Https() if scheme == "https" else _http.Scheme_Http())
+    request.set_authority(authority)
+    request.set_path_with_query(path)
+    outgoing = request.body()
+    options = None
+    if timeout_ns is not None:
+        options = _http.RequestOptions()
+        options.set_connect_timeout(timeout_ns)
+        options.set_first_byte_timeout(timeout_ns)
+        options.set_between_bytes_timeout(timeout_ns)
+    try:
+        pending = _outgoing.handle(request, options)
+    except Err as e:
+        raise _http_error(url, e.value) from None
+    # The body goes out while the host sends the request; if the host
+    # refused it, the stream is closed and the response says why.
+    write_error: Optional[str] = None
+    try:
+        with outgoing.write() as stream:
+            for i in range(0, len(body), 4096):
+                stream.blocking_write_and_flush(body[i : i + 4096])
+        _http.OutgoingBody.finish(outgoing, None)
+    except Err as e:
+        write_error = repr(e.value)
+    with pending.subscribe() as ready:
+        ready.block()
+    result = pending.get()
+    pending.__exit__(None, None, None)
+    if result is None or isinstance(result, Err):
+        raise HttpError("failed", f"{url}: no response")
+    inner = result.value
+    if isinstance(inner, Err):
+        raise _http_error(url, inner.value)
+    response = inner.value
+    if write_error is not None:
+        raise HttpError("failed", f"{url}: sending the body: {write_error}")
+    status = response.status()
+    with response.headers() as fields:
+        got = [(k, v.decode("utf-8", errors="replace")) for k, v in fields.entries()]
+    incoming = response.consume()
+    chunks: List[bytes] = []
+    with incoming.stream() as stream:
+        while True:
+            try:
+                chunks.append(stream.blocking_read(64 * 1024))
+            except Err as e:
+                if isinstance(e.value, _streams.StreamError_Closed):
+                    break
+                code = _http.http_error_code(e.value.value)
+                if code is not None:
+                    raise _http_error(url, code) from None
+                raise HttpError("failed", f"{url}: {e.value.value.to_debug_string()}") from None
+    _http.IncomingBody.finish(incoming).__exit__(None, None, None)
+    response.__exit__(None, None, None)
+    return Response(status, got, b"".join(chunks))
+
+
+class _Http:
+    """Outbound HTTP (``wasi:http``), to the hosts the plugin's config grants
+    (``http = ["https://api.example.com"]`` under ``[plugin.grants]``)::
+
+        price = runnel.http.get(f"{base}/prices/{sku}").raise_for_status().json()
+
+    Requests are effects outside the event system: a redelivered or retried
+    event sends them again. So every request other than GET and HEAD
+    carries an ``Idempotency-Key`` header, the id of the event being
+    handled, unless the plugin sets its own. In a dry run the host refuses
+    all but GET and HEAD. Redirects are followed (up to 5), each hop
+    granted or refused on its own. Every wait ends at the call's time limit."""
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Optional[List[Tuple[str, str]]] = None,
+        body: Union[bytes, str, None] = None,
+        json: Any = None,
+        idempotency_key: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> Response:
+        """Sends a request and reads the whole response; ``timeout`` in
+        seconds bounds the connection and each part of the response."""
+        method = method.upper()
+        headers = list(headers or [])
+        data = b"" if body is None else _bytes(body)
+        if json is not None:
+            data = to_json(json)
+            headers.append(("content-type", "application/json"))
+        names = {k.lower() for k, _ in headers}
+        key = idempotency_key
+        if key is None and method not in ("GET", "HEAD") and _current_event_id[0]:
+            key = _current_event_id[0]
+        if key is not None and "idempotency-key" not in names:
+            headers.append(("idempotency-key", key))
+        timeout_ns = None if timeout is None else int(timeout * 1e9)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = _send_once(method, url, headers, data, timeout_ns)
+            location = response.header("location")
+            if response.status not in (301, 302, 303, 307, 308) or location is None:
+                return response
+            url = _resolve(url, location)
+            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+                method, data = "GET", b""
+                headers = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-length")]
+        raise HttpError("failed", f"{url}: more than {MAX_REDIRECTS} redirects")
+
+    def get(self, url: str, **kw: Any) -> Response:
+        return self.request("GET", url, **kw)
+
+    def post(self, url: str, **kw: Any) -> Response:
+        return self.request("POST", url, **kw)
+
+    def put(self, url: str, **kw: Any) -> Response:
+        return self.request("PUT", url, **kw)
+
+    def delete(self, url: str, **kw: Any) -> Response:
+        return self.request("DELETE", url, **kw)
+
+
+http = _Http()

@@ -66,6 +66,7 @@ pub trait Plugin {
 
 impl<T: Plugin> bindings::Guest for T {
     fn handle(event: Event) -> Result<(), Refusal> {
+        http::set_event_id(&event.id);
         <T as Plugin>::handle(event)
     }
 
@@ -301,6 +302,8 @@ pub mod kv {
         }
     }
 }
+
+pub mod http;
 
 /// The plugin's configuration (`wasi:config/store`): its `[plugin.config]`
 /// table, plain values and secrets the host read from the environment or

@@ -158,6 +158,15 @@ struct TestArgs {
     /// the writes and nothing is kept.
     #[arg(long)]
     kv_commit: bool,
+    /// Allow HTTP requests to this scheme://host[:port] (repeatable), as
+    /// `http = [...]` would.
+    #[arg(long, value_name = "URL")]
+    grant_http: Vec<String>,
+    /// Answer the plugin's HTTP requests from this JSON file instead of the
+    /// network: `[{"request": "GET http://prices.local/sku/1", "status": 200,
+    /// "json": {"price": 12}}]`. Requests still need --grant-http.
+    #[arg(long, value_name = "FILE")]
+    http: Option<PathBuf>,
 }
 
 /// `runnel emit`'s flags.
@@ -410,6 +419,7 @@ async fn cmd_test(args: TestArgs) -> anyhow::Result<ExitCode> {
         grants: crate::config::Grants {
             stdio: args.grant_stdio,
             kv: args.grant_kv.clone(),
+            http: args.grant_http.clone(),
             ..Default::default()
         },
         kv_seed: match &args.kv {
@@ -426,6 +436,12 @@ async fn cmd_test(args: TestArgs) -> anyhow::Result<ExitCode> {
             }
         },
         kv_commit: args.kv_commit,
+        http_canned: match &args.http {
+            None => None,
+            Some(path) => Some(std::sync::Arc::new(crate::outbound::CannedResponses::load(
+                path,
+            )?)),
+        },
     };
     let report = crate::harness::run(&args.plugin, events_parsed, &options).await?;
     print!("{report}");

@@ -105,6 +105,8 @@ pub struct Handled {
     /// be committed with its emits and the ack, in one step (empty for a
     /// failed call, and for a handler without buckets).
     pub kv: crate::kv::KvEffects,
+    /// The HTTP requests the call sent or tried to send, in order.
+    pub http: Vec<crate::outbound::Exchange>,
 }
 
 impl Handled {
@@ -115,6 +117,7 @@ impl Handled {
             emitted: Vec::new(),
             logs: Vec::new(),
             kv: Default::default(),
+            http: Vec::new(),
         }
     }
 }

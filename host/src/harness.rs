@@ -32,6 +32,8 @@ pub struct HarnessOptions {
     /// Keep successful calls' writes for the next events (otherwise they
     /// are shown and dropped, as in a dry run).
     pub kv_commit: bool,
+    /// Answers to the plugin's HTTP requests instead of the network.
+    pub http_canned: Option<std::sync::Arc<crate::outbound::CannedResponses>>,
 }
 
 /// Runs every event through the plugin and returns the report. The report
@@ -48,6 +50,7 @@ pub async fn run(
         "test",
         options.timeout,
         options.grants.clone(),
+        options.http_canned.clone(),
     )?;
     let handler = &loaded.plugin;
     for (bucket, values) in &options.kv_seed {
@@ -82,6 +85,9 @@ pub async fn run(
                     emitted.name,
                     String::from_utf8_lossy(&emitted.payload)
                 )?;
+            }
+            for x in &handled.http {
+                writeln!(out, "    http {} {} -> {}", x.method, x.url, x.outcome)?;
             }
             // A dry run's writes are never kept, as in the host.
             let keep = options.kv_commit && !event.meta.is_dry_run;

@@ -55,6 +55,7 @@ pub mod input;
 pub mod kv;
 pub mod live;
 pub mod metrics;
+pub mod outbound;
 pub mod plugin;
 pub mod publisher;
 pub mod reload;

@@ -20,7 +20,7 @@ pub enum Lang {
     C,
 }
 
-const WIT: [(&str, &str); 9] = [
+const WIT: [(&str, &str); 12] = [
     ("wit/types.wit", include_str!("../../wit/types.wit")),
     ("wit/host.wit", include_str!("../../wit/host.wit")),
     ("wit/world.wit", include_str!("../../wit/world.wit")),
@@ -48,6 +48,18 @@ const WIT: [(&str, &str); 9] = [
         "wit/deps/config/world.wit",
         include_str!("../../wit/deps/config/world.wit"),
     ),
+    (
+        "wit/deps/http/http.wit",
+        include_str!("../../wit/deps/http/http.wit"),
+    ),
+    (
+        "wit/deps/io/io.wit",
+        include_str!("../../wit/deps/io/io.wit"),
+    ),
+    (
+        "wit/deps/clocks/clocks.wit",
+        include_str!("../../wit/deps/clocks/clocks.wit"),
+    ),
 ];
 
 fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
@@ -60,6 +72,10 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
                 include_str!("../templates/rust/sdk.Cargo.toml"),
             ),
             ("sdk/src/lib.rs", include_str!("../../guest-sdk/src/lib.rs")),
+            (
+                "sdk/src/http.rs",
+                include_str!("../../guest-sdk/src/http.rs"),
+            ),
             ("build.sh", include_str!("../templates/rust/build.sh")),
         ],
         Lang::Python => vec![
@@ -75,6 +91,7 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
             ("runnel.js", include_str!("../../guest-sdk/js/runnel.js")),
             ("kv.js", include_str!("../../guest-sdk/js/kv.js")),
             ("config.js", include_str!("../../guest-sdk/js/config.js")),
+            ("http.js", include_str!("../../guest-sdk/js/http.js")),
             ("package.json", include_str!("../templates/js/package.json")),
             ("build.sh", include_str!("../templates/js/build.sh")),
         ],
@@ -82,6 +99,10 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
             ("plugin.c", include_str!("../templates/c/plugin.c")),
             ("runnel.h", include_str!("../../guest-sdk/c/runnel.h")),
             ("runnel.c", include_str!("../../guest-sdk/c/runnel.c")),
+            (
+                "runnel_http.c",
+                include_str!("../../guest-sdk/c/runnel_http.c"),
+            ),
             ("build.sh", include_str!("../templates/c/build.sh")),
         ],
     }
@@ -138,7 +159,7 @@ pub fn create(lang: Lang, name: &str, parent: &Path) -> anyhow::Result<PathBuf> 
         Lang::Rust => ("Rust", "`sdk/`, the `runnel-guest` crate"),
         Lang::Python => ("Python", "`runnel.py`"),
         Lang::Js => ("JavaScript", "`runnel.js`"),
-        Lang::C => ("C", "`runnel.h` and `runnel.c`"),
+        Lang::C => ("C", "`runnel.h`, `runnel.c` and `runnel_http.c`"),
     };
     let fill = |text: &str| {
         text.replace("{{name}}", name)

@@ -171,6 +171,7 @@ mod tests {
                 .collect(),
             logs: Vec::new(),
             kv: Default::default(),
+            http: Vec::new(),
         }
     }
 

@@ -142,6 +142,7 @@ pub async fn replay(
         "(not published)",
         std::time::Duration::from_secs(10),
         Grants::default(),
+        None,
     )?;
     let handler = &loaded.plugin;
     let entries = broker.range(stream, from, to, count).await?;

@@ -4,6 +4,7 @@
 pub mod certs;
 pub mod chaos;
 pub mod contract;
+pub mod http_server;
 pub mod redis_server;
 
 use std::path::PathBuf;

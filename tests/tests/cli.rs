@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use runnel_tests::http_server::{TestServer, HELLO};
 use runnel_tests::{plugin, repo_root};
 
 fn runnel(args: &[&str]) -> Output {
@@ -395,4 +396,138 @@ fn runnel_test_shows_key_value_writes_and_keeps_them_only_when_asked() {
         refused.contains(r#"not granted: add kv = ["counts"]"#),
         "{refused}"
     );
+}
+
+/// Runs `runnel test` with the fetcher plugin over `events` (NDJSON lines)
+/// and returns the report.
+fn fetch_report(dir: &Path, events: &[String], extra: &[&str]) -> String {
+    let file = dir.join("events.ndjson");
+    std::fs::write(&file, events.join("\n") + "\n").unwrap();
+    let fetcher = plugin("fetcher");
+    let mut args = vec![
+        "test",
+        fetcher.to_str().unwrap(),
+        "--events",
+        file.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let out = runnel(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[test]
+fn runnel_test_sends_granted_requests_and_refuses_the_rest() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(TestServer::start());
+    // A port nothing granted listens on (nor need it: it is refused first).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = closed.local_addr().unwrap().port();
+    let base = server.base();
+    let fetch =
+        |json: serde_json::Value| serde_json::json!({"name": "f", "payload": json}).to_string();
+    let events = [
+        fetch(serde_json::json!({"url": format!("{base}/hello")})),
+        fetch(serde_json::json!({"url": format!("http://127.0.0.1:{other}/hello")})),
+        fetch(serde_json::json!({"url": format!("{base}/away")})),
+        fetch(serde_json::json!({"url": format!("{base}/echo"), "method": "POST", "body": "b"})),
+        // A dry run (a shadow, a replay) may read but not act.
+        serde_json::json!({
+            "id": "dry-1", "name": "f", "meta": {"created_at_utc": "2026-11-30T00:00:00Z", "correlation_id": "", "attempts": 0, "is_dry_run": true},
+            // The wire format's payload: base64.
+            "payload": base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                serde_json::json!({"url": format!("{base}/echo"), "method": "POST", "body": "b"}).to_string(),
+            ),
+        })
+        .to_string(),
+        fetch(serde_json::json!({"url": format!("{base}/slow")})),
+        fetch(serde_json::json!({"url": format!("{base}/big")})),
+        fetch(serde_json::json!({"url": format!("{base}/hello"), "times": 17})),
+    ];
+    let dir = scratch("http");
+    let report = fetch_report(
+        &dir,
+        &events,
+        &["--grant-http", &base, "--timeout-ms", "1500"],
+    );
+    let port = server.addr.port();
+    for line in [
+        // Status, headers (the body) and the exchange reach the report.
+        format!("    emit fetched: 200 {HELLO}"),
+        format!("    http GET {base}/hello -> 200"),
+        // Another port of the same host is another grant.
+        format!(r#"    http GET http://127.0.0.1:{other}/hello -> refused: not granted (to allow: grants.http = ["http://127.0.0.1:{other}"])"#),
+        // A redirect is followed, and its target must be granted too.
+        format!("    http GET {base}/away -> 302"),
+        format!(r#"    http GET http://localhost:{port}/hello -> refused: not granted (to allow: grants.http = ["http://localhost:{port}"])"#),
+        // The SDK sends the event id as the idempotency key.
+        "    emit fetched: 201 key=event-4 body=b".to_string(),
+        format!("    http POST {base}/echo -> refused: a dry run may only GET or HEAD (no side effects)"),
+        // A slow server cannot hold the call past its time limit.
+        "  attempt 1: timeout: ran past its time limit of 1.5s waiting for an HTTP response".to_string(),
+        format!("    http GET {base}/slow -> timed out at the call's deadline"),
+        format!(r#"    http GET {base}/hello -> refused: more than 16 requests in one call (http_limits.max_requests_per_call)"#),
+    ] {
+        assert!(report.contains(&line), "{line:?} missing:\n{report}");
+    }
+    assert!(
+        report.contains("attempt 1: reject: HTTP request denied")
+            && report.contains("/big: HTTP response body size exceeds limit: 4194304 bytes"),
+        "{report}"
+    );
+    // The refused POST never reached the server; the granted one did.
+    assert_eq!(server.hits("POST /echo"), 1);
+    assert_eq!(server.hits("GET /hello"), 1 + 16);
+
+    // Without the grant, nothing goes out at all.
+    let report = fetch_report(&dir, &events[..1], &[]);
+    assert!(
+        report.contains(&format!(
+            r#"refused: not granted (to allow: grants.http = ["{base}"])"#
+        )),
+        "{report}"
+    );
+    assert_eq!(server.hits("GET /hello"), 1 + 16);
+}
+
+#[test]
+fn runnel_test_answers_requests_from_canned_responses() {
+    let dir = scratch("http-canned");
+    let canned = dir.join("http.json");
+    std::fs::write(
+        &canned,
+        r#"[
+            {"request": "POST http://pay.test/charge", "status": 503},
+            {"request": "POST http://pay.test/charge", "status": 200, "json": {"charged": true}}
+        ]"#,
+    )
+    .unwrap();
+    let events = [
+        r#"{"name": "f", "payload": {"url": "http://pay.test/charge", "method": "POST"}}"#
+            .to_string(),
+        r#"{"name": "f", "payload": {"url": "http://pay.test/refund", "method": "POST"}}"#
+            .to_string(),
+    ];
+    let report = fetch_report(
+        &dir,
+        &events,
+        &[
+            "--grant-http",
+            "http://pay.test",
+            "--http",
+            canned.to_str().unwrap(),
+            "--max-attempts",
+            "2",
+        ],
+    );
+    for line in [
+        "  attempt 1: retry: status 503",
+        "    http POST http://pay.test/charge -> 503 (canned)",
+        "  attempt 2: ok",
+        r#"    emit fetched: 200 {"charged":true}"#,
+        "    http POST http://pay.test/refund -> failed: no canned response for POST http://pay.test/refund",
+    ] {
+        assert!(report.contains(line), "{line:?} missing:\n{report}");
+    }
 }

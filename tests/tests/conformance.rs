@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use runnel::event::Event;
 use runnel::handler::{Level, Verdict};
+use runnel_tests::http_server::{TestServer, HELLO};
 use runnel_tests::{plugin, repo_root, start, Call};
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -39,7 +40,7 @@ fn component(lang: &str) -> PathBuf {
 
 /// Events with fixed ids and times, so that every language sees the same.
 fn events() -> Vec<Event> {
-    let cases: [(&str, &[u8]); 18] = [
+    let cases: [(&str, &[u8]); 22] = [
         ("echo", b"any bytes \xff\x00 even these"),
         ("inherit", b""),
         ("batch", b""),
@@ -58,6 +59,10 @@ fn events() -> Vec<Event> {
         ("kv-denied", b""),
         ("config", b""),
         ("config-reject", b""),
+        ("http-get", b""),
+        ("http-post", b"posted body"),
+        ("http-denied", b""),
+        ("http-redirect", b""),
     ];
     cases
         .iter()
@@ -76,7 +81,7 @@ fn events() -> Vec<Event> {
 /// Everything a language's build did for one event, in attempt order, with
 /// what the spec leaves open (trap messages and the logs around a trap)
 /// left out.
-fn transcript(lang: &str) -> BTreeMap<String, Vec<String>> {
+fn transcript(lang: &str, server: &TestServer) -> BTreeMap<String, Vec<String>> {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let run = start(&format!(
@@ -91,6 +96,8 @@ fn transcript(lang: &str) -> BTreeMap<String, Vec<String>> {
             "counted" = "out"
             "kv-checked" = "out"
             "configured" = "out"
+            "http-got" = "out"
+            "http-posted" = "out"
             [[plugin]]
             name = "conformance"
             path = {:?}
@@ -101,11 +108,16 @@ fn transcript(lang: &str) -> BTreeMap<String, Vec<String>> {
             timeout_ms = 60000
             [plugin.grants]
             kv = ["conformance"]
+            http = [{base:?}]
             [plugin.config]
             greeting = "hello"
             token = {{ env = "RUNNEL_CONFORMANCE_TOKEN" }}
+            http_base = {base:?}
+            http_denied = "http://localhost:{port}"
             "#,
-            component(lang)
+            component(lang),
+            base = server.base(),
+            port = server.addr.port(),
         ))
         .await
         .unwrap_or_else(|e| panic!("{lang}: {e:#}"));
@@ -125,6 +137,9 @@ fn transcript(lang: &str) -> BTreeMap<String, Vec<String>> {
                     let mut lines = vec![format!("attempt {}: {verdict}", event.meta.attempts)];
                     if !trapped {
                         lines.extend(logs(&result.logs));
+                    }
+                    for x in &result.http {
+                        lines.push(format!("http {} {} -> {}", x.method, x.url, x.outcome));
                     }
                     for (stream, e) in &result.emitted {
                         assert_eq!(
@@ -174,7 +189,12 @@ fn every_language_behaves_exactly_like_the_spec() {
     // A secret for the plugin's config; it must never reach what the host
     // records (log lines, verdicts). Set before any runtime starts.
     std::env::set_var("RUNNEL_CONFORMANCE_TOKEN", "tok-3f9a-secret");
-    let rust = transcript("rust");
+    // The server the HTTP cases call, on a runtime of its own that outlives
+    // each language's.
+    let server_runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = server_runtime.block_on(TestServer::start());
+    let base = server.base();
+    let rust = transcript("rust", &server);
     let rendered = |t: &BTreeMap<String, Vec<String>>| {
         t.iter()
             .map(|(name, lines)| format!("{name}:\n  {}", lines.join("\n  ")))
@@ -248,14 +268,42 @@ fn every_language_behaves_exactly_like_the_spec() {
         "kv-denied",
         r#"attempt 3: retry: key-value bucket "other": not granted: add kv = ["other"] under the plugin's [plugin.grants]"#,
     );
+    // Outbound HTTP: status, headers and body reach the plugin; the SDK
+    // sends the event id as the idempotency key; what is not granted
+    // (another host, or a redirect to one) is refused by the host.
+    has(
+        "http-get",
+        &format!(r#"emit http-got to out: "status=200 x-conformance=yes body={HELLO}""#),
+    );
+    has("http-get", &format!("http GET {base}/hello -> 200"));
+    has(
+        "http-post",
+        r#"emit http-posted to out: "status=201 key=00000000-0000-4000-8000-000000000019 body=posted body""#,
+    );
+    let port = server.addr.port();
+    let refused = format!(
+        r#"http GET http://localhost:{port}/hello -> refused: not granted (to allow: grants.http = ["http://localhost:{port}"])"#
+    );
+    has("http-denied", "attempt 1: reject: http denied");
+    has("http-denied", &refused);
+    has("http-redirect", "attempt 1: reject: http denied");
+    has("http-redirect", &format!("http GET {base}/away -> 302"));
+    has("http-redirect", &refused);
+    assert_eq!(
+        server.hits("GET /hello"),
+        1,
+        "the refused requests never reached the server"
+    );
 
     let mut differing = Vec::new();
     for lang in ["c", "js", "python", "rust-0.1.0"] {
-        let mut other = transcript(lang);
+        let mut other = transcript(lang, &server);
         let mut rust = rust.clone();
         if lang == "rust-0.1.0" {
             // Built before the contract had key-value state and config.
-            let new_in_0_2 = |name: &str| name.starts_with("kv-") || name.starts_with("config");
+            let new_in_0_2 = |name: &str| {
+                name.starts_with("kv-") || name.starts_with("config") || name.starts_with("http-")
+            };
             rust.retain(|name, _| !new_in_0_2(name));
             other.retain(|name, _| !new_in_0_2(name));
         }

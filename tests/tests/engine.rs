@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use runnel::config::{EngineConfig, Grants};
+use runnel::config::EngineConfig;
 use runnel::event::Event;
 use runnel::handler::{Handler, Verdict};
 use runnel::plugin::{PluginEngine, PluginSettings, WasmPlugin};
@@ -20,18 +20,7 @@ fn engine(cache: &std::path::Path) -> PluginEngine {
 }
 
 fn settings(reuse: u32) -> PluginSettings {
-    PluginSettings {
-        reuse_instance: reuse,
-        timeout: Duration::from_secs(5),
-        memory_bytes: 64 << 20,
-        grants: Grants::default(),
-        strict_grants: false,
-        fuel: None,
-        max_emitted_payload: runnel::config::DEFAULT_MAX_PAYLOAD_BYTES,
-        kv_buckets: Vec::new(),
-        kv_limits: Default::default(),
-        config: Default::default(),
-    }
+    PluginSettings::ungranted(reuse, Duration::from_secs(5))
 }
 
 #[test]

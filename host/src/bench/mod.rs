@@ -104,18 +104,7 @@ impl Case {
 
 /// How the bench's plugins run: `reuse` events per instance, no grants.
 fn settings(reuse: u32) -> PluginSettings {
-    PluginSettings {
-        reuse_instance: reuse,
-        timeout: Duration::from_secs(10),
-        memory_bytes: 64 << 20,
-        grants: Grants::default(),
-        strict_grants: false,
-        fuel: None,
-        max_emitted_payload: crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
-        kv_buckets: Vec::new(),
-        kv_limits: Default::default(),
-        config: Default::default(),
-    }
+    PluginSettings::ungranted(reuse, Duration::from_secs(10))
 }
 
 /// Runs every case and returns the report.

@@ -48,6 +48,7 @@ impl PluginConfig {
             strict_grants,
             fuel_per_call,
             kv_limits,
+            http_limits,
             config,
             ..
         } = newer.clone();
@@ -60,6 +61,7 @@ impl PluginConfig {
             strict_grants,
             fuel_per_call,
             kv_limits,
+            http_limits,
             config,
             ..self.clone()
         }
@@ -90,6 +92,7 @@ impl PluginConfig {
             breaker_pause_ms,
             dedup_window_ms,
             kv_limits,
+            http_limits,
             config,
         } = self;
         let mut out = Vec::new();
@@ -118,6 +121,7 @@ impl PluginConfig {
             *fuel_per_call != other.fuel_per_call,
         );
         check("kv_limits", Reload, *kv_limits != other.kv_limits);
+        check("http_limits", Reload, *http_limits != other.http_limits);
         check("config", Reload, *config != other.config);
         check("streams", Restart, *streams != other.streams);
         check("events", Restart, *events != other.events);

@@ -328,6 +328,9 @@ pub struct PluginConfig {
     /// Bounds on a call's use of its key-value buckets.
     #[serde(default)]
     pub kv_limits: crate::kv::KvLimits,
+    /// Bounds on a call's outbound HTTP.
+    #[serde(default)]
+    pub http_limits: crate::outbound::HttpLimits,
     /// What the plugin reads through `wasi:config/store`: keys to plain
     /// strings, or to secrets read when the plugin loads (see
     /// [`ConfigValue`]).
@@ -422,6 +425,11 @@ pub struct Grants {
     /// Key-value buckets shared with every plugin that lists the same name
     /// here.
     pub kv_shared: Vec<String>,
+    /// Where the plugin may send HTTP requests (`wasi:http`): scheme, host
+    /// and optional port, `*.` for subdomains, `:*` for any port
+    /// (`["https://api.example.com", "http://127.0.0.1:8080",
+    /// "https://*.example.org"]`); see [`crate::outbound::HttpGrant`].
+    pub http: Vec<String>,
 }
 
 /// A host directory made visible to a plugin.

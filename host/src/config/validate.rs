@@ -188,6 +188,16 @@ impl Config {
                 "kv_limits.max_write_bytes_per_call",
                 limits.max_write_bytes_per_call as u64,
             )?;
+            crate::outbound::Allowlist::parse(&p.grants.http)
+                .map_err(|e| (key("grants.http"), e))?;
+            let limits = &p.http_limits;
+            at_least_one(
+                "http_limits.max_requests_per_call",
+                limits.max_requests_per_call.into(),
+            )?;
+            at_least_one("http_limits.max_response_bytes", limits.max_response_bytes)?;
+            at_least_one("http_limits.max_request_bytes", limits.max_request_bytes)?;
+            at_least_one("http_limits.connect_timeout_ms", limits.connect_timeout_ms)?;
         }
         Ok(())
     }

@@ -18,6 +18,24 @@ wasmtime::component::bindgen!({
 
 pub use self::runnel::plugin::types as wit;
 
+/// Links what the host itself implements of the `handler` world: `host`
+/// and the key-value and config interfaces. Not the world's own
+/// `add_to_linker`, which would link `wasi:http` through these bindings'
+/// copy of it: `wasi:http` (with `wasi:io` and `wasi:clocks`) is wasmtime's,
+/// linked only for components that import it.
+pub fn add_contract_to_linker(
+    linker: &mut wasmtime::component::Linker<super::state::HostState>,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::HasSelf;
+    type Own = HasSelf<super::state::HostState>;
+    runnel::plugin::types::add_to_linker::<_, Own>(linker, |s| s)?;
+    runnel::plugin::host::add_to_linker::<_, Own>(linker, |s| s)?;
+    wasi::keyvalue::store::add_to_linker::<_, Own>(linker, |s| s)?;
+    wasi::keyvalue::atomics::add_to_linker::<_, Own>(linker, |s| s)?;
+    wasi::keyvalue::batch::add_to_linker::<_, Own>(linker, |s| s)?;
+    wasi::config::store::add_to_linker::<_, Own>(linker, |s| s)
+}
+
 /// `runnel:plugin@0.1.0`, as released: components built against it import
 /// `runnel:plugin/host@0.1.0`, which the linker cannot alias to 0.2.0 (a
 /// new minor version of a 0.x package is a breaking one). Its `host` and

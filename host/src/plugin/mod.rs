@@ -8,6 +8,7 @@
 
 mod bindings;
 pub mod engine;
+mod http;
 mod keyvalue;
 mod limits;
 mod sandbox;
@@ -29,6 +30,7 @@ use crate::config::Grants;
 use crate::event::Event;
 use crate::handler::{ErrorHandled, Failure, FailureKind, Handled, Handler, Verdict};
 use crate::kv::{bucket_storage, KvAccess, KvEffects, KvLimits, Txn};
+use crate::outbound::{Allowlist, CannedResponses, HttpLimits};
 use crate::routes::Routes;
 use bindings::{wit, HandlerPre};
 pub use engine::PluginEngine;
@@ -57,9 +59,35 @@ pub struct PluginSettings {
     /// What `wasi:config/store` serves (`[plugin.config]`), secrets not yet
     /// read: they are read when the plugin loads.
     pub config: std::collections::BTreeMap<String, crate::config::ConfigValue>,
+    /// Where its requests may go (`grants.http`, parsed).
+    pub http_allow: Arc<Allowlist>,
+    pub http_limits: HttpLimits,
+    /// Answers to its requests instead of the network (`runnel test
+    /// --http FILE`).
+    pub http_canned: Option<Arc<CannedResponses>>,
 }
 
 impl PluginSettings {
+    /// Settings for a plugin run outside a config (the tools, the bench,
+    /// tests): no grants, the default limits, 64 MiB of memory.
+    pub fn ungranted(reuse_instance: u32, timeout: Duration) -> PluginSettings {
+        PluginSettings {
+            reuse_instance,
+            timeout,
+            memory_bytes: 64 << 20,
+            grants: Grants::default(),
+            strict_grants: false,
+            fuel: None,
+            max_emitted_payload: crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
+            kv_buckets: Vec::new(),
+            kv_limits: KvLimits::default(),
+            config: Default::default(),
+            http_allow: Default::default(),
+            http_limits: HttpLimits::default(),
+            http_canned: None,
+        }
+    }
+
     /// How a plugin's config maps to how its instances run: the one place
     /// a runtime setting is derived from `[[plugin]]` (and the top-level
     /// `max_payload_bytes` its emits must respect).
@@ -75,6 +103,10 @@ impl PluginSettings {
             kv_buckets: kv_buckets(p.shadow_of.as_deref().unwrap_or(&p.name), &p.grants),
             kv_limits: p.kv_limits,
             config: p.config.clone(),
+            // Validation refused a config with a grant that does not parse.
+            http_allow: Arc::new(Allowlist::parse(&p.grants.http).unwrap_or_default()),
+            http_limits: p.http_limits,
+            http_canned: None,
         }
     }
 }
@@ -124,6 +156,9 @@ pub struct WasmPlugin {
     /// Whether the component imports WASI (then it gets a deny-by-default
     /// context; otherwise none is built at all).
     uses_wasi: bool,
+    /// Whether it imports `wasi:http` (then its stores carry the hooks that
+    /// enforce its grants).
+    uses_http: bool,
     /// Whether the engine counts fuel: then every store needs some.
     counts_fuel: bool,
     settings: PluginSettings,
@@ -165,8 +200,11 @@ impl WasmPlugin {
         links: Links,
     ) -> anyhow::Result<WasmPlugin> {
         let compiled = engine.compile_file(path)?;
-        let (pre, uses_wasi) =
-            link(engine, &compiled.component).with_context(|| path.display().to_string())?;
+        let Linked {
+            pre,
+            uses_wasi,
+            uses_http,
+        } = link(engine, &compiled.component).with_context(|| path.display().to_string())?;
         let closed = sandbox::ungranted(
             &inspect(engine, &compiled.component).imports,
             &settings.grants,
@@ -201,6 +239,7 @@ impl WasmPlugin {
             sha256: compiled.sha256,
             pre,
             uses_wasi,
+            uses_http,
             counts_fuel: engine.counts_fuel(),
             settings,
             routes: links.routes,
@@ -261,6 +300,14 @@ impl WasmPlugin {
             config: self.config.clone(),
             kv_lock_wait: self.settings.timeout,
             deadline: None,
+            http: self.uses_http.then(|| {
+                Box::new(http::HttpState::new(
+                    self.name.clone(),
+                    self.settings.http_allow.clone(),
+                    self.settings.http_limits,
+                    self.settings.http_canned.clone(),
+                ))
+            }),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
@@ -355,6 +402,20 @@ impl Handler for WasmPlugin {
                 trap_verdict(&trap, &self.settings, refused, &stderr)
             }
         };
+        // A response that did not come by the deadline ends the call as a
+        // timeout, even if the guest went on and returned: the call's time
+        // is up either way.
+        let verdict = match verdict {
+            Verdict::Done | Verdict::Retry(_) | Verdict::Reject(_) | Verdict::Timeout(_)
+                if call.http.deadline_hit =>
+            {
+                Verdict::Timeout(format!(
+                    "ran past its time limit of {:?} waiting for an HTTP response",
+                    self.settings.timeout
+                ))
+            }
+            v => v,
+        };
         if !verdict.is_trap() {
             self.give_back(warm);
         }
@@ -364,6 +425,7 @@ impl Handler for WasmPlugin {
             kv: if done { call.kv } else { KvEffects::default() },
             verdict,
             logs: call.logs,
+            http: call.http.exchanges,
         }
     }
 
@@ -427,21 +489,21 @@ impl Standalone {
         sink: &str,
         timeout: Duration,
         grants: Grants,
+        http_canned: Option<Arc<CannedResponses>>,
     ) -> anyhow::Result<Standalone> {
+        let grants_http = grants.http.clone();
         let engine = PluginEngine::new(&crate::config::EngineConfig::for_one_plugin())?;
         let routes = Arc::new(Routes::new([("*".to_string(), sink.to_string())]));
         let kv_buckets = kv_buckets(name, &grants);
         let settings = PluginSettings {
-            reuse_instance: 1000,
-            timeout,
             memory_bytes: 256 << 20,
             grants,
-            strict_grants: false,
-            fuel: None,
-            max_emitted_payload: crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
             kv_buckets,
-            kv_limits: KvLimits::default(),
-            config: Default::default(),
+            http_allow: Arc::new(
+                Allowlist::parse(&grants_http).map_err(|e| anyhow::anyhow!("--grant-http {e}"))?,
+            ),
+            http_canned,
+            ..PluginSettings::ungranted(1000, timeout)
         };
         let kv = crate::kv::Store::new(crate::broker::memory::MemoryBroker::new(1 << 16));
         let links = Links {
@@ -509,32 +571,46 @@ impl Standalone {
     }
 }
 
-/// Resolves a component's imports (WASI only if it asks for it) and checks
-/// its exports against the `handler` world. Also says whether WASI was linked.
+/// A component with its imports resolved, and which of the optional ones
+/// it needed.
+struct Linked {
+    pre: HandlerPre<HostState>,
+    uses_wasi: bool,
+    uses_http: bool,
+}
+
+/// Resolves a component's imports (WASI and `wasi:http` only if it asks for
+/// them) and checks its exports against the `handler` world.
 fn link(
     engine: &PluginEngine,
     component: &wasmtime::component::Component,
-) -> anyhow::Result<(HandlerPre<HostState>, bool)> {
+) -> anyhow::Result<Linked> {
     let mut linker: Linker<HostState> = Linker::new(engine.engine());
-    bindings::Handler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+    bindings::add_contract_to_linker(&mut linker)?;
     // What components built against the 0.1.0 contract import.
     bindings::v0_1::Handler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
         &mut linker,
         |s| s,
     )?;
-    let wants_wasi = inspect(engine, component)
-        .imports
-        .iter()
-        .any(|name| name.starts_with("wasi:"));
-    if wants_wasi {
+    let imports = inspect(engine, component).imports;
+    let uses_wasi = imports.iter().any(|name| name.starts_with("wasi:"));
+    let uses_http = imports.iter().any(|name| name.starts_with("wasi:http/"));
+    if uses_wasi {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    }
+    if uses_http {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     }
     let pre = linker
         .instantiate_pre(component)
         .map_err(|e| anyhow::anyhow!("imports something the host does not provide: {e}"))?;
     let pre = HandlerPre::new(pre)
         .map_err(|e| anyhow::anyhow!("does not implement the runnel:plugin/handler world: {e}"))?;
-    Ok((pre, wants_wasi))
+    Ok(Linked {
+        pre,
+        uses_wasi,
+        uses_http,
+    })
 }
 
 /// Lists a component's imports and exports by name.

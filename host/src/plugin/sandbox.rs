@@ -63,7 +63,7 @@ pub struct Ungranted {
 
 /// The capabilities `imports` reach for that `grants` leave closed.
 pub fn ungranted(imports: &[String], grants: &Grants) -> Vec<Ungranted> {
-    let rules: [(&str, &str, &str, bool); 6] = [
+    let rules: [(&str, &str, &str, bool); 7] = [
         (
             "wasi:filesystem/",
             "filesystem",
@@ -93,6 +93,12 @@ pub fn ungranted(imports: &[String], grants: &Grants) -> Vec<Ungranted> {
             "key-value",
             "grants.kv = [\"BUCKET\"]",
             !grants.kv.is_empty() || !grants.kv_shared.is_empty(),
+        ),
+        (
+            "wasi:http/outgoing-handler",
+            "outbound HTTP",
+            "grants.http = [\"https://HOST\"]",
+            !grants.http.is_empty(),
         ),
         (
             "wasi:sockets/",

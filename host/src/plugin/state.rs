@@ -54,6 +54,9 @@ pub struct HostState {
     /// When the running call must stop; checked at every epoch tick and
     /// by every wait in a host call.
     pub deadline: Option<Instant>,
+    /// Present only for components that import `wasi:http`: the grants and
+    /// limits their requests go through.
+    pub http: Option<Box<super::http::HttpState>>,
 }
 
 /// The event being handled and what the call has produced so far.
@@ -102,6 +105,9 @@ impl HostState {
         call.emitted.clear();
         call.logs.clear();
         self.kv.reset(call.is_dry_run);
+        if let Some(http) = &mut self.http {
+            http.begin(&call.event_id, call.is_dry_run);
+        }
         self.limits.refused = None;
         self.stderr_tail.clear();
     }
@@ -113,6 +119,7 @@ impl HostState {
             emitted: std::mem::take(&mut self.call.emitted),
             logs: std::mem::take(&mut self.call.logs),
             kv: self.kv.finish(),
+            http: self.http.as_mut().map(|h| h.finish()).unwrap_or_default(),
         }
     }
 }
@@ -123,6 +130,8 @@ pub struct Output {
     pub logs: Vec<(Level, String)>,
     /// What it read and wrote in its buckets (to commit if it succeeded).
     pub kv: KvEffects,
+    /// The requests it sent.
+    pub http: super::http::HttpOutput,
 }
 
 impl WasiView for HostState {
@@ -133,6 +142,22 @@ impl WasiView for HostState {
                 .as_mut()
                 .expect("WASI is linked only for plugins that import it, and those get a context"),
             table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        let http = self
+            .http
+            .as_mut()
+            .expect("wasi:http is linked only for plugins that import it, and those get its state");
+        // The deadline moves while a call waits for a key's lock.
+        http.hooks.deadline = self.deadline;
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut http.ctx,
+            table: &mut self.table,
+            hooks: &mut http.hooks,
         }
     }
 }

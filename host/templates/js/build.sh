@@ -3,5 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 [ -d node_modules ] || npm install --no-audit --no-fund
-npm run --silent build
+# A plugin that sends HTTP requests (imports http.js) needs componentize-js's
+# `http` feature (wasi:http); every other one imports no WASI at all.
+if grep -q 'http\.js' app.js; then
+  npm run --silent build-http
+else
+  npm run --silent build
+fi
 echo "built {{name}}.wasm"

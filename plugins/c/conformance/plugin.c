@@ -76,6 +76,65 @@ static runnel_verdict_t kv_case(runnel_str_t name) {
     return v;
 }
 
+/* The HTTP cases, against the test's server (config http_base). */
+static runnel_verdict_t http_case(const runnel_event_t *event) {
+    runnel_str_t name = event->name;
+    char *base = runnel_config_get("http_base");
+    char *denied = runnel_config_get("http_denied");
+    if (!base || !denied) {
+        free(base);
+        free(denied);
+        return runnel_retry("config key \"http_base\" or \"http_denied\" is not set");
+    }
+    runnel_buf_t url = RUNNEL_BUF_INIT;
+    runnel_http_request_t req = {0};
+    bool expect_denial = false;
+    if (runnel_is(name, "http-get")) {
+        runnel_buf_printf(&url, "%s/hello", base);
+    } else if (runnel_is(name, "http-post")) {
+        runnel_buf_printf(&url, "%s/echo", base);
+        req.method = "POST";
+        req.body = event->payload.ptr;
+        req.body_len = event->payload.len;
+    } else {
+        runnel_buf_printf(&url, runnel_is(name, "http-denied") ? "%s/hello" : "%s/away",
+                          runnel_is(name, "http-denied") ? denied : base);
+        expect_denial = true;
+    }
+    runnel_buf_append(&url, "", 1);
+    req.url = url.ptr;
+    runnel_http_response_t r;
+    runnel_verdict_t v = runnel_http_send(&req, &r);
+    runnel_buf_free(&url);
+    free(base);
+    free(denied);
+    if (expect_denial) {
+        bool refused = !runnel_ok(v);
+        free(v.message);
+        if (!refused) {
+            runnel_http_response_free(&r);
+            return runnel_retry("expected a denial");
+        }
+        return runnel_reject("http denied");
+    }
+    if (!runnel_ok(v)) {
+        free(v.message);
+        return runnel_retry("http failed");
+    }
+    runnel_buf_t out = RUNNEL_BUF_INIT;
+    if (runnel_is(name, "http-get")) {
+        const char *h = runnel_http_header(&r, "x-conformance");
+        runnel_buf_printf(&out, "status=%u x-conformance=%s body=", r.status, h ? h : "none");
+    } else {
+        runnel_buf_printf(&out, "status=%u ", r.status);
+    }
+    runnel_buf_append(&out, r.body, r.body_len);
+    v = runnel_emit(runnel_is(name, "http-get") ? "http-got" : "http-posted", out.ptr, out.len);
+    runnel_buf_free(&out);
+    runnel_http_response_free(&r);
+    return v;
+}
+
 runnel_verdict_t runnel_handle(const runnel_event_t *event) {
     runnel_str_t name = event->name;
     if (runnel_is(name, "echo"))
@@ -153,6 +212,9 @@ runnel_verdict_t runnel_handle(const runnel_event_t *event) {
         free(token);
         return v;
     }
+    if (runnel_is(name, "http-get") || runnel_is(name, "http-post") ||
+        runnel_is(name, "http-denied") || runnel_is(name, "http-redirect"))
+        return http_case(event);
     if (runnel_is(name, "kv-denied")) {
         runnel_kv_bucket_t other;
         RUNNEL_TRY(runnel_kv_open("other", &other));

@@ -3,6 +3,7 @@
 import { handler, errorHandler, emit, emitAll, log, Reject, Retry } from "../../../guest-sdk/js/runnel.js";
 import { kv } from "../../../guest-sdk/js/kv.js";
 import { config } from "../../../guest-sdk/js/config.js";
+import { fetch } from "../../../guest-sdk/js/http.js";
 
 const FAIL_N_USAGE = 'fail-n needs a payload {"n": <integer 0..4294967295>}';
 
@@ -103,10 +104,53 @@ export const handle = handler((event) => {
     }
     case "config-reject":
       throw new Reject(`bad token ${config.get("token") ?? ""}`);
+    case "http-get":
+    case "http-post":
+    case "http-denied":
+    case "http-redirect":
+      return http(event);
     default:
       break;
   }
 });
+
+// The HTTP cases: `fetch` is async, and so is this part of the handler.
+async function http(event) {
+  const base = config.require("http_base");
+  switch (event.name) {
+    case "http-get": {
+      let r, body;
+      try {
+        r = await fetch(`${base}/hello`);
+        body = await r.text();
+      } catch {
+        throw new Retry("http failed");
+      }
+      emit("http-got", `status=${r.status} x-conformance=${r.headers.get("x-conformance") ?? "none"} body=${body}`);
+      return;
+    }
+    case "http-post": {
+      let r, body;
+      try {
+        r = await fetch(`${base}/echo`, { method: "POST", body: event.payload });
+        body = await r.text();
+      } catch {
+        throw new Retry("http failed");
+      }
+      emit("http-posted", `status=${r.status} ${body}`);
+      return;
+    }
+    default: {
+      const url = event.name === "http-denied" ? `${config.require("http_denied")}/hello` : `${base}/away`;
+      try {
+        await fetch(url);
+      } catch {
+        throw new Reject("http denied");
+      }
+      throw new Retry("expected a denial");
+    }
+  }
+}
 
 export const handleError = errorHandler((failure, event) => {
   log.error(

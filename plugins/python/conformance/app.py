@@ -100,6 +100,31 @@ class Conformance(runnel.Plugin):
             emit("configured", f"greeting={greeting} missing={missing}")
         elif name == "config-reject":
             raise Reject(f"bad token {runnel.config.get('token') or ''}")
+        elif name == "http-get":
+            base = runnel.config.require("http_base")
+            try:
+                r = runnel.http.get(f"{base}/hello")
+            except runnel.HttpError:
+                raise Retry("http failed") from None
+            header = r.header("x-conformance") or "none"
+            emit("http-got", f"status={r.status} x-conformance={header} body={r.text()}")
+        elif name == "http-post":
+            base = runnel.config.require("http_base")
+            try:
+                r = runnel.http.post(f"{base}/echo", body=event.payload)
+            except runnel.HttpError:
+                raise Retry("http failed") from None
+            emit("http-posted", f"status={r.status} {r.text()}")
+        elif name in ("http-denied", "http-redirect"):
+            if name == "http-denied":
+                url = runnel.config.require("http_denied") + "/hello"
+            else:
+                url = runnel.config.require("http_base") + "/away"
+            try:
+                runnel.http.get(url)
+            except runnel.HttpError:
+                raise Reject("http denied") from None
+            raise Retry("expected a denial")
 
     def handle_error(self, failure: Failure, event: Optional[Event]) -> None:
         last = "true" if failure.is_last_attempt else "false"

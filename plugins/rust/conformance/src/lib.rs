@@ -1,7 +1,7 @@
 //! The conformance plugin: one behaviour, specified in `plugins/CONFORMANCE.md`
 //! and implemented in every guest language, so that one test can check each
 //! language's build (and SDK) byte for byte against the same expectations.
-use runnel_guest::{config, emit, emit_all, export_plugin, kv, log, Event, Failure, FailureKind, NewEvent};
+use runnel_guest::{config, emit, emit_all, export_plugin, http, kv, log, Event, Failure, FailureKind, NewEvent};
 use runnel_guest::{Outcome, Plugin, Refusal};
 use serde::Serialize;
 
@@ -109,6 +109,30 @@ impl Plugin for Conformance {
                 "bad token {}",
                 config::get("token").unwrap_or_default()
             ))),
+            "http-get" => {
+                let base = config::require("http_base")?;
+                let r = http::get(&format!("{base}/hello")).map_err(|_| Refusal::retry("http failed"))?;
+                let header = r.header("x-conformance").unwrap_or("none");
+                emit("http-got", format!("status={} x-conformance={header} body={}", r.status, r.text()))
+            }
+            "http-post" => {
+                let base = config::require("http_base")?;
+                let r = http::Request::post(&format!("{base}/echo"))
+                    .body(event.payload.clone())
+                    .send()
+                    .map_err(|_| Refusal::retry("http failed"))?;
+                emit("http-posted", format!("status={} {}", r.status, r.text()))
+            }
+            "http-denied" | "http-redirect" => {
+                let url = match event.name.as_str() {
+                    "http-denied" => format!("{}/hello", config::require("http_denied")?),
+                    _ => format!("{}/away", config::require("http_base")?),
+                };
+                match http::get(&url) {
+                    Ok(_) => Err(Refusal::retry("expected a denial")),
+                    Err(_) => Err(Refusal::reject("http denied")),
+                }
+            }
             _ => Ok(()),
         }
     }
