@@ -285,17 +285,35 @@ static void event_drop(runnel_event_t *ev) {
     str_free(ev->meta.correlation_id);
 }
 
-/* The id of the event being handled, NUL-terminated ("" outside a call). */
+/* The id of the event being handled, NUL-terminated ("" when none), and
+ * how many requests other than GET and HEAD this call has sent. */
 static char *current_event_id;
+static unsigned keyed;
 
 const char *runnel_current_event_id(void) { return current_event_id ? current_event_id : ""; }
+
+static void set_event_id(const uint8_t *id, size_t len) {
+    free(current_event_id);
+    current_event_id = id ? strndup((const char *)id, len) : NULL;
+    keyed = 0;
+}
+
+char *runnel_next_idempotency_key(void) {
+    if (!current_event_id || !current_event_id[0]) return NULL;
+    keyed++;
+    runnel_buf_t key = RUNNEL_BUF_INIT;
+    if (keyed == 1) runnel_buf_printf(&key, "%s", current_event_id);
+    else runnel_buf_printf(&key, "%s:%u", current_event_id, keyed);
+    runnel_buf_append(&key, "", 1);
+    return key.ptr;
+}
 
 bool exports_handler_handle(handler_event_t *raw, handler_refusal_t *err) {
     runnel_event_t ev;
     event_in(raw, &ev);
-    free(current_event_id);
-    current_event_id = strndup((const char *)raw->id.ptr, raw->id.len);
+    set_event_id(raw->id.ptr, raw->id.len);
     runnel_verdict_t v = runnel_handle(&ev);
+    set_event_id(NULL, 0);
     event_drop(&ev);
     /* Arguments of an export are the callee's to free. */
     runnel_plugin_types_event_free(raw);
@@ -324,7 +342,9 @@ void exports_handler_handle_error(handler_failure_t *raw_failure,
     runnel_event_t ev;
     if (maybe_event)
         event_in(maybe_event, &ev);
+    set_event_id(maybe_event ? maybe_event->id.ptr : NULL, maybe_event ? maybe_event->id.len : 0);
     runnel_handle_error(&failure, maybe_event ? &ev : NULL);
+    set_event_id(NULL, 0);
     str_free(failure.message);
     runnel_plugin_types_failure_free(raw_failure);
     if (maybe_event) {

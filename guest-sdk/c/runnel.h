@@ -247,7 +247,8 @@ char *runnel_config_get(const char *key);
  * (http = ["https://api.example.com"] under [plugin.grants]). Requests are
  * effects outside the event system: a redelivered or retried event sends
  * them again, so every request other than GET and HEAD carries an
- * Idempotency-Key header, the event's id, unless the request sets its own.
+ * Idempotency-Key header unless the request sets its own (see
+ * runnel_next_idempotency_key).
  * In a dry run the host refuses all but GET and HEAD. Redirects are followed
  * (up to 5), each hop granted or refused on its own; every wait ends at the
  * call's time limit. A plugin that calls none of these does not import
@@ -284,8 +285,14 @@ runnel_verdict_t runnel_http_send(const runnel_http_request_t *req, runnel_http_
 /* The first value of a header, by case-insensitive name; NULL if absent. */
 const char *runnel_http_header(const runnel_http_response_t *r, const char *name);
 void runnel_http_response_free(runnel_http_response_t *r);
-/* The id of the event being handled ("" outside runnel_handle). */
+/* The id of the event being handled ("" when none: outside a call, and in
+ * runnel_handle_error before the last attempt). */
 const char *runnel_current_event_id(void);
+/* The idempotency key runnel_http_send gives the call's next request other
+ * than GET and HEAD: the event id for the first, then "<id>:2", "<id>:3"...
+ * (the same on every attempt that sends the same requests in the same
+ * order); malloc'd, NULL when no event is being handled. */
+char *runnel_next_idempotency_key(void);
 
 /* ---------------------------------------------------------------- JSON */
 

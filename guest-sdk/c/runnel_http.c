@@ -57,19 +57,34 @@ static bool split_url(const char *url, bool *https, char **authority, char **pat
     return true;
 }
 
-/* A redirect's Location, absolute or relative to `base`; malloc'd. */
+/* Whether `location` starts with a scheme ("https://..."). */
+static bool has_scheme(const char *location) {
+    const char *sep = strstr(location, "://");
+    if (!sep || sep == location) return false;
+    for (const char *c = location; c < sep; c++)
+        if (!isalnum((unsigned char)*c) && !strchr("+-.", *c)) return false;
+    return true;
+}
+
+/* A redirect's Location resolved against `base` (absolute, "//host/path",
+ * "/path", "?query", "relative/path"); malloc'd. */
 static char *resolve(const char *base, const char *location) {
-    if (strstr(location, "://")) return strdup(location);
+    if (has_scheme(location)) return strdup(location);
     bool https;
     char *authority, *path;
     if (!split_url(base, &https, &authority, &path)) return strdup(location);
     runnel_buf_t out = RUNNEL_BUF_INIT;
-    runnel_buf_printf(&out, "%s://%s", https ? "https" : "http", authority);
-    if (location[0] == '/') {
-        runnel_buf_printf(&out, "%s", location);
+    const char *scheme = https ? "https" : "http";
+    path[strcspn(path, "?")] = '\0';
+    if (strncmp(location, "//", 2) == 0) {
+        runnel_buf_printf(&out, "%s:%s", scheme, location);
+    } else if (location[0] == '/') {
+        runnel_buf_printf(&out, "%s://%s%s", scheme, authority, location);
+    } else if (location[0] == '?') {
+        runnel_buf_printf(&out, "%s://%s%s%s", scheme, authority, path, location);
     } else {
-        path[strcspn(path, "?")] = '\0';
         char *slash = strrchr(path, '/');
+        runnel_buf_printf(&out, "%s://%s", scheme, authority);
         runnel_buf_append(&out, path, slash ? (size_t)(slash - path) + 1 : 0);
         runnel_buf_printf(&out, "%s", location);
     }
@@ -77,6 +92,38 @@ static char *resolve(const char *base, const char *location) {
     free(authority);
     free(path);
     return out.ptr;
+}
+
+/* Whether two URLs have the same scheme and authority. */
+static bool same_origin(const char *a, const char *b) {
+    bool ha, hb;
+    char *aa, *pa, *ab, *pb;
+    if (!split_url(a, &ha, &aa, &pa)) return false;
+    if (!split_url(b, &hb, &ab, &pb)) {
+        free(aa);
+        free(pa);
+        return false;
+    }
+    bool same = ha == hb && strcasecmp(aa, ab) == 0;
+    free(aa);
+    free(pa);
+    free(ab);
+    free(pb);
+    return same;
+}
+
+/* Headers a hop drops: credentials when the origin changes, the body's
+ * description when the method becomes GET. */
+typedef struct {
+    bool credentials;
+    bool body;
+} dropped_t;
+
+static bool is_dropped(const char *name, dropped_t drop) {
+    if (drop.credentials && (strcasecmp(name, "authorization") == 0 || strcasecmp(name, "cookie") == 0 ||
+                             strcasecmp(name, "proxy-authorization") == 0))
+        return true;
+    return drop.body && (strcasecmp(name, "content-type") == 0 || strcasecmp(name, "content-length") == 0);
 }
 
 static void set_method(wasi_http_types_method_t *m, const char *method) {
@@ -130,7 +177,7 @@ static bool send_body(wasi_http_types_own_outgoing_body_t body, const uint8_t *b
 
 static runnel_verdict_t send_once(const char *method, const char *url,
                                   const runnel_http_request_t *req, const char *key,
-                                  runnel_http_response_t *out) {
+                                  dropped_t drop, runnel_http_response_t *out) {
     bool https;
     char *authority, *path;
     if (!split_url(url, &https, &authority, &path))
@@ -138,7 +185,8 @@ static runnel_verdict_t send_once(const char *method, const char *url,
     wasi_http_types_own_fields_t fields = wasi_http_types_constructor_fields();
     bool headers_ok = true;
     for (size_t i = 0; i < req->header_count; i++)
-        headers_ok &= add_header(fields, req->headers[i].name, req->headers[i].value);
+        if (!is_dropped(req->headers[i].name, drop))
+            headers_ok &= add_header(fields, req->headers[i].name, req->headers[i].value);
     if (key) headers_ok &= add_header(fields, "idempotency-key", key);
     wasi_http_types_own_outgoing_request_t request = wasi_http_types_constructor_outgoing_request(fields);
     wasi_http_types_borrow_outgoing_request_t r = wasi_http_types_borrow_outgoing_request(request);
@@ -156,7 +204,7 @@ static runnel_verdict_t send_once(const char *method, const char *url,
     wasi_http_types_own_outgoing_body_t body;
     if (!headers_ok || !set || !wasi_http_types_method_outgoing_request_body(r, &body)) {
         wasi_http_types_outgoing_request_drop_own(request);
-        return runnel_reject("HTTP request failed: %s: invalid method, host, path or header", url);
+        return runnel_retry("HTTP request failed: %s: invalid method, host, path or header", url);
     }
     wasi_http_outgoing_handler_own_future_incoming_response_t pending;
     wasi_http_types_error_code_t code;
@@ -242,17 +290,17 @@ runnel_verdict_t runnel_http_send(const runnel_http_request_t *req, runnel_http_
     char *method = strdup(req->method ? req->method : "GET");
     for (char *c = method; *c; c++) *c = (char)toupper((unsigned char)*c);
     runnel_http_request_t hop = *req;
-    const char *key = NULL;
     bool has_key = false;
     for (size_t i = 0; i < req->header_count; i++)
         has_key |= strcasecmp(req->headers[i].name, "idempotency-key") == 0;
-    if (!has_key && strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0 &&
-        runnel_current_event_id()[0] != '\0')
-        key = runnel_current_event_id();
+    char *key = NULL;
+    if (!has_key && strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+        key = runnel_next_idempotency_key();
     char *url = strdup(req->url);
+    dropped_t drop = {false, false};
     runnel_verdict_t v = RUNNEL_OK;
     for (int n = 0;; n++) {
-        v = send_once(method, url, &hop, key, out);
+        v = send_once(method, url, &hop, key, drop, out);
         if (!runnel_ok(v)) break;
         const char *location = runnel_http_header(out, "location");
         uint16_t s = out->status;
@@ -263,6 +311,7 @@ runnel_verdict_t runnel_http_send(const runnel_http_request_t *req, runnel_http_
             break;
         }
         char *next = resolve(url, location);
+        drop.credentials |= !same_origin(url, next);
         free(url);
         url = next;
         /* As browsers do: a 303, or a 301/302 after a POST, becomes a GET. */
@@ -271,10 +320,11 @@ runnel_verdict_t runnel_http_send(const runnel_http_request_t *req, runnel_http_
             method = strdup("GET");
             hop.body = NULL;
             hop.body_len = 0;
-            key = NULL;
+            drop.body = true;
         }
         runnel_http_response_free(out);
     }
+    free(key);
     free(url);
     free(method);
     return v;

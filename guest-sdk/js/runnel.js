@@ -110,28 +110,51 @@ export function handler(fn) {
     if (verdict instanceof Refusal) throw verdict;
   };
   return function handle(raw) {
-    eventId = raw.id;
+    setEventId(raw.id);
     let verdict;
     try {
       verdict = fn(new Event(raw));
     } catch (e) {
+      setEventId("");
       failed(e);
     }
     // An async handler (one that awaits `fetch`): componentize-js runs the
     // event loop until its promise settles.
     if (verdict !== null && typeof verdict === "object" && typeof verdict.then === "function") {
-      return verdict.then(done, failed);
+      return verdict.then(
+        (v) => {
+          setEventId("");
+          done(v);
+        },
+        (e) => {
+          setEventId("");
+          failed(e);
+        },
+      );
     }
+    setEventId("");
     done(verdict);
   };
 }
 
+// The id of the event being handled ("" when none), and how many requests
+// other than GET and HEAD this call has sent: their idempotency keys.
 let eventId = "";
+let keyed = 0;
 
-/** The id of the event being handled (`""` outside `handle`): what
- * `runnel/http.js` sends as the idempotency key. */
-export function currentEventId() {
-  return eventId;
+function setEventId(id) {
+  eventId = id;
+  keyed = 0;
+}
+
+/** The next idempotency key of this call: the event id for its first
+ * request other than GET and HEAD, then `<id>:2`, `<id>:3`, ... (the same
+ * on every attempt that sends the same requests in the same order);
+ * `undefined` outside an event. Used by `http.js`. */
+export function nextIdempotencyKey() {
+  if (eventId === "") return undefined;
+  keyed += 1;
+  return keyed === 1 ? eventId : `${eventId}:${keyed}`;
 }
 
 /** Wraps `fn(failure, event)` as the component's `handleError` export.
@@ -140,8 +163,15 @@ export function currentEventId() {
  * only on the last attempt, when the host gives up. */
 export function errorHandler(fn) {
   return function handleError(failure, raw) {
+    setEventId(raw === undefined || raw === null ? "" : raw.id);
+    const failed = (e) => {
+      setEventId("");
+      logUncaught("handleError", e);
+      throw e instanceof Error ? e : new Error(String(e));
+    };
+    let result;
     try {
-      fn(
+      result = fn(
         {
           message: failure.message,
           kind: failure.kind,
@@ -151,9 +181,13 @@ export function errorHandler(fn) {
         raw === undefined || raw === null ? undefined : new Event(raw),
       );
     } catch (e) {
-      logUncaught("handleError", e);
-      throw e instanceof Error ? e : new Error(String(e));
+      failed(e);
     }
+    // An async error handler runs to its end, as an async handler does.
+    if (result !== null && typeof result === "object" && typeof result.then === "function") {
+      return result.then(() => setEventId(""), failed);
+    }
+    setEventId("");
   };
 }
 

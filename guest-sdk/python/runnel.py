@@ -222,7 +222,7 @@ def export(plugin: Type[Plugin]) -> type:
             return instance[0]
 
         def handle(self, event: _types.Event) -> None:
-            _current_event_id[0] = event.id
+            _set_event_id(event.id)
             try:
                 verdict = self._plugin.handle(Event(event))
             except Refusal as r:
@@ -230,10 +230,13 @@ def export(plugin: Type[Plugin]) -> type:
             except Exception:
                 _log_and_reraise("handle")
                 raise
+            finally:
+                _set_event_id("")
             if isinstance(verdict, Refusal):
                 raise _refusal(verdict)
 
         def handle_error(self, failure: _types.Failure, event: Optional[_types.Event]) -> None:
+            _set_event_id("" if event is None else event.id)
             try:
                 self._plugin.handle_error(
                     Failure(failure), None if event is None else Event(event)
@@ -241,6 +244,8 @@ def export(plugin: Type[Plugin]) -> type:
             except Exception:
                 _log_and_reraise("handle_error")
                 raise
+            finally:
+                _set_event_id("")
 
     WitWorld.__name__ = WitWorld.__qualname__ = "WitWorld"
     return WitWorld
@@ -476,8 +481,23 @@ class _Config:
 config = _Config()
 
 
-# The id of the event being handled: the default idempotency key.
-_current_event_id: List[str] = [""]
+# The id of the event being handled ("" when none), and how many requests
+# other than GET and HEAD this call has sent: their idempotency keys.
+_event: List[Any] = ["", 0]
+
+
+def _set_event_id(event_id: str) -> None:
+    _event[0], _event[1] = event_id, 0
+
+
+def _next_idempotency_key() -> Optional[str]:
+    """The event id for a call's first request other than GET and HEAD, then
+    ``<id>:2``, ``<id>:3``...: the same on every attempt that sends the same
+    requests in the same order; ``None`` outside an event."""
+    if not _event[0]:
+        return None
+    _event[1] += 1
+    return _event[0] if _event[1] == 1 else f"{_event[0]}:{_event[1]}"
 
 MAX_REDIRECTS = 5
 
@@ -539,7 +559,9 @@ def _http_error(url: str, code: Any) -> HttpError:
         _http.ErrorCode_HttpResponseTimeout,
     )
     kind = "timeout" if isinstance(code, timeouts) else "failed"
-    return HttpError(kind, f"{url}: {type(code).__name__.replace('ErrorCode_', '')}")
+    name = type(code).__name__.replace("ErrorCode_", "")
+    detail = getattr(code, "value", None)
+    return HttpError(kind, f"{url}: {name}" + ("" if detail is None else f" ({detail!r})"))
 
 
 def _split_url(url: str) -> Tuple[str, str, str]:
@@ -555,13 +577,26 @@ def _split_url(url: str) -> Tuple[str, str, str]:
 
 
 def _resolve(base: str, location: str) -> str:
-    if "://" in location:
+    """A redirect's Location resolved against ``base`` (absolute,
+    ``//host/path``, ``/path``, ``?query``, ``relative/path``)."""
+    scheme_part, sep, _ = location.partition("://")
+    if sep and scheme_part and all(c.isalnum() or c in "+-." for c in scheme_part):
         return location
     scheme, authority, path = _split_url(base)
+    if location.startswith("//"):
+        return f"{scheme}:{location}"
     if location.startswith("/"):
         return f"{scheme}://{authority}{location}"
-    directory = path.split("?", 1)[0].rsplit("/", 1)[0]
+    path = path.split("?", 1)[0]
+    if location.startswith("?"):
+        return f"{scheme}://{authority}{path}{location}"
+    directory = path.rsplit("/", 1)[0]
     return f"{scheme}://{authority}{directory}/{location}"
+
+
+def _origin(url: str) -> str:
+    scheme, authority, _ = _split_url(url)
+    return f"{scheme}://{authority.lower()}"
 
 
 _METHODS = {
@@ -577,14 +612,21 @@ _METHODS = {
 
 def _send_once(method: str, url: str, headers: List[Tuple[str, str]], body: bytes, timeout_ns: Optional[int]) -> Response:
     scheme, authority, path = _split_url(url)
-    fields = _http.Fields.from_list([(k, v.encode("utf-8")) for k, v in headers])
+    try:
+        fields = _http.Fields.from_list([(k, v.encode("utf-8")) for k, v in headers])
+    except Err as e:
+        raise HttpError("failed", f"{url}: invalid header: {e.value!r}") from None
     request = _http.OutgoingRequest(fields)
     kind = _METHODS.get(method)
-    request.set_method(kind() if kind else _http.Method_Other(method))
-    request.set_scheme(_http.Scheme_Https() if scheme == "https" else _http.Scheme_Http())
-    request.set_authority(authority)
-    request.set_path_with_query(path)
-    outgoing = request.body()
+    try:
+        request.set_method(kind() if kind else _http.Method_Other(method))
+        request.set_scheme(_http.Scheme_Https() if scheme == "https" else _http.Scheme_Http())
+        request.set_authority(authority)
+        request.set_path_with_query(path)
+        outgoing = request.body()
+    except Err:
+        request.__exit__(None, None, None)
+        raise HttpError("failed", f"{url}: invalid method, host or path") from None
     options = None
     if timeout_ns is not None:
         options = _http.RequestOptions()
@@ -594,6 +636,7 @@ def _send_once(method: str, url: str, headers: List[Tuple[str, str]], body: byte
     try:
         pending = _outgoing.handle(request, options)
     except Err as e:
+        outgoing.__exit__(None, None, None)
         raise _http_error(url, e.value) from None
     # The body goes out while the host sends the request; if the host
     # refused it, the stream is closed and the response says why.
@@ -602,39 +645,43 @@ def _send_once(method: str, url: str, headers: List[Tuple[str, str]], body: byte
         with outgoing.write() as stream:
             for i in range(0, len(body), 4096):
                 stream.blocking_write_and_flush(body[i : i + 4096])
-        _http.OutgoingBody.finish(outgoing, None)
     except Err as e:
         write_error = repr(e.value)
-    with pending.subscribe() as ready:
-        ready.block()
-    result = pending.get()
-    pending.__exit__(None, None, None)
+    try:
+        _http.OutgoingBody.finish(outgoing, None)
+    except Err as e:
+        write_error = write_error or repr(e.value)
+    with pending:
+        with pending.subscribe() as ready:
+            ready.block()
+        result = pending.get()
     if result is None or isinstance(result, Err):
         raise HttpError("failed", f"{url}: no response")
     inner = result.value
     if isinstance(inner, Err):
         raise _http_error(url, inner.value)
-    response = inner.value
-    if write_error is not None:
-        raise HttpError("failed", f"{url}: sending the body: {write_error}")
-    status = response.status()
-    with response.headers() as fields:
-        got = [(k, v.decode("utf-8", errors="replace")) for k, v in fields.entries()]
-    incoming = response.consume()
-    chunks: List[bytes] = []
-    with incoming.stream() as stream:
-        while True:
-            try:
-                chunks.append(stream.blocking_read(64 * 1024))
-            except Err as e:
-                if isinstance(e.value, _streams.StreamError_Closed):
-                    break
-                code = _http.http_error_code(e.value.value)
-                if code is not None:
-                    raise _http_error(url, code) from None
-                raise HttpError("failed", f"{url}: {e.value.value.to_debug_string()}") from None
-    _http.IncomingBody.finish(incoming).__exit__(None, None, None)
-    response.__exit__(None, None, None)
+    with inner.value as response:
+        if write_error is not None:
+            raise HttpError("failed", f"{url}: sending the body: {write_error}")
+        status = response.status()
+        with response.headers() as fields:
+            got = [(k, v.decode("utf-8", errors="replace")) for k, v in fields.entries()]
+        incoming = response.consume()
+        chunks: List[bytes] = []
+        try:
+            with incoming.stream() as stream:
+                while True:
+                    try:
+                        chunks.append(stream.blocking_read(64 * 1024))
+                    except Err as e:
+                        if isinstance(e.value, _streams.StreamError_Closed):
+                            break
+                        code = _http.http_error_code(e.value.value)
+                        if code is not None:
+                            raise _http_error(url, code) from None
+                        raise HttpError("failed", f"{url}: {e.value.value.to_debug_string()}") from None
+        finally:
+            _http.IncomingBody.finish(incoming).__exit__(None, None, None)
     return Response(status, got, b"".join(chunks))
 
 
@@ -646,8 +693,8 @@ class _Http:
 
     Requests are effects outside the event system: a redelivered or retried
     event sends them again. So every request other than GET and HEAD
-    carries an ``Idempotency-Key`` header, the id of the event being
-    handled, unless the plugin sets its own. In a dry run the host refuses
+    carries an ``Idempotency-Key`` header unless the plugin sets its own:
+    the event id for the call's first such request, then ``<id>:2``, ... In a dry run the host refuses
     all but GET and HEAD. Redirects are followed (up to 5), each hop
     granted or refused on its own. Every wait ends at the call's time limit."""
 
@@ -672,8 +719,8 @@ class _Http:
             headers.append(("content-type", "application/json"))
         names = {k.lower() for k, _ in headers}
         key = idempotency_key
-        if key is None and method not in ("GET", "HEAD") and _current_event_id[0]:
-            key = _current_event_id[0]
+        if key is None and method not in ("GET", "HEAD") and "idempotency-key" not in names:
+            key = _next_idempotency_key()
         if key is not None and "idempotency-key" not in names:
             headers.append(("idempotency-key", key))
         timeout_ns = None if timeout is None else int(timeout * 1e9)
@@ -682,7 +729,11 @@ class _Http:
             location = response.header("location")
             if response.status not in (301, 302, 303, 307, 308) or location is None:
                 return response
-            url = _resolve(url, location)
+            next_url = _resolve(url, location)
+            if _origin(next_url) != _origin(url):
+                # Credentials are for the origin they were set for.
+                headers = [(k, v) for k, v in headers if k.lower() not in ("authorization", "cookie", "proxy-authorization")]
+            url = next_url
             if response.status == 303 or (response.status in (301, 302) and method == "POST"):
                 method, data = "GET", b""
                 headers = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-length")]

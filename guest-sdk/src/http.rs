@@ -11,9 +11,11 @@
 //!
 //! Requests are effects outside the event system: an event redelivered
 //! after a crash, or retried, sends them again. So every request other
-//! than GET and HEAD carries an `Idempotency-Key` header, the id of the
-//! event being handled, unless the plugin sets its own: a server that
-//! honours it applies the request once. In a dry run (a shadow, a replay)
+//! than GET and HEAD carries an `Idempotency-Key` header unless the plugin
+//! sets its own: the id of the event being handled for the call's first
+//! such request, `<id>:2`, `<id>:3`, ... for the next ones, the same on
+//! every attempt that sends the same requests in the same order. A server
+//! that honours it applies each request once. In a dry run (a shadow, a replay)
 //! the host refuses everything but GET and HEAD.
 //!
 //! Redirects are followed (up to [`MAX_REDIRECTS`]); each hop must be
@@ -30,17 +32,40 @@ use super::Refusal;
 pub const MAX_REDIRECTS: usize = 5;
 
 thread_local! {
-    /// The id of the event being handled: the default idempotency key.
-    static EVENT_ID: RefCell<String> = const { RefCell::new(String::new()) };
+    /// The id of the event being handled, and how many requests other than
+    /// GET and HEAD this call has sent: their idempotency keys.
+    static EVENT: RefCell<(String, u32)> = const { RefCell::new((String::new(), 0)) };
 }
 
-/// Called by the exported `handle` before the plugin's.
+/// Called by the exported functions around the plugin's: `id` is the event
+/// being handled (`""` when there is none, as in `handle-error` before the
+/// last attempt).
 pub(crate) fn set_event_id(id: &str) {
-    EVENT_ID.with(|e| {
+    EVENT.with(|e| {
         let mut e = e.borrow_mut();
-        e.clear();
-        e.push_str(id);
+        e.0.clear();
+        e.0.push_str(id);
+        e.1 = 0;
     });
+}
+
+/// The next idempotency key of this call: the event id for its first
+/// request other than GET and HEAD, then `<event id>:2`, `:3`, ...: the
+/// same requests in the same order get the same keys on every attempt,
+/// and two different requests of one call never share one. `None`
+/// outside an event.
+fn next_idempotency_key() -> Option<String> {
+    EVENT.with(|e| {
+        let mut e = e.borrow_mut();
+        if e.0.is_empty() {
+            return None;
+        }
+        e.1 += 1;
+        Some(match e.1 {
+            1 => e.0.clone(),
+            n => format!("{}:{n}", e.0),
+        })
+    })
 }
 
 /// Why a request failed. With `?` in `handle` it becomes a retry, except a
@@ -135,8 +160,8 @@ impl Request {
         Ok(self.header("content-type", "application/json").body(body))
     }
 
-    /// The idempotency key (the event id by default, for methods other
-    /// than GET and HEAD).
+    /// The idempotency key (by default, for methods other than GET and
+    /// HEAD, the event id, then `<id>:2`, ... for a call's later requests).
     pub fn idempotency_key(self, key: &str) -> Request {
         self.header("idempotency-key", key)
     }
@@ -155,9 +180,8 @@ impl Request {
         };
         if !matches!(self.method.as_str(), "GET" | "HEAD") && !has(&self.headers, "idempotency-key")
         {
-            let id = EVENT_ID.with(|e| e.borrow().clone());
-            if !id.is_empty() {
-                self.headers.push(("idempotency-key".into(), id));
+            if let Some(key) = next_idempotency_key() {
+                self.headers.push(("idempotency-key".into(), key));
             }
         }
         for _ in 0..=MAX_REDIRECTS {
@@ -165,7 +189,16 @@ impl Request {
             let location = response.header("location").map(str::to_string);
             match (response.status, location) {
                 (301 | 302 | 303 | 307 | 308, Some(to)) => {
-                    self.url = resolve(&self.url, &to);
+                    let next = resolve(&self.url, &to);
+                    // Credentials are for the origin they were set for.
+                    if origin(&next) != origin(&self.url) {
+                        self.headers.retain(|(k, _)| {
+                            !k.eq_ignore_ascii_case("authorization")
+                                && !k.eq_ignore_ascii_case("cookie")
+                                && !k.eq_ignore_ascii_case("proxy-authorization")
+                        });
+                    }
+                    self.url = next;
                     // As browsers do: a 303, or a 301/302 after a POST,
                     // becomes a GET without a body.
                     if response.status == 303
@@ -327,21 +360,40 @@ fn split_url(url: &str) -> Option<(&str, &str, String)> {
     (!authority.is_empty()).then_some((scheme, authority, path))
 }
 
-/// A redirect's `Location`, absolute or relative to `base`.
+/// `scheme://authority` of a URL, lowercase.
+fn origin(url: &str) -> Option<String> {
+    split_url(url)
+        .map(|(s, a, _)| format!("{}://{}", s.to_ascii_lowercase(), a.to_ascii_lowercase()))
+}
+
+/// A redirect's `Location` resolved against `base` (RFC 3986 §5.2, for the
+/// forms servers send: absolute, `//host/path`, `/path`, `?query`,
+/// `relative/path`).
 fn resolve(base: &str, location: &str) -> String {
-    if location.contains("://") {
+    let is_absolute = location.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    });
+    if is_absolute {
         return location.to_string();
     }
     let Some((scheme, authority, path)) = split_url(base) else {
         return location.to_string();
     };
-    if location.starts_with('/') {
-        format!("{scheme}://{authority}{location}")
-    } else {
-        let path = path.split('?').next().unwrap_or("/");
-        let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
-        format!("{scheme}://{authority}{dir}{location}")
+    if let Some(rest) = location.strip_prefix("//") {
+        return format!("{scheme}://{rest}");
     }
+    if location.starts_with('/') {
+        return format!("{scheme}://{authority}{location}");
+    }
+    let path = path.split('?').next().unwrap_or("/");
+    if location.starts_with('?') {
+        return format!("{scheme}://{authority}{path}{location}");
+    }
+    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    format!("{scheme}://{authority}{dir}{location}")
 }
 
 /// A whole response.

@@ -67,11 +67,15 @@ pub trait Plugin {
 impl<T: Plugin> bindings::Guest for T {
     fn handle(event: Event) -> Result<(), Refusal> {
         http::set_event_id(&event.id);
-        <T as Plugin>::handle(event)
+        let outcome = <T as Plugin>::handle(event);
+        http::set_event_id("");
+        outcome
     }
 
     fn handle_error(failure: Failure, event: Option<Event>) {
-        <T as Plugin>::handle_error(failure, event)
+        http::set_event_id(event.as_ref().map_or("", |e| &e.id));
+        <T as Plugin>::handle_error(failure, event);
+        http::set_event_id("");
     }
 }
 

@@ -58,7 +58,13 @@ enum Command {
     },
     /// Checks that a component implements the handler world, and shows what
     /// it imports and exports.
-    Check { plugin: PathBuf },
+    Check {
+        plugin: PathBuf,
+        /// Also show which of its capabilities this config grants the
+        /// plugins that load the file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Makes a new plugin project: handler, SDK, WIT contract, build
     /// script, sample events and config.
     New {
@@ -316,7 +322,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             token_env,
             command,
         } => cmd_plugins(admin, token_env, command).await,
-        Command::Check { plugin } => check(plugin),
+        Command::Check { plugin, config } => check(plugin, config),
         Command::New { lang, name, dir } => cmd_new(lang, name, dir),
         Command::Test(args) => cmd_test(args).await,
         Command::Bench(args) => {
@@ -366,6 +372,7 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
     print!("{}", summary_table(&report.summary));
     if args.exit_when_idle {
         print!("{}", Service::dead_letters(&runtime).await?);
+        print!("{}", Service::key_values(&runtime).await?);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -567,17 +574,64 @@ fn install_signal_handlers(shutdown: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
+fn check(path: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let engine = PluginEngine::new(&EngineConfig::for_one_plugin())?;
     let interface = plugin::check(&engine, &path)?;
     println!("{}: ok, implements runnel:plugin/handler", path.display());
     println!("  exports: {}", interface.exports.join(", "));
     println!("  imports: {}", interface.imports.join(", "));
-    let closed = plugin::ungranted(&interface.imports, &Default::default());
-    if !closed.is_empty() {
-        println!("  capabilities denied unless granted in its [[plugin]] section:");
-        for u in closed {
-            println!("    {:<14} {}", u.capability, u.grant);
+    let Some(config_path) = config else {
+        let closed = plugin::ungranted(&interface.imports, &Default::default());
+        if !closed.is_empty() {
+            println!("  capabilities denied unless granted in its [[plugin]] section:");
+            for u in closed {
+                println!("    {:<14} {}", u.capability, u.grant);
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let config = crate::config::Config::load(&config_path)?;
+    let target = std::fs::canonicalize(&path).unwrap_or(path.clone());
+    let loading: Vec<_> = config
+        .plugins
+        .iter()
+        .filter(|p| std::fs::canonicalize(&p.path).is_ok_and(|p| p == target))
+        .collect();
+    if loading.is_empty() {
+        anyhow::bail!(
+            "{}: no [[plugin]] loads {}",
+            config_path.display(),
+            path.display()
+        );
+    }
+    for p in loading {
+        println!(
+            "  capabilities of plugin {:?} in {}:",
+            p.name,
+            config_path.display()
+        );
+        let capabilities = plugin::capabilities(&interface.imports, &p.grants);
+        if capabilities.is_empty() {
+            println!("    none beyond the contract");
+        }
+        for c in capabilities {
+            let state = if c.granted {
+                "granted"
+            } else {
+                "denied (to allow: "
+            };
+            let end = if c.granted { "" } else { ")" };
+            let detail = match (c.capability, c.granted) {
+                ("outbound HTTP", true) => format!(": {}", p.grants.http.join(", ")),
+                ("key-value", true) => {
+                    let mut b = p.grants.kv.clone();
+                    b.extend(p.grants.kv_shared.iter().map(|s| format!("{s} (shared)")));
+                    format!(": {}", b.join(", "))
+                }
+                (_, true) => String::new(),
+                (_, false) => c.grant.to_string(),
+            };
+            println!("    {:<14} {state}{detail}{end}", c.capability);
         }
     }
     Ok(ExitCode::SUCCESS)

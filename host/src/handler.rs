@@ -184,6 +184,10 @@ pub struct Failure {
     /// entry did not decode.
     pub event_id: String,
     pub correlation_id: String,
+    /// Whether the failed event is a dry run, so that `handle-error` has
+    /// no side effects either. An entry that did not decode counts as one:
+    /// nothing says it is not.
+    pub is_dry_run: bool,
 }
 
 impl Failure {
@@ -205,6 +209,7 @@ impl Failure {
             is_last_attempt: kind == FailureKind::Rejected || attempt >= max_attempts,
             event_id: event.id.clone(),
             correlation_id: event.meta.correlation_id.clone(),
+            is_dry_run: event.meta.is_dry_run,
         })
     }
 
@@ -226,6 +231,7 @@ impl Failure {
             correlation_id: event
                 .map(|e| e.meta.correlation_id.clone())
                 .unwrap_or_default(),
+            is_dry_run: event.is_none_or(|e| e.meta.is_dry_run),
         }
     }
 }

@@ -226,6 +226,50 @@ impl Service {
     }
 }
 
+impl Service {
+    /// The key-value buckets the plugins are granted, with up to
+    /// [`SHOWN_KEYS`] keys each and their values as text, one line per key:
+    /// with the in-memory backend, the last chance to see them. Empty when
+    /// no plugin has state.
+    pub async fn key_values(runtime: &Runtime) -> anyhow::Result<String> {
+        let mut out = String::new();
+        for p in &runtime.plugins {
+            // A shadow reads the state of the plugin it shadows: listed there.
+            if p.config.shadow_of.is_some() {
+                continue;
+            }
+            let grants = &p.config.grants;
+            let own = grants.kv.iter().map(|b| (b, false));
+            let shared = grants.kv_shared.iter().map(|b| (b, true));
+            for (bucket, is_shared) in own.chain(shared) {
+                let storage = crate::kv::bucket_storage(&p.config.name, bucket, is_shared);
+                let (mut keys, more) = runtime.broker.kv_scan(&storage, None, SHOWN_KEYS).await?;
+                if keys.is_empty() {
+                    continue;
+                }
+                keys.sort();
+                keys.truncate(SHOWN_KEYS);
+                let values = runtime.broker.kv_get(&storage, &keys).await?;
+                let whose = if is_shared { "shared" } else { &p.config.name };
+                out.push_str(&format!("\nkey-value bucket {bucket} ({whose}):\n"));
+                for (key, value) in keys.iter().zip(values) {
+                    let value = value.map_or("(deleted)".into(), |v| {
+                        String::from_utf8_lossy(&v).into_owned()
+                    });
+                    out.push_str(&format!("  {key} = {value}\n"));
+                }
+                if more.is_some() {
+                    out.push_str("  ...\n");
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Most keys of a bucket [`Service::key_values`] lists.
+pub const SHOWN_KEYS: usize = 20;
+
 /// A service dropped without [`Service::run`] (an embedder's error path)
 /// stops what it started.
 impl Drop for Service {

@@ -45,6 +45,8 @@ impl TestServer {
             .route("/slow", get(slow))
             .route("/big", get(big))
             .layer(axum::middleware::from_fn_with_state(hits.clone(), count))
+            // Bodies of any size are read: the client's cap is under test.
+            .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(addr);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -110,4 +112,50 @@ async fn slow() -> &'static str {
 
 async fn big() -> Response {
     Body::from(vec![b'x'; BIG_BYTES]).into_response()
+}
+
+/// Where the demo's config expects its price service.
+pub const DEMO_PRICES: &str = "127.0.0.1:18471";
+
+/// Serves the demo's prices (`examples/orders/prices.json`) on
+/// [`DEMO_PRICES`], as `host/examples/price_service.rs` does for
+/// `scripts/demo.sh`, once per test process, for as long as it runs.
+pub fn demo_price_service() {
+    static STARTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    STARTED.get_or_init(|| {
+        let file = crate::repo_root().join("examples/orders/prices.json");
+        let prices: BTreeMap<String, u64> =
+            serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let prices = Arc::new(prices);
+        let std_listener = std::net::TcpListener::bind(DEMO_PRICES)
+            .unwrap_or_else(|e| panic!("{DEMO_PRICES}: {e} (is scripts/demo.sh running?)"));
+        std_listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                let app = Router::new()
+                    .route("/prices/{sku}", get(price))
+                    .with_state(prices);
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+    });
+}
+
+async fn price(
+    State(prices): State<Arc<BTreeMap<String, u64>>>,
+    axum::extract::Path(sku): axum::extract::Path<String>,
+) -> Response {
+    match prices.get(&sku) {
+        Some(cents) => (
+            [("content-type", "application/json")],
+            serde_json::json!({"sku": sku, "unit_cents": cents}).to_string(),
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use runnel_tests::http_server::{TestServer, HELLO};
+use runnel_tests::http_server::{demo_price_service, TestServer, HELLO};
 use runnel_tests::{plugin, repo_root};
 
 fn runnel(args: &[&str]) -> Output {
@@ -41,6 +41,7 @@ fn assert_one_line_error(out: &Output, path: &Path, reason: &str) {
 
 #[test]
 fn the_demo_runs_the_order_pipeline_and_prints_its_summary() {
+    demo_price_service();
     let root = repo_root();
     let out = runnel(&[
         "run",
@@ -60,8 +61,15 @@ fn the_demo_runs_the_order_pipeline_and_prints_its_summary() {
             .collect()
     };
     // handled, retried, failed, dead-lettered, skipped, deduplicated
-    assert_eq!(row("order-enricher"), vec![3, 2, 4, 2, 0, 0], "{stdout}");
-    assert_eq!(row("logger"), vec![3, 0, 0, 0, 0, 0], "{stdout}");
+    assert_eq!(row("order-enricher"), vec![4, 2, 4, 2, 0, 0], "{stdout}");
+    assert_eq!(row("logger"), vec![4, 0, 0, 0, 0, 0], "{stdout}");
+    // Prices came from the price service (the orders carry none), and each
+    // customer's count holds the orders handled for real: not the dry run,
+    // not the one out of stock.
+    assert!(
+        stdout.contains("key-value bucket customers (order-enricher):\n  orders:c-ada = 2\n  orders:c-grace = 1\n"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("kind=handler-error attempts=3: inventory has no stock for order o-1003"),
         "{stdout}"
@@ -72,6 +80,7 @@ fn the_demo_runs_the_order_pipeline_and_prints_its_summary() {
 #[test]
 fn sigterm_drains_and_exits_zero_with_a_summary() {
     use std::io::{BufRead, BufReader};
+    demo_price_service();
     let root = repo_root();
     let mut child = Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
         .args(["run", "--config"])
@@ -87,7 +96,7 @@ fn sigterm_drains_and_exits_zero_with_a_summary() {
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let mut lines = stderr.lines();
     for line in lines.by_ref() {
-        if line.unwrap().contains("injected 5 events") {
+        if line.unwrap().contains("injected 6 events") {
             break;
         }
     }
@@ -113,9 +122,35 @@ fn check_lists_what_a_plugin_exports_and_imports() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(stdout.contains("exports: handle, handle-error"), "{stdout}");
     assert!(stdout.contains("runnel:plugin/host@0.2.0"), "{stdout}");
-    // Key-value is imported only by a plugin that uses it, and named as a
-    // capability to grant.
-    assert!(!stdout.contains("wasi:keyvalue"), "{stdout}");
+    // Capabilities are imported only by a plugin that uses them, and named
+    // as capabilities to grant.
+    let logger = runnel(&["check", plugin("logger").to_str().unwrap()]);
+    let logger = text(&logger.stdout);
+    assert!(
+        !logger.contains("wasi:keyvalue") && !logger.contains("wasi:http"),
+        "{logger}"
+    );
+    assert!(
+        stdout.contains(r#"outbound HTTP  grants.http = ["https://HOST"]"#),
+        "{stdout}"
+    );
+    // With a config: what it grants the plugins that load this file.
+    let demo = repo_root().join("examples/orders/runnel.toml");
+    let out = runnel(&[
+        "check",
+        path.to_str().unwrap(),
+        "--config",
+        demo.to_str().unwrap(),
+    ]);
+    let granted = text(&out.stdout);
+    for line in [
+        r#"capabilities of plugin "order-enricher""#,
+        "outbound HTTP  granted: http://127.0.0.1:18471",
+        "key-value      granted: customers",
+        "stdout/stderr  denied (to allow: grants.stdio = true)",
+    ] {
+        assert!(granted.contains(line), "{line:?} missing:\n{granted}");
+    }
     let out = runnel(&["check", plugin("counter").to_str().unwrap()]);
     let stdout = text(&out.stdout);
     assert!(
@@ -424,6 +459,10 @@ fn runnel_test_sends_granted_requests_and_refuses_the_rest() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let other = closed.local_addr().unwrap().port();
     let base = server.base();
+    let host = text(&Command::new("hostname").output().unwrap().stdout)
+        .trim()
+        .to_string();
+    let named = format!("http://{host}:{}", server.addr.port());
     let fetch =
         |json: serde_json::Value| serde_json::json!({"name": "f", "payload": json}).to_string();
     let events = [
@@ -444,12 +483,24 @@ fn runnel_test_sends_granted_requests_and_refuses_the_rest() {
         fetch(serde_json::json!({"url": format!("{base}/slow")})),
         fetch(serde_json::json!({"url": format!("{base}/big")})),
         fetch(serde_json::json!({"url": format!("{base}/hello"), "times": 17})),
+        // Past max_request_bytes (4 MiB): the guest reads the limit.
+        fetch(serde_json::json!({"url": format!("{base}/echo"), "method": "POST", "body_bytes": 5 << 20})),
+        // A granted name that leads to the host's own network is refused
+        // (this machine's name resolves to a loopback or private address).
+        fetch(serde_json::json!({"url": format!("http://{host}:{port}/hello", port = server.addr.port())})),
     ];
     let dir = scratch("http");
     let report = fetch_report(
         &dir,
         &events,
-        &["--grant-http", &base, "--timeout-ms", "1500"],
+        &[
+            "--grant-http",
+            &base,
+            "--grant-http",
+            &named,
+            "--timeout-ms",
+            "1500",
+        ],
     );
     let port = server.addr.port();
     for line in [
@@ -473,11 +524,16 @@ fn runnel_test_sends_granted_requests_and_refuses_the_rest() {
     }
     assert!(
         report.contains("attempt 1: reject: HTTP request denied")
-            && report.contains("/big: HTTP response body size exceeds limit: 4194304 bytes"),
+            && report.contains("/big: HTTP response body size exceeds limit: 4194304 bytes")
+            && report.contains("/echo: ErrorCode::HttpRequestBodySize(Some(4194304))")
+            && report.contains(&format!(
+                "http GET {named}/hello -> refused: {host} resolves to "
+            )),
         "{report}"
     );
-    // The refused POST never reached the server; the granted one did.
-    assert_eq!(server.hits("POST /echo"), 1);
+    // The dry run's POST never reached the server; the granted one did, and
+    // so did the start of the one cut at the body cap.
+    assert_eq!(server.hits("POST /echo"), 2);
     assert_eq!(server.hits("GET /hello"), 1 + 16);
 
     // Without the grant, nothing goes out at all.

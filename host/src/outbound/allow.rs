@@ -176,8 +176,19 @@ pub struct Allowlist {
 /// Why a request was refused, and the grant that would allow it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NotGranted {
-    /// `scheme://host[:port]`: the line to add to `grants.http`.
+    /// `scheme://host[:port]`: the line to add to `grants.http`, or why
+    /// no grant can allow the URL.
     pub grant: String,
+}
+
+/// A request the grants allow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allowed {
+    /// Whether the grant names the address itself (an IP literal or
+    /// `localhost`): only then may the request reach a loopback, private or
+    /// link-local address. A granted name that resolves to one is refused,
+    /// so that a name cannot be pointed at the host's own network.
+    pub names_address: bool,
 }
 
 impl Allowlist {
@@ -196,34 +207,70 @@ impl Allowlist {
 
     /// Whether a request to `uri` may go out. The URI comes from
     /// `wasi:http`, so it has a scheme and an authority; one without
-    /// either is refused, as is any scheme but http and https.
-    pub fn check(&self, uri: &http::Uri) -> Result<(), NotGranted> {
-        let scheme = match uri.scheme_str() {
-            Some(s) if s.eq_ignore_ascii_case("http") => Some(Scheme::Http),
-            Some(s) if s.eq_ignore_ascii_case("https") => Some(Scheme::Https),
-            _ => None,
+    /// either is refused, as is any scheme but http and https, and an
+    /// authority with user information or a port that is not a number
+    /// (what is checked must be what is dialled).
+    pub fn check(&self, uri: &http::Uri) -> Result<Allowed, NotGranted> {
+        let refuse = |why: &str| NotGranted {
+            grant: format!("{uri} ({why})"),
         };
-        let host = uri.host().unwrap_or_default().to_ascii_lowercase();
-        let port = scheme.map(|s| uri.port_u16().unwrap_or(s.default_port()));
-        match (scheme, port) {
-            (Some(scheme), Some(port))
-                if self.grants.iter().any(|g| g.allows(scheme, &host, port)) =>
-            {
-                Ok(())
-            }
-            (Some(scheme), Some(port)) => {
-                let port = if port == scheme.default_port() {
-                    String::new()
-                } else {
-                    format!(":{port}")
-                };
-                Err(NotGranted {
-                    grant: format!("{}://{host}{port}", scheme.as_str()),
-                })
-            }
-            _ => Err(NotGranted {
-                grant: format!("{uri} (only http and https can be granted)"),
+        let scheme = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
+            Some(s) if s.eq_ignore_ascii_case("https") => Scheme::Https,
+            _ => return Err(refuse("only http and https can be granted")),
+        };
+        let Some(authority) = uri.authority() else {
+            return Err(refuse("no host"));
+        };
+        if authority.as_str().contains('@') {
+            return Err(refuse("user information in a URL cannot be granted"));
+        }
+        if authority.port().is_some() && authority.port_u16().is_none() {
+            return Err(refuse("the port is not a number"));
+        }
+        let host = authority.host().to_ascii_lowercase();
+        let port = authority.port_u16().unwrap_or(scheme.default_port());
+        match self.grants.iter().find(|g| g.allows(scheme, &host, port)) {
+            Some(g) => Ok(Allowed {
+                names_address: matches!(&g.host, Host::Exact(h) if h == "localhost" || is_ip_literal(h)),
             }),
+            None => Err(NotGranted {
+                grant: HttpGrant {
+                    scheme,
+                    host: Host::Exact(host),
+                    port: Some(port),
+                }
+                .to_string(),
+            }),
+        }
+    }
+}
+
+/// Whether a peer at `ip` is on the host's own network: loopback, private,
+/// link-local (cloud metadata lives there), unspecified, or the IPv6 forms
+/// of these. A granted name may not lead there.
+pub fn is_internal(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                // Shared address space (RFC 6598), carrier-grade NAT.
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                // Unique local (fc00::/7) and link-local (fe80::/10).
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
         }
     }
 }
@@ -274,6 +321,38 @@ mod tests {
             "https://other.example.com"
         );
         assert_eq!(refused("http://[::1]:80/"), "http://[::1]");
+        // What is checked must be what is dialled.
+        assert!(refused("https://evil.com:80@api.example.com/").contains("user information"));
+    }
+
+    #[test]
+    fn only_a_grant_naming_the_address_reaches_the_hosts_own_network() {
+        let list = Allowlist::parse(&[
+            "http://127.0.0.1:8080",
+            "http://localhost:*",
+            "https://api.example.com",
+        ])
+        .unwrap();
+        let names = |u: &str| list.check(&u.parse().unwrap()).unwrap().names_address;
+        assert!(names("http://127.0.0.1:8080/"));
+        assert!(names("http://localhost:9/"));
+        assert!(!names("https://api.example.com/"));
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "169.254.169.254",
+            "192.168.0.1",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_internal(internal.parse().unwrap()), "{internal}");
+        }
+        for public in ["93.184.216.34", "2606:4700::1111"] {
+            assert!(!is_internal(public.parse().unwrap()), "{public}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 mod allow;
 mod canned;
 
-pub use allow::{Allowlist, HttpGrant, NotGranted};
+pub use allow::{is_internal, Allowed, Allowlist, HttpGrant, NotGranted};
 pub use canned::{CannedResponse, CannedResponses};
 use serde::Deserialize;
 
@@ -25,7 +25,9 @@ pub struct HttpLimits {
     /// Largest request body, in bytes; sending more fails with
     /// `HTTP-request-body-size`.
     pub max_request_bytes: u64,
-    /// Longest wait for a connection (TCP and TLS), in milliseconds.
+    /// Longest wait for a TCP connection, in milliseconds (the TLS
+    /// handshake and everything after it are bounded by the call's
+    /// deadline).
     pub connect_timeout_ms: u64,
 }
 

@@ -21,7 +21,14 @@ use wasmtime_wasi_http::{
     default_send_request, Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks,
 };
 
-use crate::outbound::{Allowlist, CannedResponses, Exchange, HttpLimits};
+use super::wasi_config::ConfigValues;
+use crate::outbound::{is_internal, Allowlist, CannedResponses, Exchange, HttpLimits};
+
+/// Most requests a call's report keeps (the rest are counted), and most
+/// refusals it logs: a plugin looping on refused requests must not fill
+/// the host's memory or its log.
+const MAX_EXCHANGES_KEPT: usize = 64;
+const MAX_REFUSALS_LOGGED: u32 = 8;
 
 /// What `wasi:http` needs in a store: wasmtime's context and our hooks.
 pub struct HttpState {
@@ -36,20 +43,34 @@ pub struct Hooks {
     limits: HttpLimits,
     /// `runnel test --http FILE`: answers instead of the network.
     canned: Option<Arc<CannedResponses>>,
+    /// Keeps the plugin's secrets out of logged and reported URLs.
+    config: Arc<ConfigValues>,
     /// Copied from the store before every `wasi:http` call.
     pub(super) deadline: Option<Instant>,
+    /// Between `begin` and `finish`: outside a call (while a component
+    /// instantiates) nothing goes out.
+    active: bool,
     dry_run: bool,
     event_id: String,
     requests: u32,
-    exchanges: Arc<Mutex<Vec<Exchange>>>,
+    refusals: u32,
+    exchanges: Arc<Mutex<Exchanges>>,
     /// Set when a wait ended at the call's deadline: the call then ends
     /// as a timeout, whatever the guest made of the error.
     deadline_hit: Arc<AtomicBool>,
 }
 
+#[derive(Default)]
+struct Exchanges {
+    kept: Vec<Exchange>,
+    dropped: usize,
+}
+
 /// What a call did over HTTP.
 #[derive(Default)]
 pub struct HttpOutput {
+    /// The first requests, in order; past [`MAX_EXCHANGES_KEPT`], a last
+    /// line counts the others.
     pub exchanges: Vec<Exchange>,
     /// A wait for a response ran into the call's deadline.
     pub deadline_hit: bool,
@@ -61,6 +82,7 @@ impl HttpState {
         allow: Arc<Allowlist>,
         limits: HttpLimits,
         canned: Option<Arc<CannedResponses>>,
+        config: Arc<ConfigValues>,
     ) -> HttpState {
         HttpState {
             ctx: WasiHttpCtx::new(),
@@ -69,10 +91,13 @@ impl HttpState {
                 allow,
                 limits,
                 canned,
+                config,
                 deadline: None,
+                active: false,
                 dry_run: false,
                 event_id: String::new(),
                 requests: 0,
+                refusals: 0,
                 exchanges: Default::default(),
                 deadline_hit: Default::default(),
             },
@@ -84,8 +109,10 @@ impl HttpState {
         let h = &mut self.hooks;
         h.event_id.clear();
         h.event_id.push_str(event_id);
+        h.active = true;
         h.dry_run = dry_run;
         h.requests = 0;
+        h.refusals = 0;
         // A response still arriving from the last call writes into the old
         // list and flag, not into this call's.
         h.exchanges = Default::default();
@@ -95,8 +122,18 @@ impl HttpState {
     /// Ends a call and tells what it sent.
     pub fn finish(&mut self) -> HttpOutput {
         let h = &mut self.hooks;
+        h.active = false;
+        let mut list = h.exchanges.lock().unwrap_or_else(|e| e.into_inner());
+        let mut exchanges = std::mem::take(&mut list.kept);
+        if list.dropped > 0 {
+            exchanges.push(Exchange {
+                method: "...".into(),
+                url: String::new(),
+                outcome: format!("{} more requests not listed", list.dropped),
+            });
+        }
         HttpOutput {
-            exchanges: std::mem::take(&mut *h.exchanges.lock().unwrap_or_else(|e| e.into_inner())),
+            exchanges,
             deadline_hit: h.deadline_hit.load(Relaxed),
         }
     }
@@ -114,48 +151,78 @@ type Sent = Box<
         > + Send,
 >;
 
+/// Fills in an exchange's outcome once the response (or error) comes.
+type SetOutcome = Box<dyn Fn(String) + Send + Sync>;
+
 impl Hooks {
-    /// Records an exchange; the returned index lets its outcome be filled in
-    /// when the response comes.
-    fn record(&self, method: &str, url: &str, outcome: &str) -> usize {
+    /// Records an exchange; the returned function fills in its outcome.
+    fn record(&self, method: &str, url: &str, outcome: &str) -> SetOutcome {
         let mut list = self.exchanges.lock().unwrap_or_else(|e| e.into_inner());
-        list.push(Exchange {
+        if list.kept.len() >= MAX_EXCHANGES_KEPT {
+            list.dropped += 1;
+            return Box::new(|_| {});
+        }
+        list.kept.push(Exchange {
             method: method.to_string(),
             url: url.to_string(),
             outcome: outcome.to_string(),
         });
-        list.len() - 1
+        let at = list.kept.len() - 1;
+        let exchanges = self.exchanges.clone();
+        Box::new(move |outcome| {
+            if let Some(e) = exchanges
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .kept
+                .get_mut(at)
+            {
+                e.outcome = outcome;
+            }
+        })
     }
 
-    fn refuse(&self, method: &str, url: &str, why: String, error: Error) -> Sent {
-        let (plugin, event_id) = (&*self.plugin, &*self.event_id);
-        tracing::warn!(
-            plugin,
-            event_id,
-            "HTTP request refused: {method} {url}: {why}"
-        );
-        self.record(method, url, &format!("refused: {why}"));
+    fn refuse(&mut self, method: &str, url: &str, why: String, error: Error) -> Sent {
+        self.refusals += 1;
+        if self.refusals <= MAX_REFUSALS_LOGGED {
+            let (plugin, event_id) = (&*self.plugin, &*self.event_id);
+            tracing::warn!(
+                plugin,
+                event_id,
+                "HTTP request refused: {method} {url}: {why}"
+            );
+        }
+        // Its outcome is final: nothing fills it in later.
+        let _ = self.record(method, url, &format!("refused: {why}"));
         Box::new(async move { Err(error) })
     }
 
     /// Timeouts for the request: the guest's, the configured connect
-    /// timeout, and none past the deadline.
+    /// timeout; the call's deadline bounds the whole exchange on top.
     fn options(&self, asked: Option<RequestOptions>) -> RequestOptions {
-        let left = self
-            .deadline
-            .map(|d| d.saturating_duration_since(Instant::now()));
-        let cap = |t: Option<Duration>, default: Option<Duration>| {
-            [t, default, left].into_iter().flatten().min()
-        };
         let asked = asked.unwrap_or_default();
+        let connect = Duration::from_millis(self.limits.connect_timeout_ms);
         RequestOptions {
-            connect_timeout: cap(
-                asked.connect_timeout,
-                Some(Duration::from_millis(self.limits.connect_timeout_ms)),
-            ),
-            first_byte_timeout: cap(asked.first_byte_timeout, None),
-            between_bytes_timeout: cap(asked.between_bytes_timeout, None),
+            connect_timeout: Some(asked.connect_timeout.map_or(connect, |t| t.min(connect))),
+            ..asked
         }
+    }
+}
+
+/// Waits for `fut` until `deadline` (if any); past it, marks the call and
+/// gives `expired`.
+async fn until<T>(
+    deadline: Option<Instant>,
+    hit: &AtomicBool,
+    fut: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), fut)
+            .await
+            .unwrap_or_else(|_| {
+                hit.store(true, Relaxed);
+                Err(Error::HttpResponseTimeout)
+            }),
+        None => fut.await,
     }
 }
 
@@ -167,7 +234,11 @@ impl WasiHttpHooks for Hooks {
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Sent {
         let method = request.method().as_str().to_string();
-        let url = request.uri().to_string();
+        let url = self.config.scrub(request.uri().to_string());
+        if !self.active {
+            let why = "outside a call (a component sends nothing while it starts)".to_string();
+            return self.refuse(&method, &url, why, Error::HttpRequestDenied);
+        }
         if self.requests >= self.limits.max_requests_per_call {
             let why = format!(
                 "more than {} requests in one call (http_limits.max_requests_per_call)",
@@ -176,33 +247,46 @@ impl WasiHttpHooks for Hooks {
             return self.refuse(&method, &url, why, Error::ConnectionLimitReached);
         }
         self.requests += 1;
-        if let Err(refused) = self.allow.check(request.uri()) {
-            let why = format!(
-                "not granted (to allow: grants.http = [{:?}])",
-                refused.grant
-            );
-            return self.refuse(&method, &url, why, Error::HttpRequestDenied);
-        }
+        let allowed = match self.allow.check(request.uri()) {
+            Ok(allowed) => allowed,
+            Err(refused) => {
+                let why = format!(
+                    "not granted (to allow: grants.http = [{:?}])",
+                    refused.grant
+                );
+                return self.refuse(&method, &url, why, Error::HttpRequestDenied);
+            }
+        };
         if self.dry_run && !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
             let why = "a dry run may only GET or HEAD (no side effects)".to_string();
             return self.refuse(&method, &url, why, Error::HttpRequestDenied);
         }
-        let at = self.record(&method, &url, "no response");
-        let exchanges = self.exchanges.clone();
-        let set_outcome = move |outcome: String| {
-            if let Some(e) = exchanges
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_mut(at)
-            {
-                e.outcome = outcome;
-            }
-        };
+        let request_cap = self.limits.max_request_bytes;
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > request_cap) {
+            let why = format!(
+                "a body of {} bytes is more than {request_cap} (http_limits.max_request_bytes)",
+                declared.unwrap_or_default()
+            );
+            return self.refuse(
+                &method,
+                &url,
+                why,
+                Error::HttpRequestBodySize(Some(request_cap)),
+            );
+        }
+        let set_outcome = self.record(&method, &url, "no response");
         let hit = self.deadline_hit.clone();
         let deadline = self.deadline;
         let response_cap = self.limits.max_response_bytes;
+        let bounded = move |r: http::Response<WasiBody>, hit: Arc<AtomicBool>| {
+            r.map(|b| Bounded::new(b, response_cap, deadline, hit).boxed_unsync())
+        };
         if let Some(canned) = &self.canned {
-            let answer = canned.answer(&method, &url).map(|r| {
+            let answer = canned.answer(&method, &url).and_then(|r| {
                 let mut b = http::Response::builder().status(r.status);
                 for (k, v) in r.header_list() {
                     b = b.header(k, v);
@@ -210,25 +294,22 @@ impl WasiHttpHooks for Hooks {
                 let body = http_body_util::Full::new(Bytes::from(r.body_bytes()))
                     .map_err(|never| match never {})
                     .boxed_unsync();
-                b.body(body)
+                b.body(body).map_err(|e| format!("canned response: {e}"))
             });
             set_outcome(match &answer {
-                Ok(Ok(r)) => format!("{} (canned)", r.status().as_u16()),
-                Ok(Err(e)) => format!("failed: canned response: {e}"),
+                Ok(r) => format!("{} (canned)", r.status().as_u16()),
                 Err(e) => format!("failed: {e}"),
             });
             return Box::new(async move {
                 match answer {
-                    Ok(Ok(r)) => Ok((
-                        r.map(|b| Bounded::new(b, response_cap, deadline, hit).boxed_unsync()),
+                    Ok(r) => Ok((
+                        bounded(r, hit),
                         Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
                     )),
-                    Ok(Err(e)) => Err(Error::InternalError(Some(format!("canned response: {e}")))),
                     Err(e) => Err(Error::InternalError(Some(e))),
                 }
             });
         }
-        let request_cap = self.limits.max_request_bytes;
         let request = request.map(|body| {
             http_body_util::Limited::new(body, request_cap as usize)
                 .map_err(move |e| match e.downcast::<Error>() {
@@ -238,35 +319,47 @@ impl WasiHttpHooks for Hooks {
                 .boxed_unsync()
         });
         let options = self.options(options);
+        let (plugin, event_id) = (self.plugin.clone(), self.event_id.clone());
+        let to = request.uri().clone();
         Box::new(async move {
-            let sent = default_send_request(request, Some(options));
-            let outcome = match deadline {
-                Some(d) => tokio::time::timeout_at(d.into(), sent)
-                    .await
-                    .unwrap_or_else(|_| {
-                        hit.store(true, Relaxed);
-                        Err(Error::HttpResponseTimeout)
-                    }),
-                None => sent.await,
-            };
-            let timed_out = |e: &Error| {
-                matches!(
-                    e,
-                    Error::ConnectionTimeout
-                        | Error::ConnectionReadTimeout
-                        | Error::HttpResponseTimeout
-                ) && deadline.is_some_and(|d| Instant::now() >= d)
-            };
-            match outcome {
+            // A granted name must not lead to the host's own network: the
+            // name is resolved here and refused if it does (connecting
+            // resolves it again; see wit/README.md on what that leaves).
+            if !allowed.names_address {
+                match until(deadline, &hit, public_only(&to)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(why)) => {
+                        tracing::warn!(
+                            plugin = &*plugin,
+                            event_id,
+                            "HTTP request refused: {to}: {why}"
+                        );
+                        set_outcome(format!("refused: {why}"));
+                        return Err(Error::HttpRequestDenied);
+                    }
+                    Err(e) => {
+                        set_outcome(format!("failed: {e}"));
+                        return Err(e);
+                    }
+                }
+            }
+            match until(deadline, &hit, default_send_request(request, Some(options))).await {
                 Ok((response, io)) => {
                     set_outcome(response.status().as_u16().to_string());
-                    let response = response.map(|b| {
-                        Bounded::new(b.boxed_unsync(), response_cap, deadline, hit).boxed_unsync()
-                    });
+                    let response = bounded(response.map(|b| b.boxed_unsync()), hit.clone());
+                    // The connection ends with the call at the latest.
+                    let io = async move { until(deadline, &hit, io).await };
                     Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
                 }
                 Err(e) => {
-                    if timed_out(&e) {
+                    let at_deadline = deadline.is_some_and(|d| Instant::now() >= d);
+                    let timed_out = matches!(
+                        e,
+                        Error::ConnectionTimeout
+                            | Error::ConnectionReadTimeout
+                            | Error::HttpResponseTimeout
+                    );
+                    if timed_out && at_deadline {
                         hit.store(true, Relaxed);
                         set_outcome("timed out at the call's deadline".into());
                     } else {
@@ -277,6 +370,55 @@ impl WasiHttpHooks for Hooks {
             }
         })
     }
+
+    /// A request body cut at `max_request_bytes` reaches here as hyper's
+    /// error around ours: the guest should read the limit, not a protocol
+    /// error.
+    fn p2_error_from_hyper(
+        &mut self,
+        err: &hyper::Error,
+    ) -> wasmtime_wasi_http::p2::bindings::http::types::ErrorCode {
+        use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+        let mut source = std::error::Error::source(err);
+        while let Some(e) = source {
+            if let Some(Error::HttpRequestBodySize(n)) = e.downcast_ref::<Error>() {
+                return ErrorCode::HttpRequestBodySize(*n);
+            }
+            source = e.source();
+        }
+        ErrorCode::HttpProtocolError
+    }
+}
+
+/// Resolves the URI's host: `Ok(Err(why))` if any of its addresses is on
+/// the host's own network ([`is_internal`]), an error if it does not
+/// resolve.
+async fn public_only(uri: &http::Uri) -> Result<Result<(), String>, Error> {
+    let host = uri.host().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let addresses = tokio::net::lookup_host((bare, port))
+        .await
+        .map_err(|e| Error::DnsError {
+            rcode: Some(e.to_string()),
+            info_code: None,
+        })?;
+    for a in addresses {
+        if is_internal(a.ip()) {
+            return Ok(Err(format!(
+                "{host} resolves to {}, on the host's own network: only a grant naming the address itself (http://{}) reaches it",
+                a.ip(),
+                a
+            )));
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// A response body that ends with an error past `cap` bytes or at the

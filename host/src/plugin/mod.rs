@@ -36,6 +36,10 @@ use bindings::{wit, HandlerPre};
 pub use engine::PluginEngine;
 use state::{empty_view, fill_view, to_wit, HostState};
 
+/// Added to twice a call's time limit before a call stuck in a host wait
+/// is given up on ([`WasmPlugin::backstop`]).
+const BACKSTOP_GRACE: Duration = Duration::from_secs(1);
+
 /// How a plugin runs: limits and grants from its config.
 #[derive(Clone, Debug)]
 pub struct PluginSettings {
@@ -306,6 +310,7 @@ impl WasmPlugin {
                     self.settings.http_allow.clone(),
                     self.settings.http_limits,
                     self.settings.http_canned.clone(),
+                    self.config.clone(),
                 ))
             }),
         };
@@ -367,6 +372,22 @@ impl WasmPlugin {
         self.refuel(&mut warm.store);
     }
 
+    /// When a call still running is given up on, whatever it waits for: a
+    /// backstop for host waits that do not end at the call's deadline
+    /// (those of `wasi:io` streams nobody reads). Generous, because waits for
+    /// a key's lock move the deadline.
+    fn backstop(&self) -> Instant {
+        Instant::now() + 2 * self.settings.timeout + BACKSTOP_GRACE
+    }
+
+    /// The verdict of a call given up on at the backstop.
+    fn stuck(&self) -> Verdict {
+        Verdict::Timeout(format!(
+            "stuck in a host call well past its time limit of {:?}; the instance is discarded",
+            self.settings.timeout
+        ))
+    }
+
     /// A fresh fuel budget for the next call (unlimited without one).
     fn refuel(&self, store: &mut Store<HostState>) {
         if self.counts_fuel {
@@ -386,7 +407,11 @@ impl Handler for WasmPlugin {
         };
         self.arm(&mut warm, Some(event), true);
         fill_view(&mut warm.view, event);
-        let result = warm.instance.call_handle(&mut warm.store, &warm.view).await;
+        let call = warm.instance.call_handle(&mut warm.store, &warm.view);
+        let Ok(result) = tokio::time::timeout_at(self.backstop().into(), call).await else {
+            // The instance is in the middle of a call: it goes.
+            return Handled::verdict(self.stuck());
+        };
         let call = warm.store.data_mut().finish();
         // A refusal's reason and a trap's stderr end up in logs and dead
         // letters: no secret of the plugin's config goes with them.
@@ -432,9 +457,15 @@ impl Handler for WasmPlugin {
     async fn handle_error(&self, failure: &Failure, event: Option<&Event>) -> ErrorHandled {
         let mut warm = self.take_instance().await.map_err(|e| format!("{e:#}"))?;
         self.arm(&mut warm, event, false);
-        let call = &mut warm.store.data_mut().call;
+        let state = warm.store.data_mut();
+        let call = &mut state.call;
         call.event_id.clone_from(&failure.event_id);
         call.correlation_id.clone_from(&failure.correlation_id);
+        // The failed event's dry-run flag holds for its error handler too.
+        call.is_dry_run = failure.is_dry_run;
+        if let Some(http) = &mut state.http {
+            http.begin(&failure.event_id, failure.is_dry_run);
+        }
         let wit_failure = wit::Failure {
             message: failure.message.clone(),
             kind: match failure.kind {
@@ -450,10 +481,12 @@ impl Handler for WasmPlugin {
             is_last_attempt: failure.is_last_attempt,
         };
         let wit_event = event.map(to_wit);
-        let result = warm
-            .instance
-            .call_handle_error(&mut warm.store, &wit_failure, wit_event.as_ref())
-            .await;
+        let call =
+            warm.instance
+                .call_handle_error(&mut warm.store, &wit_failure, wit_event.as_ref());
+        let Ok(result) = tokio::time::timeout_at(self.backstop().into(), call).await else {
+            return Err(format!("handle-error {}", self.stuck()));
+        };
         let call = warm.store.data_mut().finish();
         match result {
             Ok(()) => {
@@ -630,7 +663,7 @@ pub fn inspect(engine: &PluginEngine, component: &wasmtime::component::Component
 
 /// Loads a component and checks it the way `runnel run` would, returning
 /// what it imports and exports.
-pub use sandbox::{ungranted, Ungranted};
+pub use sandbox::{capabilities, ungranted, Capability, Ungranted};
 
 pub fn check(engine: &PluginEngine, path: &Path) -> anyhow::Result<Interface> {
     let compiled = engine.compile_file(path)?;

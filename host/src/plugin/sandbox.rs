@@ -52,18 +52,22 @@ impl HostMonotonicClock for CountingClock {
     }
 }
 
-/// A capability a component imports but its grants do not open: calls to
-/// it will be denied at run time.
+/// A capability a component imports, and whether its grants open it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ungranted {
+pub struct Capability {
     pub capability: &'static str,
     /// What to put in the plugin's config to open it.
     pub grant: &'static str,
+    pub granted: bool,
 }
 
-/// The capabilities `imports` reach for that `grants` leave closed.
-pub fn ungranted(imports: &[String], grants: &Grants) -> Vec<Ungranted> {
-    let rules: [(&str, &str, &str, bool); 7] = [
+/// A capability a component imports but its grants do not open: calls to
+/// it will be denied at run time.
+pub type Ungranted = Capability;
+
+/// The capabilities `imports` reach for, each with whether `grants` open it.
+pub fn capabilities(imports: &[String], grants: &Grants) -> Vec<Capability> {
+    let rules: [(&str, &'static str, &'static str, bool); 7] = [
         (
             "wasi:filesystem/",
             "filesystem",
@@ -109,8 +113,20 @@ pub fn ungranted(imports: &[String], grants: &Grants) -> Vec<Ungranted> {
     ];
     rules
         .iter()
-        .filter(|(prefix, _, _, granted)| !granted && imports.iter().any(|i| i.starts_with(prefix)))
-        .map(|(_, capability, grant, _)| Ungranted { capability, grant })
+        .filter(|(prefix, ..)| imports.iter().any(|i| i.starts_with(prefix)))
+        .map(|&(_, capability, grant, granted)| Capability {
+            capability,
+            grant,
+            granted,
+        })
+        .collect()
+}
+
+/// The capabilities `imports` reach for that `grants` leave closed.
+pub fn ungranted(imports: &[String], grants: &Grants) -> Vec<Ungranted> {
+    capabilities(imports, grants)
+        .into_iter()
+        .filter(|c| !c.granted)
         .collect()
 }
 

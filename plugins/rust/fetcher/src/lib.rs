@@ -2,7 +2,8 @@
 //! came back, for the outbound-HTTP tests:
 //!
 //! `{"url": "http://127.0.0.1:8080/hello", "method": "POST", "body": "b",
-//!   "times": 1}` (method GET, no body and once by default).
+//!   "times": 1}` (method GET, no body and once by default; `"body_bytes":
+//!   N` sends N bytes of `x` instead of `body`).
 //!
 //! Each response is emitted as `fetched` with payload `STATUS BODY` (the
 //! body cut at 200 bytes); a 5xx status is a retry. A request the host
@@ -21,6 +22,8 @@ struct Fetch {
     body: Option<String>,
     #[serde(default = "once")]
     times: u32,
+    #[serde(default)]
+    body_bytes: Option<usize>,
 }
 
 fn get() -> String {
@@ -40,6 +43,9 @@ impl Plugin for Fetcher {
             let mut request = Request::new(&fetch.method, &fetch.url);
             if let Some(body) = &fetch.body {
                 request = request.body(body.as_bytes());
+            }
+            if let Some(n) = fetch.body_bytes {
+                request = request.body(vec![b'x'; n]);
             }
             let response = request.send().map_err(|e| match e {
                 Error::Denied(_) => Refusal::reject(e),
