@@ -525,6 +525,9 @@ fn runnel_test_sends_granted_requests_and_refuses_the_rest() {
     assert!(
         report.contains("attempt 1: reject: HTTP request denied")
             && report.contains("/big: HTTP response body size exceeds limit: 4194304 bytes")
+            && report.contains(
+                "/big -> 200, body cut at 4194304 bytes (http_limits.max_response_bytes)"
+            )
             && report.contains("/echo: ErrorCode::HttpRequestBodySize(Some(4194304))")
             && report.contains(&format!(
                 "http GET {named}/hello -> refused: {host} resolves to "

@@ -152,7 +152,7 @@ type Sent = Box<
 >;
 
 /// Fills in an exchange's outcome once the response (or error) comes.
-type SetOutcome = Box<dyn Fn(String) + Send + Sync>;
+type SetOutcome = Arc<dyn Fn(String) + Send + Sync>;
 
 impl Hooks {
     /// Records an exchange; the returned function fills in its outcome.
@@ -160,7 +160,7 @@ impl Hooks {
         let mut list = self.exchanges.lock().unwrap_or_else(|e| e.into_inner());
         if list.kept.len() >= MAX_EXCHANGES_KEPT {
             list.dropped += 1;
-            return Box::new(|_| {});
+            return Arc::new(|_| {});
         }
         list.kept.push(Exchange {
             method: method.to_string(),
@@ -169,7 +169,7 @@ impl Hooks {
         });
         let at = list.kept.len() - 1;
         let exchanges = self.exchanges.clone();
-        Box::new(move |outcome| {
+        Arc::new(move |outcome| {
             if let Some(e) = exchanges
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -282,8 +282,14 @@ impl WasiHttpHooks for Hooks {
         let hit = self.deadline_hit.clone();
         let deadline = self.deadline;
         let response_cap = self.limits.max_response_bytes;
-        let bounded = move |r: http::Response<WasiBody>, hit: Arc<AtomicBool>| {
-            r.map(|b| Bounded::new(b, response_cap, deadline, hit).boxed_unsync())
+        let outcome = set_outcome.clone();
+        let bounded = move |r: http::Response<WasiBody>, hit: Arc<AtomicBool>, status: String| {
+            let watch = Watch {
+                hit,
+                status,
+                outcome: outcome.clone(),
+            };
+            r.map(|b| Bounded::new(b, response_cap, deadline, watch).boxed_unsync())
         };
         if let Some(canned) = &self.canned {
             let answer = canned.answer(&method, &url).and_then(|r| {
@@ -303,7 +309,10 @@ impl WasiHttpHooks for Hooks {
             return Box::new(async move {
                 match answer {
                     Ok(r) => Ok((
-                        bounded(r, hit),
+                        {
+                            let status = format!("{} (canned)", r.status().as_u16());
+                            bounded(r, hit, status)
+                        },
                         Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
                     )),
                     Err(e) => Err(Error::InternalError(Some(e))),
@@ -345,8 +354,9 @@ impl WasiHttpHooks for Hooks {
             }
             match until(deadline, &hit, default_send_request(request, Some(options))).await {
                 Ok((response, io)) => {
-                    set_outcome(response.status().as_u16().to_string());
-                    let response = bounded(response.map(|b| b.boxed_unsync()), hit.clone());
+                    let status = response.status().as_u16().to_string();
+                    set_outcome(status.clone());
+                    let response = bounded(response.map(|b| b.boxed_unsync()), hit.clone(), status);
                     // The connection ends with the call at the latest.
                     let io = async move { until(deadline, &hit, io).await };
                     Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
@@ -429,17 +439,26 @@ struct Bounded {
     left: u64,
     cap: u64,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    watch: Watch,
+}
+
+/// Who hears that a body was cut: the call (a deadline hit makes it a
+/// timeout) and its exchange in the report.
+struct Watch {
     hit: Arc<AtomicBool>,
+    /// The response's status, as the report shows it.
+    status: String,
+    outcome: SetOutcome,
 }
 
 impl Bounded {
-    fn new(inner: WasiBody, cap: u64, deadline: Option<Instant>, hit: Arc<AtomicBool>) -> Self {
+    fn new(inner: WasiBody, cap: u64, deadline: Option<Instant>, watch: Watch) -> Self {
         Bounded {
             inner,
             left: cap,
             cap,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
-            hit,
+            watch,
         }
     }
 }
@@ -458,6 +477,11 @@ impl Body for Bounded {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if len > this.left {
                     this.left = 0;
+                    let w = &this.watch;
+                    (w.outcome)(format!(
+                        "{}, body cut at {} bytes (http_limits.max_response_bytes)",
+                        w.status, this.cap
+                    ));
                     return Poll::Ready(Some(Err(Error::HttpResponseBodySize(Some(this.cap)))));
                 }
                 this.left -= len;
@@ -469,7 +493,12 @@ impl Body for Bounded {
                     .as_mut()
                     .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
                 if expired {
-                    this.hit.store(true, Relaxed);
+                    let w = &this.watch;
+                    w.hit.store(true, Relaxed);
+                    (w.outcome)(format!(
+                        "{}, body timed out at the call's deadline",
+                        w.status
+                    ));
                     return Poll::Ready(Some(Err(Error::HttpResponseTimeout)));
                 }
                 Poll::Pending
