@@ -1,16 +1,111 @@
-//! End to end on the in-memory backend through compiled wasm plugins:
-//! success, emit chains, retries, rejects, traps, decode failures and
-//! backpressure.
+//! End to end through compiled wasm plugins, every scenario on every
+//! backend (the in-memory one and Redis): success, emit chains, retries,
+//! rejects, traps, decode failures, deduplication, the causal depth bound;
+//! and backpressure, which only the bounded memory backend has.
 
 use std::time::Duration;
 
 use runnel::broker::Append;
+use runnel::config::Backend;
 use runnel::dead_letter::DeadLetterRecord;
 use runnel::event::Event;
 use runnel::handler::{FailureKind, Verdict};
-use runnel_tests::{logs, start, Call};
+use runnel_tests::{logs, start, unique, Call, Running};
 
 const LIMIT: Duration = Duration::from_secs(30);
+
+/// The backend a scenario runs on, and the stream names it uses there: on
+/// the shared Redis each scenario's streams get a suffix of their own.
+struct On {
+    redis: bool,
+    suffix: String,
+}
+
+impl On {
+    fn memory() -> On {
+        On {
+            redis: false,
+            suffix: String::new(),
+        }
+    }
+
+    fn redis() -> On {
+        On {
+            redis: true,
+            suffix: unique(""),
+        }
+    }
+
+    /// The stream `name` on this backend.
+    fn s(&self, name: &str) -> String {
+        format!("{name}{}", self.suffix)
+    }
+
+    /// Starts `toml` on this backend; `$name` in it is the stream
+    /// [`On::s`]`(name)`.
+    async fn start(&self, toml: &str) -> Running {
+        let mut text = String::with_capacity(toml.len());
+        let mut rest = toml;
+        while let Some(at) = rest.find('$') {
+            text.push_str(&rest[..at]);
+            let name: String = rest[at + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            text.push_str(&self.s(&name));
+            rest = &rest[at + 1 + name.len()..];
+        }
+        text.push_str(rest);
+        if self.redis {
+            // Tables may follow the plugins; top-level keys come first.
+            text.push_str(&format!(
+                "\n[backend]\nkind = \"redis\"\nurl = \"{}\"\nblock_ms = 100\n",
+                runnel_tests::redis_url()
+            ));
+        }
+        let run = start(&text).await.unwrap();
+        assert_eq!(
+            matches!(run.runtime.config.backend, Backend::Redis(_)),
+            self.redis,
+            "the scenario runs on the backend it is named for"
+        );
+        run
+    }
+}
+
+/// Runs each scenario (`async fn name(on: On)`) on both backends, as
+/// `memory::name` and `redis::name`.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::On::memory()).await
+            })*
+        }
+        mod redis {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::On::redis()).await
+            })*
+        }
+    };
+}
+
+on_every_backend!(
+    an_order_is_enriched_and_the_follow_up_is_handled_downstream,
+    emitted_events_inherit_correlation_id_and_dry_run,
+    a_flaky_event_is_retried_exactly_until_it_succeeds,
+    after_max_attempts_the_event_reaches_handle_error_and_the_dead_letter_stream,
+    a_rejected_event_is_dead_lettered_at_once,
+    a_trap_is_contained_and_the_next_event_is_handled,
+    a_trap_in_handle_error_is_counted_and_delivery_goes_on,
+    an_entry_that_is_not_an_event_is_dead_lettered_with_its_raw_fields,
+    events_of_other_names_are_skipped_without_a_call,
+    a_redelivered_event_within_the_dedup_window_is_acked_without_a_call,
+    malformed_and_oversized_entries_are_dead_lettered_and_the_stream_flows_on,
+    a_cycle_through_plugins_stops_at_the_causal_depth_bound,
+);
 
 fn order(id: &str, sku: &str) -> Event {
     Event::new(
@@ -24,12 +119,12 @@ const PIPELINE: &str = r#"
 max_instances = 16
 
 [routes]
-"order.enriched" = "enriched"
+"order.enriched" = "$enriched"
 
 [[plugin]]
 name = "enricher"
 path = "@order_enricher"
-streams = ["orders"]
+streams = ["$orders"]
 events = ["order.*"]
 max_attempts = 3
 backoff = { initial_ms = 1, max_ms = 5 }
@@ -37,18 +132,17 @@ backoff = { initial_ms = 1, max_ms = 5 }
 [[plugin]]
 name = "logger"
 path = "@logger"
-streams = ["enriched"]
+streams = ["$enriched"]
 "#;
 
-#[tokio::test]
-async fn an_order_is_enriched_and_the_follow_up_is_handled_downstream() {
-    let run = start(PIPELINE).await.unwrap();
-    run.inject("orders", vec![order("o-1", "A-1")])
+async fn an_order_is_enriched_and_the_follow_up_is_handled_downstream(on: On) {
+    let run = on.start(PIPELINE).await;
+    run.inject(&on.s("orders"), vec![order("o-1", "A-1")])
         .await
         .unwrap();
     run.idle_within(LIMIT).await.unwrap();
 
-    let enriched = run.events_on("enriched").await;
+    let enriched = run.events_on(&on.s("enriched")).await;
     assert_eq!(enriched.len(), 1);
     let body: serde_json::Value = serde_json::from_slice(&enriched[0].payload).unwrap();
     assert_eq!(body["order_id"], "o-1");
@@ -64,16 +158,17 @@ async fn an_order_is_enriched_and_the_follow_up_is_handled_downstream() {
     assert_eq!(summary[1].1.handled, 1);
 }
 
-#[tokio::test]
-async fn emitted_events_inherit_correlation_id_and_dry_run() {
-    let run = start(PIPELINE).await.unwrap();
+async fn emitted_events_inherit_correlation_id_and_dry_run(on: On) {
+    let run = on.start(PIPELINE).await;
     let mut source = order("o-2", "A-1");
     source.meta.correlation_id = "corr-42".into();
     source.meta.is_dry_run = true;
-    run.inject("orders", vec![source.clone()]).await.unwrap();
+    run.inject(&on.s("orders"), vec![source.clone()])
+        .await
+        .unwrap();
     run.idle_within(LIMIT).await.unwrap();
 
-    let enriched = run.events_on("enriched").await;
+    let enriched = run.events_on(&on.s("enriched")).await;
     assert_eq!(enriched.len(), 1);
     let child = &enriched[0];
     assert_eq!(child.meta.correlation_id, "corr-42");
@@ -91,7 +186,7 @@ max_instances = 16
 [[plugin]]
 name = "flaky"
 path = "@flaky"
-streams = ["work"]
+streams = ["$work"]
 max_attempts = 4
 backoff = { initial_ms = 1, max_ms = 2 }
 "#;
@@ -100,11 +195,12 @@ fn flaky(fail_times: u32) -> Event {
     Event::new("job", format!(r#"{{"fail_times":{fail_times}}}"#))
 }
 
-#[tokio::test]
-async fn a_flaky_event_is_retried_exactly_until_it_succeeds() {
-    let run = start(FLAKY).await.unwrap();
+async fn a_flaky_event_is_retried_exactly_until_it_succeeds(on: On) {
+    let run = on.start(FLAKY).await;
     let event = flaky(2);
-    run.inject("work", vec![event.clone()]).await.unwrap();
+    run.inject(&on.s("work"), vec![event.clone()])
+        .await
+        .unwrap();
     run.idle_within(LIMIT).await.unwrap();
 
     let calls = run.recorders[0].calls();
@@ -156,11 +252,12 @@ async fn a_flaky_event_is_retried_exactly_until_it_succeeds() {
     );
 }
 
-#[tokio::test]
-async fn after_max_attempts_the_event_reaches_handle_error_and_the_dead_letter_stream() {
-    let run = start(FLAKY).await.unwrap();
+async fn after_max_attempts_the_event_reaches_handle_error_and_the_dead_letter_stream(on: On) {
+    let run = on.start(FLAKY).await;
     let event = flaky(100);
-    run.inject("work", vec![event.clone()]).await.unwrap();
+    run.inject(&on.s("work"), vec![event.clone()])
+        .await
+        .unwrap();
     run.idle_within(LIMIT).await.unwrap();
 
     let calls = run.recorders[0].calls();
@@ -193,7 +290,7 @@ async fn after_max_attempts_the_event_reaches_handle_error_and_the_dead_letter_s
     let dead = run
         .runtime
         .broker
-        .range("work.dead", None, None, 10)
+        .range(&format!("{}.dead", on.s("work")), None, None, 10)
         .await
         .unwrap();
     assert_eq!(dead.len(), 1);
@@ -201,7 +298,7 @@ async fn after_max_attempts_the_event_reaches_handle_error_and_the_dead_letter_s
     assert_eq!(record.attempts, 4);
     assert_eq!(record.kind, "handler-error");
     assert_eq!(record.plugin, "flaky");
-    assert_eq!(record.stream, "work");
+    assert_eq!(record.stream, on.s("work"));
     assert!(record.reason.contains("failing attempt 4"), "{record:?}");
     let original = Event::from_json(&record.event).unwrap();
     assert_eq!(original, event, "the original envelope is kept as it was");
@@ -213,20 +310,19 @@ async fn after_max_attempts_the_event_reaches_handle_error_and_the_dead_letter_s
     );
 }
 
-#[tokio::test]
-async fn a_rejected_event_is_dead_lettered_at_once() {
-    let run = start(
-        r#"
+async fn a_rejected_event_is_dead_lettered_at_once(on: On) {
+    let run = on
+        .start(
+            r#"
 [[plugin]]
 name = "rejecter"
 path = "@rejecter"
-streams = ["in"]
+streams = ["$in"]
 max_attempts = 5
 "#,
-    )
-    .await
-    .unwrap();
-    run.inject("in", vec![Event::new("thing", "x")])
+        )
+        .await;
+    run.inject(&on.s("in"), vec![Event::new("thing", "x")])
         .await
         .unwrap();
     run.idle_within(LIMIT).await.unwrap();
@@ -238,7 +334,7 @@ max_attempts = 5
     let dead = run
         .runtime
         .broker
-        .range("in.dead", None, None, 10)
+        .range(&format!("{}.dead", on.s("in")), None, None, 10)
         .await
         .unwrap();
     let record = DeadLetterRecord::from_entry(&dead[0]);
@@ -247,24 +343,23 @@ max_attempts = 5
     run.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_trap_is_contained_and_the_next_event_is_handled() {
-    let run = start(
-        r#"
+async fn a_trap_is_contained_and_the_next_event_is_handled(on: On) {
+    let run = on
+        .start(
+            r#"
 [[plugin]]
 name = "trapper"
 path = "@trapper"
-streams = ["in"]
+streams = ["$in"]
 max_attempts = 2
 concurrency = 1
 backoff = { initial_ms = 1, max_ms = 1 }
 "#,
-    )
-    .await
-    .unwrap();
+        )
+        .await;
     let bad = Event::new("x", "trap");
     let good = Event::new("x", "fine");
-    run.inject("in", vec![bad.clone(), good.clone()])
+    run.inject(&on.s("in"), vec![bad.clone(), good.clone()])
         .await
         .unwrap();
     run.idle_within(LIMIT).await.unwrap();
@@ -291,7 +386,7 @@ backoff = { initial_ms = 1, max_ms = 1 }
     let dead = run
         .runtime
         .broker
-        .range("in.dead", None, None, 10)
+        .range(&format!("{}.dead", on.s("in")), None, None, 10)
         .await
         .unwrap();
     assert_eq!(DeadLetterRecord::from_entry(&dead[0]).kind, "trap");
@@ -300,22 +395,23 @@ backoff = { initial_ms = 1, max_ms = 1 }
     assert_eq!((s.handled, s.traps, s.dead_lettered), (1, 2, 1));
 }
 
-#[tokio::test]
-async fn a_trap_in_handle_error_is_counted_and_delivery_goes_on() {
-    let run = start(
-        r#"
+async fn a_trap_in_handle_error_is_counted_and_delivery_goes_on(on: On) {
+    let run = on
+        .start(
+            r#"
 [[plugin]]
 name = "trapper"
 path = "@trapper"
-streams = ["in"]
+streams = ["$in"]
 concurrency = 1
 "#,
-    )
-    .await
-    .unwrap();
+        )
+        .await;
     let bad = Event::new("x", "reject-then-trap");
     let good = Event::new("x", "fine");
-    run.inject("in", vec![bad.clone(), good]).await.unwrap();
+    run.inject(&on.s("in"), vec![bad.clone(), good])
+        .await
+        .unwrap();
     run.idle_within(LIMIT).await.unwrap();
     let calls = run.recorders[0].calls();
     let trapped = calls.iter().any(|c| {
@@ -325,7 +421,7 @@ concurrency = 1
     let dead = run
         .runtime
         .broker
-        .range("in.dead", None, None, 10)
+        .range(&format!("{}.dead", on.s("in")), None, None, 10)
         .await
         .unwrap();
     assert_eq!(
@@ -341,13 +437,12 @@ concurrency = 1
     );
 }
 
-#[tokio::test]
-async fn an_entry_that_is_not_an_event_is_dead_lettered_with_its_raw_fields() {
-    let run = start(FLAKY).await.unwrap();
+async fn an_entry_that_is_not_an_event_is_dead_lettered_with_its_raw_fields(on: On) {
+    let run = on.start(FLAKY).await;
     run.runtime
         .broker
         .append(vec![Append {
-            stream: "work".into(),
+            stream: on.s("work"),
             fields: vec![
                 ("event".into(), b"{not json".to_vec()),
                 ("extra".into(), b"kept".to_vec()),
@@ -364,7 +459,7 @@ async fn an_entry_that_is_not_an_event_is_dead_lettered_with_its_raw_fields() {
     let dead = run
         .runtime
         .broker
-        .range("work.dead", None, None, 10)
+        .range(&format!("{}.dead", on.s("work")), None, None, 10)
         .await
         .unwrap();
     let fields = &dead[0].fields;
@@ -375,11 +470,10 @@ async fn an_entry_that_is_not_an_event_is_dead_lettered_with_its_raw_fields() {
     run.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn events_of_other_names_are_skipped_without_a_call() {
-    let run = start(PIPELINE).await.unwrap();
+async fn events_of_other_names_are_skipped_without_a_call(on: On) {
+    let run = on.start(PIPELINE).await;
     run.inject(
-        "orders",
+        &on.s("orders"),
         vec![Event::new("invoice.paid", "{}"), order("o-3", "A-1")],
     )
     .await
@@ -445,24 +539,23 @@ concurrency = 2
     );
 }
 
-#[tokio::test]
-async fn a_redelivered_event_within_the_dedup_window_is_acked_without_a_call() {
-    let run = start(
-        r#"
+async fn a_redelivered_event_within_the_dedup_window_is_acked_without_a_call(on: On) {
+    let run = on
+        .start(
+            r#"
 [[plugin]]
 name = "logger"
 path = "@logger"
-streams = ["in"]
+streams = ["$in"]
 dedup_window_ms = 60000
 "#,
-    )
-    .await
-    .unwrap();
+        )
+        .await;
     let event = Event::new("x", "once");
-    run.inject("in", vec![event.clone()]).await.unwrap();
+    run.inject(&on.s("in"), vec![event.clone()]).await.unwrap();
     run.idle_within(LIMIT).await.unwrap();
     // The same event again, as after a lost ack or a producer's retry.
-    run.inject("in", vec![event.clone(), Event::new("x", "other")])
+    run.inject(&on.s("in"), vec![event.clone(), Event::new("x", "other")])
         .await
         .unwrap();
     run.idle_within(LIMIT).await.unwrap();
@@ -485,20 +578,19 @@ dedup_window_ms = 60000
     assert_eq!((s.handled, s.deduplicated), (2, 1));
 }
 
-#[tokio::test]
-async fn malformed_and_oversized_entries_are_dead_lettered_and_the_stream_flows_on() {
-    let run = start(
-        r#"
+async fn malformed_and_oversized_entries_are_dead_lettered_and_the_stream_flows_on(on: On) {
+    let run = on
+        .start(
+            r#"
 max_payload_bytes = 1024
 
 [[plugin]]
 name = "logger"
 path = "@logger"
-streams = ["in"]
+streams = ["$in"]
 "#,
-    )
-    .await
-    .unwrap();
+        )
+        .await;
     let good = Event::new("x", "fine").to_json();
     let text = String::from_utf8(good.clone()).unwrap();
     let bad: Vec<(&str, Vec<u8>)> = vec![
@@ -521,12 +613,12 @@ streams = ["in"]
     let mut appends: Vec<Append> = bad
         .iter()
         .map(|(_, bytes)| Append {
-            stream: "in".into(),
+            stream: on.s("in"),
             fields: vec![("event".into(), bytes.clone())],
         })
         .collect();
     appends.push(Append {
-        stream: "in".into(),
+        stream: on.s("in"),
         fields: vec![("event".into(), good)],
     });
     run.runtime.broker.append(appends).await.unwrap();
@@ -535,7 +627,7 @@ streams = ["in"]
     let dead = run
         .runtime
         .broker
-        .range("in.dead", None, None, 10)
+        .range(&format!("{}.dead", on.s("in")), None, None, 10)
         .await
         .unwrap();
     let reasons: Vec<String> = dead
@@ -560,32 +652,31 @@ streams = ["in"]
     run.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_cycle_through_plugins_stops_at_the_causal_depth_bound() {
-    let run = start(
-        r#"
+async fn a_cycle_through_plugins_stops_at_the_causal_depth_bound(on: On) {
+    let run = on
+        .start(
+            r#"
 max_chain_depth = 5
 
 [routes]
-"ping" = "pings"
-"pong" = "pongs"
+"ping" = "$pings"
+"pong" = "$pongs"
 
 [[plugin]]
 name = "a"
 path = "@relay"
-streams = ["pings"]
+streams = ["$pings"]
 
 [[plugin]]
 name = "b"
 path = "@relay"
-streams = ["pongs"]
+streams = ["$pongs"]
 "#,
-    )
-    .await
-    .unwrap();
+        )
+        .await;
     let mut ping = Event::new("ping", "{}");
     ping.meta.correlation_id = "chain-1".into();
-    run.inject("pings", vec![ping]).await.unwrap();
+    run.inject(&on.s("pings"), vec![ping]).await.unwrap();
     run.idle_within(LIMIT).await.unwrap();
 
     // Depths 0 to 5 are handled; the event at depth 6 is not.
@@ -597,8 +688,9 @@ streams = ["pongs"]
         .sum();
     assert_eq!(handled, 6);
     let mut dead = Vec::new();
-    for stream in ["pings.dead", "pongs.dead"] {
-        let entries = run.runtime.broker.range(stream, None, None, 10).await;
+    for stream in [on.s("pings"), on.s("pongs")] {
+        let dead_stream = format!("{stream}.dead");
+        let entries = run.runtime.broker.range(&dead_stream, None, None, 10).await;
         dead.extend(entries.unwrap().iter().map(DeadLetterRecord::from_entry));
     }
     assert_eq!(dead.len(), 1, "{dead:?}");
@@ -620,7 +712,7 @@ streams = ["pongs"]
     let entries = run
         .runtime
         .broker
-        .range("pongs", None, None, 1)
+        .range(&on.s("pongs"), None, None, 1)
         .await
         .unwrap();
     assert_eq!(entries[0].fields[0].0, "event");
