@@ -19,9 +19,22 @@ use crate::plugin::{self, PluginEngine};
 use crate::service::{Service, ServiceOptions};
 use crate::stats::summary_table;
 
+/// `runnel --version`: the release and the plugin contracts it serves
+/// (a literal, as clap wants; a test checks it against
+/// [`plugin::CONTRACT`]).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (plugin contract runnel:plugin@0.2.0; also serves runnel:plugin@0.1.0)"
+);
+
+/// What `runnel --version` prints after the name.
+pub fn version() -> &'static str {
+    VERSION
+}
+
 /// Runs sandboxed WebAssembly event handlers over pub/sub streams.
 #[derive(Parser)]
-#[command(name = "runnel", version)]
+#[command(name = "runnel", version = VERSION)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -65,6 +78,15 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Prints a shell completion script: `runnel completions bash >
+    /// /etc/bash_completion.d/runnel`, or `source <(runnel completions
+    /// bash)` in a shell.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Prints the man page (roff): `runnel man > runnel.1; man ./runnel.1`.
+    Man,
     /// Makes a new plugin project: handler, SDK, WIT contract, build
     /// script, sample events and config.
     New {
@@ -323,6 +345,19 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             command,
         } => cmd_plugins(admin, token_env, command).await,
         Command::Check { plugin, config } => check(plugin, config),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "runnel", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            use clap::CommandFactory as _;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("writing the man page")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::New { lang, name, dir } => cmd_new(lang, name, dir),
         Command::Test(args) => cmd_test(args).await,
         Command::Bench(args) => {
@@ -498,9 +533,34 @@ async fn cmd_emit(args: EmitArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let broker = args.redis.connect().await?;
-    let n = crate::tools::emit(&*broker, args.stream.as_deref(), events).await?;
+    let bar = progress_bar(events.len() as u64, "emitting");
+    let n = crate::tools::emit(&*broker, args.stream.as_deref(), events, &|done| {
+        if let Some(bar) = &bar {
+            bar.inc(done as u64);
+        }
+    })
+    .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     println!("emitted {n} events");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr for a long command, only when stderr is a
+/// terminal (logs, pipes and CI get the plain summary line alone); hidden
+/// for work too small to need one.
+fn progress_bar(len: u64, what: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() || (len > 0 && len < 1000) {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} {per_sec}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(what.to_string());
+    Some(bar)
 }
 
 /// `runnel dlq ...`: list or replay dead letters.
@@ -524,7 +584,18 @@ async fn cmd_dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             group,
         } => {
             let broker = redis.connect().await?;
-            let n = crate::tools::dlq_replay(&*broker, &stream, &ids, group.as_deref()).await?;
+            let bar = progress_bar(0, "replaying");
+            let n =
+                crate::tools::dlq_replay(&*broker, &stream, &ids, group.as_deref(), &|done, of| {
+                    if let Some(bar) = &bar {
+                        bar.set_length(of as u64);
+                        bar.set_position(done as u64);
+                    }
+                })
+                .await?;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
             println!("replayed {n} dead letters from {stream}");
         }
     }

@@ -16,11 +16,13 @@ use crate::plugin::Standalone;
 use crate::publisher::{event_fields, DEPTH_FIELD};
 use crate::subscriber::decode;
 
-/// Appends events in pipelined batches; returns how many were written.
+/// Appends events in pipelined batches of 1000; returns how many were
+/// written. `progress` hears the size of each batch written.
 pub async fn emit(
     broker: &dyn Broker,
     default_stream: Option<&str>,
     events: Vec<InputEvent>,
+    progress: &dyn Fn(usize),
 ) -> anyhow::Result<usize> {
     let mut appends = Vec::with_capacity(events.len());
     for (i, e) in events.into_iter().enumerate() {
@@ -44,7 +46,9 @@ pub async fn emit(
     let mut rest = appends;
     while !rest.is_empty() {
         let tail = rest.split_off(rest.len().min(1000));
+        let n = rest.len();
         broker.append(rest).await?;
+        progress(n);
         rest = tail;
     }
     Ok(count)
@@ -71,6 +75,8 @@ pub async fn dlq_list(broker: &dyn Broker, stream: &str, count: usize) -> anyhow
     Ok(out)
 }
 
+/// `progress` hears (replayed so far, to replay) after each one.
+///
 /// Hands dead letters (all of them, or those with the given ids) back to
 /// the consumer group that failed each, through its replay stream
 /// ([`replay_stream`]), and removes them from the dead-letter stream. No
@@ -81,6 +87,7 @@ pub async fn dlq_replay(
     stream: &str,
     ids: &[String],
     group: Option<&str>,
+    progress: &dyn Fn(usize, usize),
 ) -> anyhow::Result<usize> {
     let entries = broker.range(stream, None, None, usize::MAX).await?;
     let chosen: Vec<_> = entries
@@ -117,6 +124,7 @@ pub async fn dlq_replay(
             }])
             .await?;
         replayed.push(entry.id.clone());
+        progress(replayed.len(), chosen.len());
     }
     broker.delete(stream, &replayed).await?;
     Ok(replayed.len())

@@ -590,3 +590,34 @@ fn runnel_test_answers_requests_from_canned_responses() {
         assert!(report.contains(line), "{line:?} missing:\n{report}");
     }
 }
+
+#[test]
+fn version_completions_and_man_page_come_from_the_command_definitions() {
+    let out = runnel(&["--version"]);
+    let version = text(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        version.starts_with("runnel ") && version.contains("runnel:plugin@0.2.0"),
+        "{version}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let out = runnel(&["completions", shell]);
+        let script = text(&out.stdout);
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        // Subcommands and their flags are offered.
+        for word in ["emit", "dlq", "--grant-http"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let out = runnel(&["man"]);
+    let page = text(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH runnel"),
+        "{page}"
+    );
+    assert!(
+        page.contains("completions") && page.contains("Runs sandboxed WebAssembly"),
+        "{page}"
+    );
+}

@@ -36,6 +36,11 @@ use bindings::{wit, HandlerPre};
 pub use engine::PluginEngine;
 use state::{empty_view, fill_view, to_wit, HostState};
 
+/// The contract this host serves (`wit/world.wit`'s package), and the
+/// older one it still serves side by side.
+pub const CONTRACT: &str = "runnel:plugin@0.2.0";
+pub const CONTRACTS_ALSO_SERVED: &[&str] = &["runnel:plugin@0.1.0"];
+
 /// Added to twice a call's time limit before a call stuck in a host wait
 /// is given up on ([`WasmPlugin::backstop`]).
 const BACKSTOP_GRACE: Duration = Duration::from_secs(1);
@@ -725,4 +730,33 @@ fn describe_trap(error: &wasmtime::Error) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CONTRACT, CONTRACTS_ALSO_SERVED};
+
+    #[test]
+    fn the_contract_constants_name_the_wit_packages_the_host_is_built_from() {
+        let package = |wit: &str| {
+            wit.lines()
+                .find_map(|l| l.strip_prefix("package "))
+                .map(|p| p.trim_end_matches(';').to_string())
+        };
+        assert_eq!(
+            package(include_str!("../../../wit/world.wit")).as_deref(),
+            Some(CONTRACT)
+        );
+        assert_eq!(
+            package(include_str!("../../wit-0.1.0/world.wit")).as_deref(),
+            Some(CONTRACTS_ALSO_SERVED[0])
+        );
+        // `runnel --version` says them too.
+        let version = crate::cli::version();
+        assert!(version.contains(CONTRACT), "{version}");
+        assert!(
+            CONTRACTS_ALSO_SERVED.iter().all(|c| version.contains(c)),
+            "{version}"
+        );
+    }
 }
