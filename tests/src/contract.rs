@@ -1,7 +1,7 @@
 //! The broker contract: the Redis Streams model that the subscriber relies
 //! on, written once as checks that every backend must pass (the way
 //! wasmtime's test programs run every guest through every suite).
-//! `tests/tests/contract.rs` instantiates each check for each backend with
+//! `tests/tests/all/contract.rs` instantiates each check for each backend with
 //! `broker_contract!`.
 //!
 //! Every check takes a fresh broker and a name prefix of its own, so that

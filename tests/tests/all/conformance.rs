@@ -81,7 +81,11 @@ fn events() -> Vec<Event> {
 /// Everything a language's build did for one event, in attempt order, with
 /// what the spec leaves open (trap messages and the logs around a trap)
 /// left out.
-fn transcript(lang: &str, server: &TestServer) -> BTreeMap<String, Vec<String>> {
+fn transcript(
+    lang: &str,
+    server: &TestServer,
+    token: &std::path::Path,
+) -> BTreeMap<String, Vec<String>> {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let run = start(&format!(
@@ -111,11 +115,12 @@ fn transcript(lang: &str, server: &TestServer) -> BTreeMap<String, Vec<String>> 
             http = [{base:?}]
             [plugin.config]
             greeting = "hello"
-            token = {{ env = "RUNNEL_CONFORMANCE_TOKEN" }}
+            token = {{ file = {token:?} }}
             http_base = {base:?}
             http_denied = "http://localhost:{port}"
             "#,
             component(lang),
+            token = token.display().to_string(),
             base = server.base(),
             port = server.addr.port(),
         ))
@@ -186,15 +191,19 @@ fn logs(logs: &[(Level, String)]) -> Vec<String> {
 
 #[test]
 fn every_language_behaves_exactly_like_the_spec() {
-    // A secret for the plugin's config; it must never reach what the host
-    // records (log lines, verdicts). Set before any runtime starts.
-    std::env::set_var("RUNNEL_CONFORMANCE_TOKEN", "tok-3f9a-secret");
+    // A secret for the plugin's config, from a file (not the environment:
+    // this process runs every test at once); it must never reach what the
+    // host records (log lines, verdicts).
+    let dir = std::env::temp_dir().join(format!("runnel-conformance-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token.txt");
+    std::fs::write(&token, "tok-3f9a-secret\n").unwrap();
     // The server the HTTP cases call, on a runtime of its own that outlives
     // each language's.
     let server_runtime = tokio::runtime::Runtime::new().unwrap();
     let server = server_runtime.block_on(TestServer::start());
     let base = server.base();
-    let rust = transcript("rust", &server);
+    let rust = transcript("rust", &server, &token);
     let rendered = |t: &BTreeMap<String, Vec<String>>| {
         t.iter()
             .map(|(name, lines)| format!("{name}:\n  {}", lines.join("\n  ")))
@@ -297,7 +306,7 @@ fn every_language_behaves_exactly_like_the_spec() {
 
     let mut differing = Vec::new();
     for lang in ["c", "js", "python", "rust-0.1.0"] {
-        let mut other = transcript(lang, &server);
+        let mut other = transcript(lang, &server, &token);
         let mut rust = rust.clone();
         if lang == "rust-0.1.0" {
             // Built before the contract had key-value state and config.
