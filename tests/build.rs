@@ -1,6 +1,7 @@
 //! Builds the plugins in `plugins/` for wasm32-wasip2 before the tests
 //! compile, the way wasmtime's `test-programs` hands guests to host tests:
-//! the tests find them through `RUNNEL_PLUGIN_DIR`.
+//! the tests find them in `plugins/target/wasm32-wasip2/release` of their
+//! checkout (`runnel_tests::plugin`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -43,9 +44,5 @@ fn main() {
     assert!(
         status.success(),
         "building the plugins failed; is the target installed? `rustup target add wasm32-wasip2`"
-    );
-    println!(
-        "cargo:rustc-env=RUNNEL_PLUGIN_DIR={}",
-        target_dir.join("wasm32-wasip2/release").display()
     );
 }

@@ -20,7 +20,12 @@ use tokio_util::sync::CancellationToken;
 
 /// The compiled `.wasm` of a plugin in `plugins/rust` (crate name with `_`).
 pub fn plugin(name: &str) -> PathBuf {
-    PathBuf::from(env!("RUNNEL_PLUGIN_DIR")).join(format!("{name}.wasm"))
+    // From the same checkout as `repo_root`, which `tests/build.rs` built
+    // them in: a path baked in by a build script could name another
+    // checkout that shares the target directory.
+    repo_root()
+        .join("plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"))
 }
 
 /// The repository's root, for examples.

@@ -3,20 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::util::{runnel, text};
+
 use runnel_tests::http_server::{demo_price_service, TestServer, HELLO};
 use runnel_tests::{plugin, repo_root};
-
-fn runnel(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
-        .args(args)
-        .env("RUNNEL_LOG", "warn")
-        .output()
-        .expect("running the CLI")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// A scratch directory of this test process.
 fn scratch(name: &str) -> PathBuf {

@@ -21,3 +21,4 @@ mod redis_processes;
 mod scaffold;
 mod service;
 mod survival;
+mod util;

@@ -4,21 +4,11 @@
 //! project; its toolchain is exercised by the conformance test.)
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+
+use crate::util::{runnel, text};
 
 use runnel_tests::{repo_root, unique};
-
-fn runnel(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
-        .args(args)
-        .env("RUNNEL_LOG", "warn")
-        .output()
-        .expect("running the CLI")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn scratch() -> PathBuf {
     let dir = std::env::temp_dir().join(unique("runnel-new"));
