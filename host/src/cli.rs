@@ -166,11 +166,22 @@ struct TestArgs {
     /// (Write it first with `runnel test ... > FILE`.)
     #[arg(long)]
     expect: Option<PathBuf>,
-    /// Attempts per event; failures are retried at once.
-    #[arg(long, default_value_t = 1)]
-    max_attempts: u32,
-    #[arg(long, default_value_t = 5000)]
-    timeout_ms: u64,
+    /// Run the plugin as this config runs it: its grants, limits, config
+    /// values and secrets, `max_attempts` and `timeout_ms` (the flags below
+    /// add to or override them). The plugin is the `[[plugin]]` that loads
+    /// the file, or the one `--plugin` names.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Which `[[plugin]]` of `--config` to take the settings of.
+    #[arg(long = "plugin", value_name = "NAME", requires = "config")]
+    plugin_name: Option<String>,
+    /// Attempts per event (default 1, or the config's); failures are
+    /// retried at once.
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Time limit of a call (default 5000, or the config's).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
     /// Let the plugin's stdout/stderr through to the log.
     #[arg(long)]
     grant_stdio: bool,
@@ -448,6 +459,40 @@ fn cmd_new(lang: crate::scaffold::Lang, name: String, dir: PathBuf) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
+/// The `[[plugin]]` of the config at `path` that `runnel test` takes the
+/// settings of: the one named, or the only one that loads `wasm`; with the
+/// config's `max_payload_bytes`.
+fn plugin_of_config(
+    path: &std::path::Path,
+    wasm: &std::path::Path,
+    name: Option<&str>,
+) -> anyhow::Result<(crate::config::PluginConfig, usize)> {
+    let config = crate::config::Config::load(path)?;
+    let target = std::fs::canonicalize(wasm).unwrap_or(wasm.to_path_buf());
+    let chosen: Vec<_> = config
+        .plugins
+        .iter()
+        .filter(|p| match name {
+            Some(n) => p.name == n,
+            None => std::fs::canonicalize(&p.path).is_ok_and(|p| p == target),
+        })
+        .collect();
+    match (chosen.as_slice(), name) {
+        ([p], _) => Ok(((*p).clone(), config.max_payload_bytes)),
+        ([], Some(n)) => anyhow::bail!("{}: no [[plugin]] is named {n:?}", path.display()),
+        ([], None) => anyhow::bail!(
+            "{}: no [[plugin]] loads {}: name one with --plugin",
+            path.display(),
+            wasm.display()
+        ),
+        (_, _) => anyhow::bail!(
+            "{}: several [[plugin]] load {}: name one with --plugin",
+            path.display(),
+            wasm.display()
+        ),
+    }
+}
+
 /// `runnel test`: a plugin over a file of events, in process; compared with
 /// an expected report when one is given.
 async fn cmd_test(args: TestArgs) -> anyhow::Result<ExitCode> {
@@ -455,15 +500,50 @@ async fn cmd_test(args: TestArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(events)
         .with_context(|| format!("{}: cannot read", events.display()))?;
     let events_parsed = crate::input::parse(&text).with_context(|| events.display().to_string())?;
+    let http_canned = match &args.http {
+        None => None,
+        Some(path) => Some(Arc::new(crate::outbound::CannedResponses::load(path)?)),
+    };
+    let from_config = match &args.config {
+        None => None,
+        Some(path) => Some(plugin_of_config(
+            path,
+            &args.plugin,
+            args.plugin_name.as_deref(),
+        )?),
+    };
+    let (name, base, max_attempts) = match from_config {
+        Some((p, max_payload_bytes)) => {
+            let settings = plugin::PluginSettings::of(&p, max_payload_bytes);
+            (p.name.clone(), settings, p.max_attempts)
+        }
+        None => {
+            let five_seconds = Duration::from_millis(5000);
+            let settings =
+                plugin::PluginSettings::for_tool("test", five_seconds, Default::default(), None)?;
+            ("test".to_string(), settings, 1)
+        }
+    };
+    // The flags add to what the config grants, or override its numbers.
+    let mut grants = base.grants.clone();
+    grants.stdio |= args.grant_stdio;
+    grants.kv.extend(args.grant_kv.iter().cloned());
+    grants.http.extend(args.grant_http.iter().cloned());
+    let timeout = args.timeout_ms.map_or(base.timeout, Duration::from_millis);
+    let tool = plugin::PluginSettings::for_tool(&name, timeout, grants, http_canned)?;
+    let settings = plugin::PluginSettings {
+        config: base.config,
+        kv_limits: base.kv_limits,
+        http_limits: base.http_limits,
+        fuel: base.fuel,
+        max_emitted_payload: base.max_emitted_payload,
+        memory_bytes: base.memory_bytes.max(tool.memory_bytes),
+        ..tool
+    };
     let options = crate::harness::HarnessOptions {
-        max_attempts: args.max_attempts,
-        timeout: Duration::from_millis(args.timeout_ms),
-        grants: crate::config::Grants {
-            stdio: args.grant_stdio,
-            kv: args.grant_kv.clone(),
-            http: args.grant_http.clone(),
-            ..Default::default()
-        },
+        max_attempts: args.max_attempts.unwrap_or(max_attempts),
+        name,
+        settings,
         kv_seed: match &args.kv {
             None => Default::default(),
             Some(path) => {
@@ -478,12 +558,6 @@ async fn cmd_test(args: TestArgs) -> anyhow::Result<ExitCode> {
             }
         },
         kv_commit: args.kv_commit,
-        http_canned: match &args.http {
-            None => None,
-            Some(path) => Some(std::sync::Arc::new(crate::outbound::CannedResponses::load(
-                path,
-            )?)),
-        },
     };
     let report = crate::harness::run(&args.plugin, events_parsed, &options).await?;
     print!("{report}");

@@ -8,14 +8,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::config::Grants;
 use crate::handler::{Failure, Handler};
 use crate::input::InputEvent;
-use crate::plugin::Standalone;
+use crate::plugin::{PluginSettings, Standalone};
 
 /// Writes to keep, by bucket: key and value (`None`: deleted).
 type BucketWrites = BTreeMap<String, Vec<(String, Option<Vec<u8>>)>>;
@@ -25,15 +23,15 @@ pub struct HarnessOptions {
     /// Attempts per event: failures are retried at once (no backoff), and
     /// `handle-error` gets the event on the last one, as in the host.
     pub max_attempts: u32,
-    pub timeout: Duration,
-    pub grants: Grants,
+    /// The plugin's name (its buckets' namespace) and how it runs: grants,
+    /// limits, config values, canned HTTP answers.
+    pub name: String,
+    pub settings: PluginSettings,
     /// Key-value state before the first event: bucket → key → value.
     pub kv_seed: BTreeMap<String, BTreeMap<String, String>>,
     /// Keep successful calls' writes for the next events (otherwise they
     /// are shown and dropped, as in a dry run).
     pub kv_commit: bool,
-    /// Answers to the plugin's HTTP requests instead of the network.
-    pub http_canned: Option<std::sync::Arc<crate::outbound::CannedResponses>>,
 }
 
 /// Runs every event through the plugin and returns the report. The report
@@ -44,14 +42,7 @@ pub async fn run(
     events: Vec<InputEvent>,
     options: &HarnessOptions,
 ) -> anyhow::Result<String> {
-    let loaded = Standalone::load(
-        plugin,
-        "test",
-        "test",
-        options.timeout,
-        options.grants.clone(),
-        options.http_canned.clone(),
-    )?;
+    let loaded = Standalone::load(plugin, &options.name, "test", options.settings.clone())?;
     let handler = &loaded.plugin;
     for (bucket, values) in &options.kv_seed {
         let writes = values

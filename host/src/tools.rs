@@ -144,14 +144,13 @@ pub async fn replay(
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "plugin".into());
-    let loaded = Standalone::load(
-        plugin,
+    let settings = crate::plugin::PluginSettings::for_tool(
         &name,
-        "(not published)",
         std::time::Duration::from_secs(10),
         Grants::default(),
         None,
     )?;
+    let loaded = Standalone::load(plugin, &name, "(not published)", settings)?;
     let handler = &loaded.plugin;
     let entries = broker.range(stream, from, to, count).await?;
     let mut out = String::new();

@@ -77,6 +77,27 @@ pub struct PluginSettings {
 }
 
 impl PluginSettings {
+    /// Settings for a plugin the tools run on its own (`runnel test`,
+    /// `runnel replay`) under `name`, with these grants (`grants.http`
+    /// parsed here: the error names the bad one) and 256 MiB of memory.
+    pub fn for_tool(
+        name: &str,
+        timeout: Duration,
+        grants: Grants,
+        http_canned: Option<Arc<CannedResponses>>,
+    ) -> anyhow::Result<PluginSettings> {
+        let http_allow =
+            Allowlist::parse(&grants.http).map_err(|e| anyhow::anyhow!("--grant-http {e}"))?;
+        Ok(PluginSettings {
+            memory_bytes: 256 << 20,
+            kv_buckets: kv_buckets(name, &grants),
+            grants,
+            http_allow: Arc::new(http_allow),
+            http_canned,
+            ..PluginSettings::ungranted(1000, timeout)
+        })
+    }
+
     /// Settings for a plugin run outside a config (the tools, the bench,
     /// tests): no grants, the default limits, 64 MiB of memory.
     pub fn ungranted(reuse_instance: u32, timeout: Duration) -> PluginSettings {
@@ -521,28 +542,16 @@ pub struct Standalone {
 impl Standalone {
     /// Loads `path` with room for a few instances; every event name routes
     /// to `sink`, so that what the plugin emits is captured, never refused.
+    /// `settings` come from [`PluginSettings::for_tool`] or, to run it as a
+    /// config does, [`PluginSettings::of`].
     pub fn load(
         path: &Path,
         name: &str,
         sink: &str,
-        timeout: Duration,
-        grants: Grants,
-        http_canned: Option<Arc<CannedResponses>>,
+        settings: PluginSettings,
     ) -> anyhow::Result<Standalone> {
-        let grants_http = grants.http.clone();
         let engine = PluginEngine::new(&crate::config::EngineConfig::for_one_plugin())?;
         let routes = Arc::new(Routes::new([("*".to_string(), sink.to_string())]));
-        let kv_buckets = kv_buckets(name, &grants);
-        let settings = PluginSettings {
-            memory_bytes: 256 << 20,
-            grants,
-            kv_buckets,
-            http_allow: Arc::new(
-                Allowlist::parse(&grants_http).map_err(|e| anyhow::anyhow!("--grant-http {e}"))?,
-            ),
-            http_canned,
-            ..PluginSettings::ungranted(1000, timeout)
-        };
         let kv = crate::kv::Store::new(crate::broker::memory::MemoryBroker::new(1 << 16));
         let links = Links {
             routes,

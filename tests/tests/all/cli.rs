@@ -611,3 +611,58 @@ fn version_completions_and_man_page_come_from_the_command_definitions() {
         "{page}"
     );
 }
+
+#[test]
+fn runnel_test_runs_a_plugin_as_its_config_does() {
+    let dir = scratch("test-config");
+    let canned = dir.join("prices.json");
+    std::fs::write(
+        &canned,
+        r#"[
+            {"request": "GET http://127.0.0.1:18471/prices/KB-42", "json": {"unit_cents": 100}},
+            {"request": "GET http://127.0.0.1:18471/prices/MON-27", "json": {"unit_cents": 200}},
+            {"request": "GET http://127.0.0.1:18471/prices/USB-C", "status": 503}
+        ]"#,
+    )
+    .unwrap();
+    let root = repo_root();
+    let config = root.join("examples/orders/runnel.toml");
+    let events = root.join("examples/orders/events.ndjson");
+    let enricher = plugin("order_enricher");
+    let out = runnel(&[
+        "test",
+        enricher.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+        "--http",
+        canned.to_str().unwrap(),
+    ]);
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for line in [
+        // The config's grant and its price_service value: the enricher
+        // asked for prices, answered from the file.
+        "    http GET http://127.0.0.1:18471/prices/KB-42 -> 200 (canned)",
+        r#"    emit order.enriched: {"order_id":"o-1001","sku":"KB-42","total_cents":200,"priority":false}"#,
+        // Its key-value grant and customer_counts value.
+        r#"    kv customers "orders:c-ada" = "1" (not kept: --kv-commit keeps it)"#,
+        // Its max_attempts (3), not the flag's default of 1.
+        "  attempt 3: retry: inventory has no stock for order o-1003",
+        "  attempt 3: retry: price service answered 503 for USB-C",
+    ] {
+        assert!(report.contains(line), "{line:?} missing:\n{report}");
+    }
+    let out = runnel(&[
+        "test",
+        enricher.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--plugin",
+        "nope",
+        "--events",
+        events.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &config, r#"no [[plugin]] is named "nope""#);
+}
