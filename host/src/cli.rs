@@ -459,6 +459,20 @@ fn cmd_new(lang: crate::scaffold::Lang, name: String, dir: PathBuf) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
+/// The `[[plugin]]`s of `config` that load the component file `wasm`
+/// (compared as canonical paths: the config's are relative to it).
+fn plugins_loading<'a>(
+    config: &'a crate::config::Config,
+    wasm: &std::path::Path,
+) -> Vec<&'a crate::config::PluginConfig> {
+    let target = std::fs::canonicalize(wasm).unwrap_or(wasm.to_path_buf());
+    config
+        .plugins
+        .iter()
+        .filter(|p| std::fs::canonicalize(&p.path).is_ok_and(|p| p == target))
+        .collect()
+}
+
 /// The `[[plugin]]` of the config at `path` that `runnel test` takes the
 /// settings of: the one named, or the only one that loads `wasm`; with the
 /// config's `max_payload_bytes`.
@@ -468,15 +482,10 @@ fn plugin_of_config(
     name: Option<&str>,
 ) -> anyhow::Result<(crate::config::PluginConfig, usize)> {
     let config = crate::config::Config::load(path)?;
-    let target = std::fs::canonicalize(wasm).unwrap_or(wasm.to_path_buf());
-    let chosen: Vec<_> = config
-        .plugins
-        .iter()
-        .filter(|p| match name {
-            Some(n) => p.name == n,
-            None => std::fs::canonicalize(&p.path).is_ok_and(|p| p == target),
-        })
-        .collect();
+    let chosen: Vec<_> = match name {
+        Some(n) => config.plugins.iter().filter(|p| p.name == n).collect(),
+        None => plugins_loading(&config, wasm),
+    };
     match (chosen.as_slice(), name) {
         ([p], _) => Ok(((*p).clone(), config.max_payload_bytes)),
         ([], Some(n)) => anyhow::bail!("{}: no [[plugin]] is named {n:?}", path.display()),
@@ -736,12 +745,7 @@ fn check(path: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let config = crate::config::Config::load(&config_path)?;
-    let target = std::fs::canonicalize(&path).unwrap_or(path.clone());
-    let loading: Vec<_> = config
-        .plugins
-        .iter()
-        .filter(|p| std::fs::canonicalize(&p.path).is_ok_and(|p| p == target))
-        .collect();
+    let loading = plugins_loading(&config, &path);
     if loading.is_empty() {
         anyhow::bail!(
             "{}: no [[plugin]] loads {}",

@@ -238,11 +238,9 @@ impl Service {
             if p.config.shadow_of.is_some() {
                 continue;
             }
-            let grants = &p.config.grants;
-            let own = grants.kv.iter().map(|b| (b, false));
-            let shared = grants.kv_shared.iter().map(|b| (b, true));
-            for (bucket, is_shared) in own.chain(shared) {
-                let storage = crate::kv::bucket_storage(&p.config.name, bucket, is_shared);
+            for (bucket, is_shared, storage) in
+                crate::kv::granted_buckets(&p.config.name, &p.config.grants)
+            {
                 let (mut keys, more) = runtime.broker.kv_scan(&storage, None, SHOWN_KEYS).await?;
                 if keys.is_empty() {
                     continue;

@@ -26,6 +26,19 @@ use std::sync::Arc;
 
 use crate::broker::Append;
 
+/// The buckets `grants` open, under `namespace` (see [`bucket_storage`]):
+/// each as the name a plugin opens it by, whether it is shared, and its
+/// storage name. The plugin's own come first.
+pub fn granted_buckets<'a>(
+    namespace: &'a str,
+    grants: &'a crate::config::Grants,
+) -> impl Iterator<Item = (&'a str, bool, String)> + 'a {
+    let own = grants.kv.iter().map(|b| (b, false));
+    let shared = grants.kv_shared.iter().map(|b| (b, true));
+    own.chain(shared)
+        .map(move |(b, shared)| (b.as_str(), shared, bucket_storage(namespace, b, shared)))
+}
+
 /// The storage name of a bucket (`runnel:kv:plugin:<namespace>:<bucket>`,
 /// or `runnel:kv:shared:<bucket>` for a bucket shared between plugins): a
 /// Redis hash, or a map of the memory backend. The namespace is the

@@ -29,7 +29,7 @@ use wasmtime::{Store, UpdateDeadline};
 use crate::config::Grants;
 use crate::event::Event;
 use crate::handler::{ErrorHandled, Failure, FailureKind, Handled, Handler, Verdict};
-use crate::kv::{bucket_storage, KvAccess, KvEffects, KvLimits, Txn};
+use crate::kv::{KvAccess, KvEffects, KvLimits, Txn};
 use crate::outbound::{Allowlist, CannedResponses, HttpLimits};
 use crate::routes::Routes;
 use bindings::{wit, HandlerPre};
@@ -144,10 +144,8 @@ impl PluginSettings {
 /// Granted buckets with their storage names, under `namespace` (the
 /// plugin's name, or that of the plugin a shadow shadows).
 fn kv_buckets(namespace: &str, grants: &Grants) -> Vec<(String, String)> {
-    let own = grants.kv.iter().map(|b| (b, false));
-    let shared = grants.kv_shared.iter().map(|b| (b, true));
-    own.chain(shared)
-        .map(|(b, shared)| (b.clone(), bucket_storage(namespace, b, shared)))
+    crate::kv::granted_buckets(namespace, grants)
+        .map(|(name, _, storage)| (name.to_string(), storage))
         .collect()
 }
 
