@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::redis::{RedisBroker, TlsFiles, Trimming};
+use crate::broker::redis::{Endpoint, RedisBroker, TlsFiles, Trimming};
 use crate::config::EngineConfig;
 use crate::event::Event;
 use crate::input::InputEvent;
@@ -241,6 +241,15 @@ struct RedisArgs {
         default_value = "redis://127.0.0.1:6379"
     )]
     url: String,
+    /// A Redis Cluster instead, named by seed nodes: comma-separated URLs
+    /// (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`).
+    #[arg(
+        long = "redis-cluster",
+        env = "RUNNEL_REDIS_CLUSTER",
+        value_delimiter = ',',
+        conflicts_with = "url"
+    )]
+    cluster: Vec<String>,
     /// TLS: the CA that signed the server's certificate (PEM), instead of
     /// the system's roots.
     #[arg(long, env = "RUNNEL_REDIS_TLS_CA")]
@@ -264,7 +273,11 @@ impl RedisArgs {
             key_file: self.tls_key.clone(),
             insecure_skip_verify: self.tls_insecure,
         };
-        RedisBroker::connect_with_tls(&self.url, Trimming::default(), &tls).await
+        let endpoint = match self.cluster.is_empty() {
+            true => Endpoint::Server(self.url.clone()),
+            false => Endpoint::Cluster(self.cluster.clone()),
+        };
+        RedisBroker::open(&endpoint, Trimming::default(), &tls).await
     }
 }
 

@@ -334,8 +334,8 @@ pub async fn connect(backend: &Backend) -> anyhow::Result<Arc<dyn Broker>> {
     Ok(match backend {
         Backend::Memory { capacity } => MemoryBroker::new(*capacity),
         Backend::Redis(r) => {
-            RedisBroker::connect_with_tls(
-                &r.url,
+            RedisBroker::open(
+                &r.endpoint(),
                 Trimming {
                     max_len: r.max_len,
                     per_stream: r.max_len_per_stream.clone(),

@@ -239,7 +239,7 @@ impl Service {
                 continue;
             }
             for (bucket, is_shared, storage) in
-                crate::kv::granted_buckets(&p.config.name, &p.config.grants)
+                crate::kv::granted_buckets(p.config.kv_namespace(), &p.config.grants)
             {
                 let (mut keys, more) = runtime.broker.kv_scan(&storage, None, SHOWN_KEYS).await?;
                 if keys.is_empty() {

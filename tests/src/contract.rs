@@ -23,6 +23,12 @@ impl Subject {
         format!("{}-{what}", self.prefix)
     }
 
+    /// A name with the subject's hash tag: names that must commit together
+    /// share a slot on a Redis Cluster (and mean the same elsewhere).
+    fn tagged(&self, what: &str) -> String {
+        format!("{{{}}}-{what}", self.prefix)
+    }
+
     async fn add(&self, stream: &str, values: &[&str]) -> Vec<String> {
         let appends = values
             .iter()
@@ -298,7 +304,11 @@ pub async fn a_missing_group_is_said_alike(s: Subject) {
 /// later commit sees an earlier one's writes.
 pub async fn commits_are_all_or_nothing(s: Subject) {
     use runnel::kv::{Commit, KvEffects, KvRead, KvWrite, Outcome, Source};
-    let (stream, out, bucket) = (s.name("kv-src"), s.name("kv-out"), s.name("kv-bucket"));
+    let (stream, out, bucket) = (
+        s.tagged("kv-src"),
+        s.tagged("kv-out"),
+        s.tagged("kv-bucket"),
+    );
     s.broker
         .create_group(&stream, "g", StartFrom::Beginning)
         .await
@@ -398,7 +408,7 @@ pub async fn commits_are_all_or_nothing(s: Subject) {
     let more = s.add(&stream, &["c", "d"]).await;
     assert_eq!(s.read("g", "c1", &stream, 2).await, more);
     let mark = runnel::kv::Mark {
-        key: s.name("kv-mark"),
+        key: s.tagged("kv-mark"),
         ttl: Duration::from_secs(60),
     };
     let mut first = commit(&more[0], "c1", Some("2"), "3");

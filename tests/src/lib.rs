@@ -5,6 +5,7 @@ pub mod certs;
 pub mod chaos;
 pub mod contract;
 pub mod http_server;
+pub mod redis_cluster;
 pub mod redis_server;
 
 use std::path::PathBuf;
@@ -200,6 +201,18 @@ pub async fn broker(url: &str) -> Arc<runnel::broker::redis::RedisBroker> {
     runnel::broker::redis::RedisBroker::connect(url, runnel::broker::redis::Trimming::default())
         .await
         .unwrap()
+}
+
+/// A broker on the cluster the tests share ([`redis_cluster::shared`]).
+pub async fn cluster_broker() -> Arc<runnel::broker::redis::RedisBroker> {
+    let seeds = redis_cluster::shared().seeds();
+    runnel::broker::redis::RedisBroker::open(
+        &runnel::broker::redis::Endpoint::Cluster(seeds),
+        runnel::broker::redis::Trimming::default(),
+        &Default::default(),
+    )
+    .await
+    .unwrap()
 }
 
 /// A connection for talking to Redis directly, as another program would.

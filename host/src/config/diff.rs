@@ -94,6 +94,8 @@ impl PluginConfig {
             kv_limits,
             http_limits,
             config,
+            // Follows streams and shadow_of, checked here.
+            kv_namespace: _,
         } = self;
         let mut out = Vec::new();
         let mut check = |name, applies, differs: bool| {

@@ -153,8 +153,15 @@ pub enum Backend {
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]`, or `rediss://...` for TLS
-    /// (see `tls`).
-    pub url: String,
+    /// (see `tls`): one Redis server. Exactly one of `url` and `cluster`.
+    pub url: Option<String>,
+    /// A Redis Cluster, named by some of its nodes (seeds, in the same URL
+    /// form, without a database): `["redis://10.0.0.1:6379",
+    /// "redis://10.0.0.2:6379"]`. The rest of the cluster is learnt from
+    /// the first that answers; every other setting means what it means for
+    /// one server.
+    #[serde(default)]
+    pub cluster: Vec<String>,
     /// TLS for a `rediss://` URL: `ca_file`, `cert_file` + `key_file`
     /// (mutual TLS), `insecure_skip_verify`. Paths are relative to this
     /// file. Without it the server is verified against the system's roots.
@@ -191,6 +198,17 @@ pub struct RedisConfig {
     /// `MAXLEN ~` (cheap, trims whole nodes) rather than exact trimming.
     #[serde(default = "default_true")]
     pub approximate_trim: bool,
+}
+
+impl RedisConfig {
+    /// The server or cluster the config names (validated: exactly one).
+    pub fn endpoint(&self) -> crate::broker::redis::Endpoint {
+        use crate::broker::redis::Endpoint;
+        match &self.url {
+            Some(url) => Endpoint::Server(url.clone()),
+            None => Endpoint::Cluster(self.cluster.clone()),
+        }
+    }
 }
 
 fn default_count() -> usize {
@@ -336,6 +354,25 @@ pub struct PluginConfig {
     /// [`ConfigValue`]).
     #[serde(default)]
     pub config: std::collections::BTreeMap<String, ConfigValue>,
+    /// Where its own key-value buckets are stored (derived when the config
+    /// is parsed; see [`PluginConfig::kv_namespace`]).
+    #[serde(skip)]
+    pub kv_namespace: String,
+}
+
+impl PluginConfig {
+    /// The namespace of its own key-value buckets
+    /// ([`crate::kv::bucket_storage`]): the name of the plugin (for a
+    /// shadow, of the plugin it shadows, whose state it reads), after the
+    /// Redis Cluster hash tag its streams share, if they share one
+    /// (`{orders}:enricher`), so that its state lives in their slot and
+    /// commits with their acks in one step.
+    pub fn kv_namespace(&self) -> &str {
+        match self.kv_namespace.is_empty() {
+            true => self.shadow_of.as_deref().unwrap_or(&self.name),
+            false => &self.kv_namespace,
+        }
+    }
 }
 
 /// A value of a plugin's `[plugin.config]`.
@@ -535,6 +572,24 @@ impl Config {
                 reason: e.inner().message().trim().to_string(),
             }
         })?;
+        let mut config = config;
+        let tags: std::collections::HashMap<String, String> = config
+            .plugins
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    crate::broker::redis::slots::common_tag(&p.streams),
+                )
+            })
+            .collect();
+        for p in &mut config.plugins {
+            let live = p.shadow_of.clone().unwrap_or_else(|| p.name.clone());
+            p.kv_namespace = match tags.get(&live).map(String::as_str) {
+                Some("") | None => live,
+                Some(tag) => format!("{tag}:{live}"),
+            };
+        }
         config.validate().map_err(|(key, reason)| ConfigError {
             file: file.to_path_buf(),
             line: None,

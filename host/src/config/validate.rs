@@ -21,10 +21,31 @@ impl Config {
             if r.max_len == 0 {
                 return Err(("backend.max_len".into(), "must be at least 1".into()));
             }
-            if r.tls != Default::default() && !r.url.starts_with("rediss://") {
+            match (&r.url, r.cluster.is_empty()) {
+                (Some(_), false) => {
+                    return Err((
+                        "backend.cluster".into(),
+                        "and backend.url are both set: name one server (url) or a cluster's seed nodes (cluster)".into(),
+                    ))
+                }
+                (None, true) => {
+                    return Err((
+                        "backend.url".into(),
+                        "is missing: name one server (url = \"redis://host:6379\") or a cluster's seed nodes (cluster = [\"redis://host:7000\", ...])".into(),
+                    ))
+                }
+                _ => {}
+            }
+            if r.tls != Default::default() && !r.endpoint().is_tls() {
                 return Err((
                     "backend.tls".into(),
-                    "is set, but backend.url is not rediss://".into(),
+                    format!(
+                        "is set, but {} not rediss://",
+                        match r.url {
+                            Some(_) => "backend.url is",
+                            None => "the backend.cluster seeds are",
+                        }
+                    ),
                 ));
             }
             if r.tls.cert_file.is_some() != r.tls.key_file.is_some() {
@@ -179,6 +200,10 @@ impl Config {
                     format!("{both:?} is in kv too: a bucket is either the plugin's own or shared"),
                 ));
             }
+            let on_cluster = matches!(&self.backend, Backend::Redis(r) if r.url.is_none());
+            if on_cluster && p.shadow_of.is_none() {
+                cluster_commits_fit_a_slot(p).map_err(|reason| (key("streams"), reason))?;
+            }
             let limits = &p.kv_limits;
             at_least_one("kv_limits.max_key_bytes", limits.max_key_bytes as u64)?;
             at_least_one("kv_limits.max_value_bytes", limits.max_value_bytes as u64)?;
@@ -201,4 +226,29 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// On a Redis Cluster, a key-value commit is one script on one master: the
+/// plugin's source streams, their replay streams, its idempotency marks
+/// and its buckets must share a hash slot. Runnel derives the names of
+/// the last three from the streams' hash tag, so the streams must share
+/// one; a bucket shared between plugins has no stream to take it from.
+/// (Emits to other slots do not need it: they are appended before the
+/// commit, at least once.)
+fn cluster_commits_fit_a_slot(p: &super::PluginConfig) -> Result<(), String> {
+    if p.grants.kv.is_empty() && p.grants.kv_shared.is_empty() {
+        return Ok(());
+    }
+    if let Some(shared) = p.grants.kv_shared.first() {
+        return Err(format!(
+            "on a Redis Cluster a bucket shared between plugins ({shared:?} in grants.kv_shared) cannot commit with their streams' acks in one step, as they live in other hash slots; grant each plugin its own bucket (grants.kv) instead"
+        ));
+    }
+    if crate::broker::redis::slots::common_tag(&p.streams).is_empty() {
+        return Err(format!(
+            "on a Redis Cluster the streams of a plugin with key-value state must share one hash tag, so that its state, marks and acks commit in one slot: name them like {{orders}} or {{orders}}.created rather than {}",
+            p.streams.join(", ")
+        ));
+    }
+    Ok(())
 }

@@ -130,7 +130,7 @@ impl PluginSettings {
             strict_grants: p.strict_grants,
             fuel: p.fuel_per_call,
             max_emitted_payload: max_payload_bytes,
-            kv_buckets: kv_buckets(p.shadow_of.as_deref().unwrap_or(&p.name), &p.grants),
+            kv_buckets: kv_buckets(p.kv_namespace(), &p.grants),
             kv_limits: p.kv_limits,
             config: p.config.clone(),
             // Validation refused a config with a grant that does not parse.

@@ -92,7 +92,7 @@ impl Shared {
                         let depth = causal_depth(&job.delivery.entry) + 1;
                         let published = shared.publish(&emitted, &event, depth).await;
                         if published {
-                            shared.remember_handled(&event).await;
+                            shared.remember_handled(&job.delivery.stream, &event).await;
                         }
                         shared.finish(job, published);
                     });
@@ -179,7 +179,10 @@ impl Shared {
         let depth = causal_depth(&delivery.entry) + 1;
         // The dedup mark commits with the writes: set after them, a crash
         // or a duplicate handled meanwhile could apply the event twice.
-        let mark = match (self.dedup_key(event), self.sub.dedup_window) {
+        let mark = match (
+            self.dedup_key(&delivery.stream, event),
+            self.sub.dedup_window,
+        ) {
             (Some(key), Some(ttl)) => Some(Mark { key, ttl }),
             _ => None,
         };
@@ -295,12 +298,19 @@ impl Shared {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The idempotency key of an event, when this subscription keeps a
-    /// dedup window.
-    fn dedup_key(&self, event: &Event) -> Option<String> {
+    /// The idempotency key of an event read from `stream`, when this
+    /// subscription keeps a dedup window: `runnel:handled:<group>:<id>`,
+    /// with the stream's Redis Cluster hash tag, if it has one, before the
+    /// group (`runnel:handled:{orders}:<group>:<id>`), so that the mark
+    /// lives in the stream's slot and commits with its ack.
+    fn dedup_key(&self, stream: &str, event: &Event) -> Option<String> {
+        let tag = match crate::broker::redis::slots::tag_prefix(stream) {
+            t if t.is_empty() => t,
+            t => format!("{t}:"),
+        };
         self.sub
             .dedup_window
-            .map(|_| format!("runnel:handled:{}:{}", self.sub.group, event.id))
+            .map(|_| format!("runnel:handled:{tag}{}:{}", self.sub.group, event.id))
     }
 
     /// From arrival to the first call: decode, filter, deduplicate, and
@@ -340,7 +350,7 @@ impl Shared {
                 .give_up(delivery, Some(&event), FailureKind::ChainDepth, reason, 0)
                 .await;
         }
-        if let Some(key) = self.dedup_key(&event) {
+        if let Some(key) = self.dedup_key(&delivery.stream, &event) {
             match self.broker.is_marked(&key).await {
                 Ok(true) => {
                     Stats::bump(&stats.deduplicated);
@@ -482,8 +492,8 @@ impl Shared {
 
     /// Records a successfully handled event in the dedup window, and counts
     /// it as handled.
-    async fn remember_handled(&self, event: &Event) {
-        if let (Some(key), Some(window)) = (self.dedup_key(event), self.sub.dedup_window) {
+    async fn remember_handled(&self, stream: &str, event: &Event) {
+        if let (Some(key), Some(window)) = (self.dedup_key(stream, event), self.sub.dedup_window) {
             if let Err(e) = self.broker.mark(&key, window).await {
                 tracing::warn!(plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id, "recording the event as handled failed: {e:#}");
             }

@@ -16,3 +16,7 @@ runnel_tests::broker_contract!(redis, || async {
         .await
         .unwrap() as Arc<dyn Broker>
 });
+
+runnel_tests::broker_contract!(redis_cluster, || async {
+    runnel_tests::cluster_broker().await as Arc<dyn Broker>
+});

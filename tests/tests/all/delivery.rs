@@ -15,23 +15,36 @@ use runnel_tests::{logs, start, unique, Call, Running};
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// The backend a scenario runs on, and the stream names it uses there: on
-/// the shared Redis each scenario's streams get a suffix of their own.
+/// a shared Redis (or cluster) each scenario's streams get a suffix of
+/// their own.
 struct On {
-    redis: bool,
+    /// `[backend]` after `kind = "redis"` (`url = ...` or `cluster = [...]`);
+    /// `None` for the memory backend.
+    redis: Option<String>,
     suffix: String,
 }
 
 impl On {
     fn memory() -> On {
         On {
-            redis: false,
+            redis: None,
             suffix: String::new(),
         }
     }
 
     fn redis() -> On {
         On {
-            redis: true,
+            redis: Some(format!("url = \"{}\"", runnel_tests::redis_url())),
+            suffix: unique(""),
+        }
+    }
+
+    /// A Redis Cluster of three masters: a scenario's streams land in
+    /// several slots, on several masters.
+    fn cluster() -> On {
+        let cluster = runnel_tests::redis_cluster::shared();
+        On {
+            redis: Some(format!("cluster = {}", cluster.toml_seeds())),
             suffix: unique(""),
         }
     }
@@ -56,37 +69,35 @@ impl On {
             rest = &rest[at + 1 + name.len()..];
         }
         text.push_str(rest);
-        if self.redis {
+        if let Some(redis) = &self.redis {
             // Tables may follow the plugins; top-level keys come first.
             text.push_str(&format!(
-                "\n[backend]\nkind = \"redis\"\nurl = \"{}\"\nblock_ms = 100\n",
-                runnel_tests::redis_url()
+                "\n[backend]\nkind = \"redis\"\n{redis}\nblock_ms = 100\n"
             ));
         }
         let run = start(&text).await.unwrap();
         assert_eq!(
             matches!(run.runtime.config.backend, Backend::Redis(_)),
-            self.redis,
+            self.redis.is_some(),
             "the scenario runs on the backend it is named for"
         );
         run
     }
 }
 
-/// Runs each scenario (`async fn name(on: On)`) on both backends, as
-/// `memory::name` and `redis::name`.
+/// Runs each scenario (`async fn name(on: On)`) on every backend, as
+/// `memory::name`, `redis::name` and `redis_cluster::name`.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
-        mod memory {
+        on_every_backend!(@on memory, memory, $($name),*);
+        on_every_backend!(@on redis, redis, $($name),*);
+        on_every_backend!(@on redis_cluster, cluster, $($name),*);
+    };
+    (@on $module:ident, $backend:ident, $($name:ident),*) => {
+        mod $module {
             $(#[tokio::test]
             async fn $name() {
-                super::$name(super::On::memory()).await
-            })*
-        }
-        mod redis {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::On::redis()).await
+                super::$name(super::On::$backend()).await
             })*
         }
     };

@@ -8,6 +8,7 @@
 //! streams, groups and keys of its own on the shared Redis.
 
 mod cli;
+mod cluster;
 mod conformance;
 mod contract;
 mod delivery;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use runnel::broker::redis::{RedisBroker, Trimming};
+use runnel::broker::redis::{Endpoint, RedisBroker, Trimming};
 use runnel::broker::{Append, Broker, MissingGroup, StartFrom};
 use runnel::event::Event;
 use runnel::publisher::event_fields;
@@ -618,7 +618,7 @@ max_attempts = 1
         redis.range(&dead, None, None, 10).await.unwrap().len() == 1
     })
     .await;
-    let go_read = |conn: redis::aio::ConnectionManager| {
+    let go_read = |conn: runnel::broker::redis::Connection| {
         let (stream, go_group) = (stream.clone(), go_group.clone());
         async move {
             let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
@@ -832,7 +832,7 @@ async fn a_server_signed_by_another_ca_is_refused_in_one_line() {
                 insecure_skip_verify,
                 ..TlsFiles::default()
             };
-            RedisBroker::connect_with_tls(&url, Trimming::default(), &tls)
+            RedisBroker::open(&Endpoint::Server(url), Trimming::default(), &tls)
                 .await
                 .unwrap()
         }

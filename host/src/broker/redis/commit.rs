@@ -147,6 +147,39 @@ pub(super) fn script() -> &'static redis::Script {
     SCRIPT.get_or_init(|| redis::Script::new(COMMIT))
 }
 
+/// The key that decides a commit's slot on a Redis Cluster: its source
+/// stream, else its mark, else its first bucket; `None` for a commit
+/// that only appends.
+pub(super) fn home_key(commit: &Commit) -> Option<&str> {
+    let source = commit.source.as_ref().map(|s| s.stream.as_str());
+    let mark = commit.mark.as_ref().map(|m| m.key.as_str());
+    let reads = commit.effects.reads.iter().map(|r| r.bucket.as_str());
+    let writes = commit.effects.writes.iter().map(|w| w.bucket.as_str());
+    source.or(mark).or_else(|| reads.chain(writes).next())
+}
+
+/// Every key `commit` touches, each once, in the order the script's
+/// `KEYS` lists them: on a Redis Cluster they must share a slot.
+pub(super) fn keys(commit: &Commit) -> Vec<&str> {
+    let mut keys = Keys::default();
+    if let Some(source) = &commit.source {
+        keys.index(&source.stream);
+    }
+    if let Some(mark) = &commit.mark {
+        keys.index(&mark.key);
+    }
+    for r in &commit.effects.reads {
+        keys.index(&r.bucket);
+    }
+    for w in &commit.effects.writes {
+        keys.index(&w.bucket);
+    }
+    for a in &commit.appends {
+        keys.index(&a.stream);
+    }
+    keys.names
+}
+
 /// Builds the script's invocation for `commits`; `max_len` gives each
 /// stream's `MAXLEN`.
 pub(super) fn invocation(

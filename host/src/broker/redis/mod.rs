@@ -9,9 +9,12 @@
 //! nobody else, with a response timeout longer than its `BLOCK`.
 
 mod commit;
+mod connection;
 mod reader;
+pub mod slots;
 mod tls;
 
+pub use connection::{Connection, Endpoint};
 pub use tls::TlsFiles;
 
 use std::collections::HashMap;
@@ -22,6 +25,8 @@ use std::time::Duration;
 use anyhow::anyhow;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::streams::{StreamInfoConsumersReply, StreamInfoGroup, StreamInfoGroupsReply};
 use redis::{Client, ConnectionAddr, IntoConnectionInfo as _, Value};
 use redis_protocol::resp2::types::RangeFrame;
@@ -32,6 +37,7 @@ use super::{
     MissingGroup, StartFrom,
 };
 use reader::{bytes, describe, Reader};
+use slots::{Node, SlotMap};
 use tls::TlsMaterial;
 
 /// How streams are trimmed on append.
@@ -57,34 +63,66 @@ impl Default for Trimming {
     }
 }
 
-/// The Redis Streams broker.
+/// The Redis Streams broker, on one server or a Redis Cluster.
 pub struct RedisBroker {
-    client: Client,
-    /// The blocking reader's TLS, for a `rediss://` URL.
+    target: Target,
+    /// The blocking readers' TLS, for `rediss://` URLs.
     reader_tls: Option<tokio_rustls::TlsConnector>,
-    /// The URL without its password, for messages.
+    /// The URL (or a cluster's seeds) without passwords, for messages.
     address: String,
-    /// Replaced when its connection cannot be set up for a reason that
-    /// retrying the same connection would not change (a refused login):
-    /// the manager keeps such a failure, retrying only I/O errors.
-    commands: arc_swap::ArcSwap<ConnectionManager>,
-    /// One dedicated connection per blocking reader (group and consumer);
+    /// One dedicated connection per blocking reader (group, consumer and,
+    /// on a cluster, slot: a read of several keys needs them in one slot);
     /// `None` after it failed, until the next read connects again.
-    readers: std::sync::Mutex<HashMap<(String, String), ReaderSlot>>,
-    /// The server's client id of each blocking reader's connection, for
-    /// `CLIENT UNBLOCK` at shutdown ([`Broker::wake_reader`]).
-    reader_ids: std::sync::Mutex<HashMap<(String, String), i64>>,
+    readers: std::sync::Mutex<HashMap<ReaderKey, ReaderSlot>>,
+    /// The server's client id of each blocking reader's connection, and
+    /// its node on a cluster, for `CLIENT UNBLOCK` ([`Broker::wake_reader`]).
+    reader_ids: std::sync::Mutex<HashMap<ReaderKey, (Option<Node>, i64)>>,
+    /// What a read of several slots could not return beside the entries
+    /// it got (they are ours: returning the error would strand them), for
+    /// the next read of that consumer to report.
+    deferred: std::sync::Mutex<HashMap<(String, String), anyhow::Error>>,
     trimming: Trimming,
     reconnects: AtomicU64,
 }
 
-/// A blocking reader's connection, shared by the reads of one consumer.
-type ReaderSlot = Arc<Mutex<Option<Reader>>>;
+/// Where commands and blocking reads go.
+enum Target {
+    Server {
+        client: Client,
+        /// Replaced when its connection cannot be set up for a reason that
+        /// retrying the same connection would not change (a refused login):
+        /// the manager keeps such a failure, retrying only I/O errors.
+        commands: arc_swap::ArcSwap<ConnectionManager>,
+    },
+    Cluster {
+        /// Routes every keyed command, follows redirections, learns the
+        /// topology; connects in the background and again after failures.
+        commands: ClusterConnection,
+        /// How the readers log in (the first seed's user, password, TLS).
+        seed: redis::ConnectionInfo,
+        /// Which master serves each slot, for the blocking readers.
+        slots: std::sync::Mutex<SlotMap>,
+        /// A reader met a redirection or lost its node: reload `slots`
+        /// before the next read.
+        stale: std::sync::atomic::AtomicBool,
+    },
+}
+
+/// A blocking reader: group, consumer, and the slot of the streams it
+/// reads (0 on one server, where every key is in one place).
+type ReaderKey = (String, String, u16);
+
+/// A blocking reader's connection and the node it is connected to (`None`
+/// on one server), shared by the reads of one consumer.
+type ReaderSlot = Arc<Mutex<Option<(Option<Node>, Reader)>>>;
 
 /// Time for a connection attempt before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time for a non-blocking command's answer.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A read that met `ASK` (its slot is moving between masters) waits this
+/// long before it returns empty, for the next read to find the slot moved.
+const MIGRATING_PAUSE: Duration = Duration::from_millis(50);
 
 impl RedisBroker {
     /// A broker for `url` (`redis://[user:pass@]host:port[/db]`, or
@@ -93,65 +131,138 @@ impl RedisBroker {
     /// and made again after Redis restarts or drops it, so that a service can
     /// start while Redis is down and consume once it answers.
     pub async fn connect(url: &str, trimming: Trimming) -> anyhow::Result<Arc<Self>> {
-        RedisBroker::connect_with_tls(url, trimming, &TlsFiles::default()).await
+        RedisBroker::open(
+            &Endpoint::Server(url.to_string()),
+            trimming,
+            &TlsFiles::default(),
+        )
+        .await
     }
 
-    /// [`RedisBroker::connect`], with the TLS settings of a `rediss://` URL
-    /// (a CA, a client certificate, or no verification). Fails at once on a
-    /// file that cannot be read or used, and on TLS settings for a URL that
-    /// is not `rediss://`.
-    pub async fn connect_with_tls(
-        url: &str,
+    /// [`RedisBroker::connect`] for one server or a cluster, with the TLS
+    /// settings of `rediss://` URLs (a CA, a client certificate, or no
+    /// verification). Fails at once on a malformed URL, on a file that
+    /// cannot be read or used, and on TLS settings for URLs that are not
+    /// `rediss://`. A cluster is connected in the background, like a
+    /// server: its seeds need not answer yet.
+    pub async fn open(
+        endpoint: &Endpoint,
         trimming: Trimming,
         tls: &TlsFiles,
     ) -> anyhow::Result<Arc<Self>> {
-        let address = redact(url);
-        let info = url
-            .into_connection_info()
-            .map_err(|e| anyhow!("redis URL {address}: {e}"))?;
-        let (client, reader_tls) = match info.addr().clone() {
-            ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure,
-                ..
-            } => {
+        let urls = endpoint.urls();
+        let address = match endpoint {
+            Endpoint::Server(url) => redact(url),
+            Endpoint::Cluster(seeds) => format!(
+                "cluster {}",
+                seeds
+                    .iter()
+                    .map(|s| redact(s))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        };
+        anyhow::ensure!(
+            !urls.is_empty(),
+            "a Redis Cluster needs at least one seed node"
+        );
+        let mut infos = Vec::with_capacity(urls.len());
+        for url in urls {
+            infos.push(
+                url.as_str()
+                    .into_connection_info()
+                    .map_err(|e| anyhow!("redis URL {}: {e}", redact(url)))?,
+            );
+        }
+        let tls_urls = infos
+            .iter()
+            .filter(|i| matches!(i.addr(), ConnectionAddr::TcpTls { .. }))
+            .count();
+        anyhow::ensure!(
+            tls_urls == 0 || tls_urls == infos.len(),
+            "redis at {address}: either every seed is rediss:// or none"
+        );
+        let material = match tls_urls {
+            0 if *tls != TlsFiles::default() => anyhow::bail!(
+                "redis at {address}: TLS settings are given, but the URL is not rediss://"
+            ),
+            0 => None,
+            _ => {
                 tls::install_crypto_provider();
                 let mut material = TlsMaterial::load(tls)?;
                 // `rediss://...#insecure` asks the same as the config.
-                material.insecure |= insecure;
+                material.insecure |= infos
+                    .iter()
+                    .any(|i| matches!(i.addr(), ConnectionAddr::TcpTls { insecure: true, .. }));
                 if material.insecure {
                     tracing::warn!("TLS to redis at {address} does not verify the server's certificate (insecure_skip_verify): anyone on the path can read and change the traffic");
                 }
-                let info = info.set_addr(ConnectionAddr::TcpTls {
-                    host,
-                    port,
-                    insecure: material.insecure,
-                    tls_params: None,
-                });
-                let client = Client::build_with_tls(info, material.redis_certificates())
-                    .map_err(|e| anyhow!("redis at {address}: TLS: {e}"))?;
-                (client, Some(material.connector()?))
+                Some(material)
             }
-            _ if *tls != TlsFiles::default() => anyhow::bail!(
-                "redis at {address}: TLS settings are given, but the URL is not rediss://"
-            ),
-            _ => (
-                Client::open(info).map_err(|e| anyhow!("redis URL {address}: {e}"))?,
-                None,
-            ),
         };
-        let commands = manager(&client).map_err(|e| anyhow!("redis at {address}: {e}"))?;
+        let reader_tls = material.as_ref().map(|m| m.connector()).transpose()?;
+        let target = match endpoint {
+            Endpoint::Server(_) => {
+                let info = infos.remove(0);
+                let client = match (&material, info.addr().clone()) {
+                    (Some(material), ConnectionAddr::TcpTls { host, port, .. }) => {
+                        let info = info.set_addr(ConnectionAddr::TcpTls {
+                            host,
+                            port,
+                            insecure: material.insecure,
+                            tls_params: None,
+                        });
+                        Client::build_with_tls(info, material.redis_certificates())
+                            .map_err(|e| anyhow!("redis at {address}: TLS: {e}"))?
+                    }
+                    _ => Client::open(info).map_err(|e| anyhow!("redis URL {address}: {e}"))?,
+                };
+                let commands = manager(&client).map_err(|e| anyhow!("redis at {address}: {e}"))?;
+                Target::Server {
+                    client,
+                    commands: arc_swap::ArcSwap::from_pointee(commands),
+                }
+            }
+            Endpoint::Cluster(_) => {
+                let seed = infos[0].clone();
+                let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .retries(4);
+                if let Some(material) = &material {
+                    builder = builder
+                        .certs(material.redis_certificates())
+                        .danger_accept_invalid_hostnames(material.insecure);
+                }
+                let client = builder
+                    .build()
+                    .map_err(|e| anyhow!("redis at {address}: {e}"))?;
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(RESPONSE_TIMEOUT);
+                Target::Cluster {
+                    commands: client.get_pending_async_connection_with_config(config),
+                    seed,
+                    slots: Default::default(),
+                    stale: std::sync::atomic::AtomicBool::new(true),
+                }
+            }
+        };
         Ok(Arc::new(RedisBroker {
-            client,
+            target,
             reader_tls,
             address,
-            commands: arc_swap::ArcSwap::from_pointee(commands),
             readers: Default::default(),
             reader_ids: Default::default(),
+            deferred: Default::default(),
             trimming,
             reconnects: AtomicU64::new(0),
         }))
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
     }
 
     /// Runs one command on the shared connection. Errors read as one line,
@@ -175,11 +286,13 @@ impl RedisBroker {
         what: String,
         group: Option<(&str, &str)>,
     ) -> anyhow::Error {
-        if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        if let (redis::ErrorKind::AuthenticationFailed, Target::Server { client, commands }) =
+            (e.kind(), &self.target)
+        {
             // The next command logs in afresh (credentials may have been
             // granted since), rather than repeat this failure forever.
-            if let Ok(fresh) = manager(&self.client) {
-                self.commands.store(Arc::new(fresh));
+            if let Ok(fresh) = manager(client) {
+                commands.store(Arc::new(fresh));
             }
         }
         let line = format!("{what} on redis at {}: {e}", self.address);
@@ -262,9 +375,13 @@ impl RedisBroker {
         &self.address
     }
 
-    /// A fresh connection to run commands on, for tools and tests.
-    pub fn commands(&self) -> ConnectionManager {
-        (**self.commands.load()).clone()
+    /// A connection to run commands on, for tools and tests: on a
+    /// cluster, each command goes to the master of its key's slot.
+    pub fn commands(&self) -> Connection {
+        match &self.target {
+            Target::Server { commands, .. } => Connection::Server((**commands.load()).clone()),
+            Target::Cluster { commands, .. } => Connection::Cluster(commands.clone()),
+        }
     }
 
     fn max_len(&self, stream: &str) -> u64 {
@@ -276,13 +393,234 @@ impl RedisBroker {
     }
 
     /// The connection slot of one blocking reader.
-    fn reader(&self, key: &(String, String)) -> ReaderSlot {
+    fn reader(&self, key: &ReaderKey) -> ReaderSlot {
         self.readers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(key.clone())
             .or_default()
             .clone()
+    }
+
+    /// `keys` grouped by hash slot, each group in the order given and the
+    /// groups in order of first appearance; one group (slot 0) on a server.
+    fn by_slot<'k>(&self, keys: impl Iterator<Item = &'k str>) -> Vec<(u16, Vec<String>)> {
+        let mut groups: Vec<(u16, Vec<String>)> = Vec::new();
+        for key in keys {
+            let slot = match self.target {
+                Target::Server { .. } => 0,
+                Target::Cluster { .. } => slots::slot_of(key),
+            };
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, keys)) => keys.push(key.to_string()),
+                None => groups.push((slot, vec![key.to_string()])),
+            }
+        }
+        groups
+    }
+
+    /// The master serving `slot`, from the slot map (loaded again first
+    /// when a reader found it out of date); `None` on a server.
+    async fn node_for(&self, slot: u16) -> anyhow::Result<Option<Node>> {
+        let Target::Cluster {
+            commands,
+            slots,
+            stale,
+            seed,
+        } = &self.target
+        else {
+            return Ok(None);
+        };
+        let known = || {
+            slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .node(slot)
+                .cloned()
+        };
+        if !stale.load(Relaxed) {
+            if let Some(node) = known() {
+                return Ok(Some(node));
+            }
+        }
+        let seed_host = match seed.addr() {
+            ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.clone(),
+            _ => String::new(),
+        };
+        let reply: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut commands.clone())
+            .await
+            .map_err(|e| anyhow!("CLUSTER SLOTS on redis at {}: {e}", self.address))?;
+        let map = SlotMap::from_reply(&reply, &seed_host)?;
+        *slots.lock().unwrap_or_else(|e| e.into_inner()) = map;
+        stale.store(false, Relaxed);
+        known().map(Some).ok_or_else(|| {
+            anyhow!(
+                "redis at {}: no master serves slot {slot} (is the cluster down?)",
+                self.address
+            )
+        })
+    }
+
+    /// The slot map is out of date: `MOVED` says where `slot` went now,
+    /// and the whole map is loaded again before the next read.
+    fn slot_moved(&self, slot: u16, node: Option<Node>) {
+        if let Target::Cluster { slots, stale, .. } = &self.target {
+            if let Some(node) = node {
+                slots
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .moved(slot, node);
+            }
+            stale.store(true, Relaxed);
+        }
+    }
+
+    /// One `XREADGROUP` of streams in one slot, on the blocking reader of
+    /// `group`, `consumer` and that slot, connected to the slot's master.
+    /// A `MOVED` reply updates the slot map and reads again where the
+    /// slot went; an `ASK` (the slot is being moved) returns nothing after
+    /// a short pause, the entries staying on the stream for the next read.
+    async fn read_slot(
+        &self,
+        group: &str,
+        consumer: &str,
+        slot: u16,
+        streams: &[String],
+        per_stream: usize,
+        block: Duration,
+    ) -> anyhow::Result<Vec<Delivery>> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(per_stream);
+        // BLOCK 0 would wait forever: a read that must not wait has none.
+        if !block.is_zero() {
+            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        }
+        cmd.arg("STREAMS").arg(streams);
+        for _ in streams {
+            cmd.arg(">");
+        }
+        if block.is_zero() && self.is_cluster() {
+            // Nothing to wait for: the routed, multiplexed connection serves,
+            // rather than a connection of its own per slot.
+            let reply: Value = self
+                .query(&cmd, || "XREADGROUP".into(), Some((&streams[0], group)))
+                .await?;
+            return Ok(stream_entries(reply));
+        }
+        let key = (group.to_string(), consumer.to_string(), slot);
+        let slot_conn = self.reader(&key);
+        let mut slot_conn = slot_conn.lock().await;
+        let mut redirections = 0;
+        loop {
+            let node = self.node_for(slot).await?;
+            // Taken out for the call and put back only after a whole answer:
+            // a failed or abandoned call may leave half an answer on the
+            // socket, so that connection is dropped and the next read opens
+            // a new one. A connection to a node that no longer serves the
+            // slot is dropped too.
+            let mut conn = match slot_conn.take() {
+                Some((at, conn)) if at == node => conn,
+                _ => {
+                    let info = match (&self.target, &node) {
+                        (Target::Cluster { seed, .. }, Some(node)) => {
+                            seed.clone().set_addr(match seed.addr() {
+                                ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
+                                    host: node.host.clone(),
+                                    port: node.port,
+                                    insecure: *insecure,
+                                    tls_params: None,
+                                },
+                                _ => ConnectionAddr::Tcp(node.host.clone(), node.port),
+                            })
+                        }
+                        (Target::Server { client, .. }, _) => client.get_connection_info().clone(),
+                        (Target::Cluster { .. }, None) => unreachable!("a cluster slot has a node"),
+                    };
+                    let where_ = node
+                        .as_ref()
+                        .map_or(self.address.clone(), |n| n.to_string());
+                    let conn = Reader::connect(&info, self.reader_tls.as_ref(), CONNECT_TIMEOUT)
+                        .await
+                        .map_err(|e| {
+                            self.slot_moved(slot, None);
+                            anyhow!("cannot connect to redis at {where_}: {e:#}")
+                        })?;
+                    if let Some(id) = conn.client_id() {
+                        self.reader_ids
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(key.clone(), (node.clone(), id));
+                    }
+                    conn
+                }
+            };
+            let reply = conn
+                .call(&cmd, block + RESPONSE_TIMEOUT, read_group_reply)
+                .await;
+            let words = match reply {
+                Ok(Ok(deliveries)) => {
+                    *slot_conn = Some((node, conn));
+                    return Ok(deliveries);
+                }
+                Ok(Err(words)) => {
+                    *slot_conn = Some((node, conn));
+                    words
+                }
+                Err(e) => {
+                    self.reconnects.fetch_add(1, Relaxed);
+                    self.slot_moved(slot, None);
+                    // That connection is gone: its id may name another client
+                    // after a restart, which a shutdown must not unblock.
+                    self.reader_ids
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&key);
+                    return Err(anyhow!("XREADGROUP on redis at {}: {e:#}", self.address));
+                }
+            };
+            match slots::redirection(&words) {
+                Some((false, moved, to)) if redirections < 3 => {
+                    redirections += 1;
+                    self.slot_moved(moved, Some(to));
+                    continue;
+                }
+                Some((true, _, _)) => {
+                    tokio::time::sleep(MIGRATING_PAUSE.min(block)).await;
+                    return Ok(Vec::new());
+                }
+                _ => {}
+            }
+            let line = format!("XREADGROUP on redis at {}: {words}", self.address);
+            return Err(match words.strip_prefix("NOGROUP") {
+                Some(rest) => anyhow::Error::new(MissingGroup {
+                    stream: quoted_key(rest).unwrap_or_else(|| streams.join(", ")),
+                    group: group.to_string(),
+                })
+                .context(line),
+                None => anyhow!(line),
+            });
+        }
+    }
+
+    /// Commits whose keys are all in one slot (on a server, any), in one
+    /// script.
+    async fn commit_in_one_slot(
+        &self,
+        commits: &[crate::kv::Commit],
+    ) -> anyhow::Result<Vec<crate::kv::Outcome>> {
+        let invocation =
+            commit::invocation(commits, self.trimming.approximate, |s| self.max_len(s));
+        let reply: Value = invocation
+            .invoke_async(&mut self.commands())
+            .await
+            .map_err(|e| self.error(e, "committing key-value writes".into(), None))?;
+        commit::outcomes(commits, reply)
     }
 
     /// The delivery counters of entries pending for `consumer`.
@@ -327,21 +665,40 @@ impl RedisBroker {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn append(&self, entries: Vec<Append>) -> anyhow::Result<Vec<String>> {
-        let mut pipe = redis::pipe();
-        for e in &entries {
-            let cmd = pipe.cmd("XADD").arg(&e.stream).arg("MAXLEN");
-            if self.trimming.approximate {
-                cmd.arg("~");
+        // One pipeline per slot (a cluster routes a pipeline whole), sent
+        // at once; each stream's entries stay in order within theirs.
+        let by_slot = self.by_slot(entries.iter().map(|e| e.stream.as_str()));
+        let (several, entries_ref) = (by_slot.len() > 1, &entries);
+        let pipelines = by_slot.iter().map(|(slot, _)| async move {
+            let entries = entries_ref;
+            let mut pipe = redis::pipe();
+            let mut positions = Vec::new();
+            for (i, e) in entries.iter().enumerate() {
+                if several && slots::slot_of(&e.stream) != *slot {
+                    continue;
+                }
+                positions.push(i);
+                let cmd = pipe.cmd("XADD").arg(&e.stream).arg("MAXLEN");
+                if self.trimming.approximate {
+                    cmd.arg("~");
+                }
+                cmd.arg(self.max_len(&e.stream)).arg("*");
+                for (field, value) in &e.fields {
+                    cmd.arg(field).arg(value);
+                }
             }
-            cmd.arg(self.max_len(&e.stream)).arg("*");
-            for (field, value) in &e.fields {
-                cmd.arg(field).arg(value);
+            let ids: Vec<String> = pipe
+                .query_async(&mut self.commands())
+                .await
+                .map_err(|e| self.error(e, "XADD".into(), None))?;
+            anyhow::Ok(positions.into_iter().zip(ids))
+        });
+        let mut ids = vec![String::new(); entries.len()];
+        for placed in futures_util::future::try_join_all(pipelines).await? {
+            for (i, id) in placed {
+                ids[i] = id;
             }
         }
-        let ids: Vec<String> = pipe
-            .query_async(&mut self.commands())
-            .await
-            .map_err(|e| self.error(e, "XADD".into(), None))?;
         Ok(ids)
     }
 
@@ -399,72 +756,74 @@ impl Broker for RedisBroker {
         count: usize,
         block: Duration,
     ) -> anyhow::Result<Vec<Delivery>> {
-        let slot = self.reader(&(group.to_string(), consumer.to_string()));
-        let mut slot = slot.lock().await;
-        // Taken out for the call and put back only after a whole answer: a
-        // failed or abandoned call may leave half an answer on the socket,
-        // so that connection is dropped and the next read opens a new one.
-        let mut conn = match slot.take() {
-            Some(conn) => conn,
-            None => {
-                let info = self.client.get_connection_info();
-                let conn = Reader::connect(info, self.reader_tls.as_ref(), CONNECT_TIMEOUT)
-                    .await
-                    .map_err(|e| anyhow!("cannot connect to redis at {}: {e:#}", self.address))?;
-                if let Some(id) = conn.client_id() {
-                    self.reader_ids
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert((group.to_string(), consumer.to_string()), id);
-                }
-                conn
-            }
-        };
+        let who = (group.to_string(), consumer.to_string());
+        let deferred = self
+            .deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&who);
+        if let Some(e) = deferred {
+            return Err(e);
+        }
         // COUNT applies to each stream: share it out, so that the reply stays
         // near what the caller has room for.
         let per_stream = count.div_ceil(streams.len().max(1)).max(1);
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(group)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(per_stream);
-        // BLOCK 0 would wait forever: a read that must not wait has none.
-        if !block.is_zero() {
-            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        let mut by_slot = self.by_slot(streams.iter().map(String::as_str));
+        if by_slot.len() == 1 {
+            let (slot, streams) = by_slot.remove(0);
+            return self
+                .read_slot(group, consumer, slot, &streams, per_stream, block)
+                .await;
         }
-        cmd.arg("STREAMS").arg(streams);
-        for _ in streams {
-            cmd.arg(">");
-        }
-        let reply = conn
-            .call(&cmd, block + RESPONSE_TIMEOUT, read_group_reply)
-            .await;
-        match reply {
-            Ok(deliveries) => {
-                *slot = Some(conn);
-                deliveries.map_err(|e| {
-                    let line = format!("XREADGROUP on redis at {}: {e}", self.address);
-                    match e.strip_prefix("NOGROUP") {
-                        Some(words) => anyhow::Error::new(MissingGroup {
-                            stream: quoted_key(words).unwrap_or_else(|| streams.join(", ")),
-                            group: group.to_string(),
-                        })
-                        .context(line),
-                        None => anyhow!(line),
-                    }
-                })
+        // Streams in several slots of a cluster: a blocking read each, at
+        // once; the first to answer ends the others' BLOCK (again, until
+        // they answer: a wake may reach a node before its read), and every
+        // answer is awaited whole, as entries are ours once Redis answers.
+        let answered = tokio::sync::Notify::new();
+        let reads = futures_util::future::join_all(by_slot.iter().map(|(slot, streams)| {
+            let answered = &answered;
+            async move {
+                let read = self
+                    .read_slot(group, consumer, *slot, streams, per_stream, block)
+                    .await;
+                answered.notify_one();
+                read
             }
-            Err(e) => {
-                self.reconnects.fetch_add(1, Relaxed);
-                // That connection is gone: its id may name another client
-                // after a restart, which a shutdown must not unblock.
-                self.reader_ids
+        }));
+        tokio::pin!(reads);
+        let results = tokio::select! {
+            results = &mut reads => results,
+            _ = answered.notified() => {
+                let wake = async {
+                    loop {
+                        self.wake_reader(group, consumer).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                };
+                tokio::select! {
+                    results = &mut reads => results,
+                    never = wake => never,
+                }
+            }
+        };
+        let mut deliveries = Vec::new();
+        let mut failure = None;
+        for result in results {
+            match result {
+                Ok(d) => deliveries.extend(d),
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        match failure {
+            Some(e) if deliveries.is_empty() => Err(e),
+            Some(e) => {
+                self.deferred
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .remove(&(group.to_string(), consumer.to_string()));
-                Err(anyhow!("XREADGROUP on redis at {}: {e:#}", self.address))
+                    .insert(who, e);
+                Ok(deliveries)
             }
+            None => Ok(deliveries),
         }
     }
 
@@ -663,13 +1022,69 @@ impl Broker for RedisBroker {
         if commits.is_empty() {
             return Ok(Vec::new());
         }
-        let invocation =
-            commit::invocation(commits, self.trimming.approximate, |s| self.max_len(s));
-        let reply: Value = invocation
-            .invoke_async(&mut self.commands())
-            .await
-            .map_err(|e| self.error(e, "committing key-value writes".into(), None))?;
-        commit::outcomes(commits, reply)
+        if !self.is_cluster() {
+            return self.commit_in_one_slot(commits).await;
+        }
+        // A script runs on one master, on keys of one slot: one batch per
+        // slot, in order within it (a later commit sees an earlier one's
+        // writes: they share keys, hence the slot). A commit whose keys
+        // span slots cannot be one atomic step there.
+        let mut outcomes: Vec<Option<crate::kv::Outcome>> = vec![None; commits.len()];
+        let mut batches: Vec<(u16, Vec<usize>)> = Vec::new();
+        let mut in_slot: Vec<crate::kv::Commit> = commits.to_vec();
+        let mut elsewhere: Vec<Append> = Vec::new();
+        for (i, c) in in_slot.iter_mut().enumerate() {
+            // Emits to streams outside the commit's slot (that of its
+            // source, marks and buckets) cannot be in its script: they are
+            // appended first, at least once, as a plugin without state
+            // emits (a rerun after a conflict, or a crash before the
+            // commit, may append them again).
+            if let Some(home) = commit::home_key(c).map(slots::slot_of) {
+                let (here, away): (Vec<Append>, Vec<Append>) = std::mem::take(&mut c.appends)
+                    .into_iter()
+                    .partition(|a| slots::slot_of(&a.stream) == home);
+                c.appends = here;
+                elsewhere.extend(away);
+            }
+            let keys = commit::keys(c);
+            let mut slots_used: Vec<u16> = keys.iter().map(|k| slots::slot_of(k)).collect();
+            slots_used.sort_unstable();
+            slots_used.dedup();
+            match slots_used.as_slice() {
+                [] => outcomes[i] = Some(crate::kv::Outcome::Committed),
+                [slot] => match batches.iter_mut().find(|(s, _)| s == slot) {
+                    Some((_, batch)) => batch.push(i),
+                    None => batches.push((*slot, vec![i])),
+                },
+                _ => {
+                    outcomes[i] = Some(crate::kv::Outcome::Failed(format!(
+                        "on a Redis Cluster a commit's keys must share a hash slot, and these do not: {}; give the streams one hash tag (e.g. {{orders}} and {{orders}}.enriched) and see \"Running on Redis Cluster\" in the README",
+                        keys.iter()
+                            .map(|k| format!("{k} (slot {})", slots::slot_of(k)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            }
+        }
+        if !elsewhere.is_empty() {
+            self.append(elsewhere).await?;
+        }
+        let in_slot = &in_slot;
+        let sent = batches.iter().map(|(_, batch)| async move {
+            let part: Vec<crate::kv::Commit> = batch.iter().map(|&i| in_slot[i].clone()).collect();
+            let done = self.commit_in_one_slot(&part).await?;
+            anyhow::Ok(batch.iter().copied().zip(done))
+        });
+        for done in futures_util::future::try_join_all(sent).await? {
+            for (i, outcome) in done {
+                outcomes[i] = Some(outcome);
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.expect("every commit has an outcome"))
+            .collect())
     }
 
     async fn ping(&self) -> anyhow::Result<()> {
@@ -739,22 +1154,37 @@ impl Broker for RedisBroker {
     }
 
     async fn wake_reader(&self, group: &str, consumer: &str) {
-        let id = self
+        let blocked: Vec<(Option<Node>, i64)> = self
             .reader_ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&(group.to_string(), consumer.to_string()))
-            .copied();
-        if let Some(id) = id {
+            .iter()
+            .filter(|((g, c, _), _)| g == group && c == consumer)
+            .map(|(_, at)| at.clone())
+            .collect();
+        for (node, id) in blocked {
             // The default mode (TIMEOUT) answers the blocked XREADGROUP as if
-            // its BLOCK had run out: an empty reply, whole.
-            let unblocked = self
-                .query::<u64>(
-                    redis::cmd("CLIENT").arg("UNBLOCK").arg(id),
-                    || "CLIENT UNBLOCK".into(),
-                    None,
-                )
-                .await;
+            // its BLOCK had run out: an empty reply, whole. A client id is
+            // the node's own, so the command goes to that node.
+            let unblock = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).to_owned();
+            let unblocked = match (&self.target, node) {
+                (Target::Cluster { commands, .. }, Some(node)) => {
+                    let at = SingleNodeRoutingInfo::ByAddress {
+                        host: node.host,
+                        port: node.port,
+                    };
+                    commands
+                        .clone()
+                        .route_command(unblock, RoutingInfo::SingleNode(at))
+                        .await
+                        .map(drop)
+                        .map_err(|e| anyhow!("{e}"))
+                }
+                _ => self
+                    .query::<u64>(&unblock, || "CLIENT UNBLOCK".into(), None)
+                    .await
+                    .map(drop),
+            };
             if let Err(e) = unblocked {
                 tracing::debug!("waking the reader of {group}: {e:#}");
             }
@@ -871,6 +1301,33 @@ fn entries(v: Value) -> Vec<Entry> {
             })
         })
         .collect()
+}
+
+/// An `XREADGROUP` reply as redis-rs decodes it: per stream `[name,
+/// entries]` (a map in RESP3), nil when nothing was read.
+fn stream_entries(reply: Value) -> Vec<Delivery> {
+    let mut deliveries = Vec::new();
+    let mut items = match reply {
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        other => array(other)
+            .into_iter()
+            .flat_map(|s| {
+                let mut parts = array(s).into_iter();
+                [parts.next(), parts.next()]
+            })
+            .map(|v| v.unwrap_or(Value::Nil))
+            .collect::<Vec<_>>(),
+    }
+    .into_iter();
+    while let (Some(name), Some(found)) = (items.next(), items.next()) {
+        let stream = text(&name).unwrap_or_default();
+        deliveries.extend(entries(found).into_iter().map(|entry| Delivery {
+            stream: stream.clone(),
+            entry,
+            deliveries: 1,
+        }));
+    }
+    deliveries
 }
 
 /// An `XREADGROUP` reply (RESP2): nil when BLOCK ran out, else per stream

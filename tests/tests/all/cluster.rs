@@ -1,0 +1,400 @@
+//! Redis Cluster: what one server cannot show. Reads of streams on several
+//! masters, commits that must stay in one slot, several `runnel` processes
+//! sharing streams spread over the masters, a process killed, a master
+//! failed over and a slot resharded under load. The broker contract and
+//! the delivery scenarios run on the cluster too (`contract.rs`,
+//! `delivery.rs`).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use runnel::broker::redis::slots::slot_of;
+use runnel::broker::redis::RedisBroker;
+use runnel::broker::{Append, Broker, StartFrom};
+use runnel::event::Event;
+use runnel::kv::{Commit, KvEffects, KvWrite, Outcome, Source};
+use runnel::publisher::event_fields;
+use runnel_tests::redis_cluster::{self, RedisCluster};
+use runnel_tests::{cluster_broker, handled_in_summary, plugin, unique, until, Process};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_runnel-under-test"))
+}
+
+/// `count` stream names with `prefix`, spread so that every master of
+/// `cluster` serves at least one of them.
+fn streams_on_every_master(cluster: &RedisCluster, prefix: &str, count: usize) -> Vec<String> {
+    let masters = cluster
+        .nodes
+        .iter()
+        .filter(|n| redis_cluster::cli(n.port, &["role"]).starts_with("master"))
+        .count();
+    let mut chosen: Vec<String> = Vec::new();
+    let mut served: HashSet<u16> = HashSet::new();
+    for i in 0.. {
+        if chosen.len() >= count && served.len() >= masters {
+            break;
+        }
+        let name = format!("{prefix}-{i}");
+        let master = cluster.master_of(&name);
+        if served.insert(master) || served.len() >= masters {
+            chosen.push(name);
+        }
+    }
+    chosen
+}
+
+async fn fill(broker: &RedisBroker, streams: &[String], per_stream: usize) -> usize {
+    let mut n = 0;
+    for stream in streams {
+        let appends = (0..per_stream)
+            .map(|i| {
+                n += 1;
+                Append {
+                    stream: stream.clone(),
+                    fields: event_fields(&Event::new("work", format!("{stream}/{i}"))),
+                }
+            })
+            .collect();
+        broker.append(appends).await.unwrap();
+    }
+    n
+}
+
+async fn total_backlog(broker: &RedisBroker, streams: &[String], group: &str) -> u64 {
+    let mut total = 0;
+    for s in streams {
+        total += broker.backlog(s, group).await.unwrap_or(u64::MAX / 64);
+    }
+    total
+}
+
+/// The payloads of the `worked` events on `stream`: one per handling.
+async fn worked(broker: &RedisBroker, stream: &str) -> Vec<String> {
+    broker
+        .range(stream, None, None, usize::MAX)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|e| String::from_utf8(Event::from_json(&e.fields[0].1).unwrap().payload).unwrap())
+        .collect()
+}
+
+fn config(
+    dir: &std::path::Path,
+    consumer: &str,
+    seeds: &str,
+    backend: &str,
+    rest: &str,
+) -> PathBuf {
+    let path = dir.join(format!("{consumer}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[backend]\nkind = \"redis\"\ncluster = {seeds}\nconsumer = \"{consumer}\"\n{backend}\n{rest}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn slots_are_computed_as_the_cluster_computes_them() {
+    let cluster = redis_cluster::shared();
+    let port = cluster.nodes[0].port;
+    for key in [
+        "orders",
+        "{orders}.dead",
+        "a{}b",
+        "{x}y",
+        "runnel:kv:plugin:{o}:p:b",
+    ] {
+        let said = redis_cluster::cli(port, &["cluster", "keyslot", key]);
+        assert_eq!(said.trim(), slot_of(key).to_string(), "slot of {key:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_read_of_streams_on_several_masters_returns_when_any_has_entries() {
+    let cluster = redis_cluster::shared();
+    let broker = cluster_broker().await;
+    let streams = streams_on_every_master(cluster, &unique("spread"), 3);
+    for s in &streams {
+        broker.create_group(s, "g", StartFrom::New).await.unwrap();
+    }
+    // Nothing there: a blocking read waits. An entry on one master ends
+    // it, long before the read's BLOCK, and the reads on the other
+    // masters are woken and answer whole.
+    let reader = broker.clone();
+    let read_streams = streams.clone();
+    let read = tokio::spawn(async move {
+        reader
+            .read("g", "c", &read_streams, 10, Duration::from_secs(120))
+            .await
+    });
+    let last = streams.last().unwrap().clone();
+    let writer = cluster_broker().await;
+    until(LIMIT, "the read to block on every master", || async {
+        // Each master's reader is blocked (CLIENT LIST shows the command).
+        cluster
+            .nodes
+            .iter()
+            .all(|n| redis_cluster::cli(n.port, &["client", "list"]).contains("cmd=xreadgroup"))
+    })
+    .await;
+    writer
+        .append(vec![Append {
+            stream: last.clone(),
+            fields: vec![("event".into(), b"x".to_vec())],
+        }])
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("woken: the read did not wait out its BLOCK")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].stream, last);
+    // The readers are still usable: entries on every master are read.
+    for s in &streams {
+        writer
+            .append(vec![Append {
+                stream: s.clone(),
+                fields: vec![("event".into(), b"y".to_vec())],
+            }])
+            .await
+            .unwrap();
+    }
+    let seen = std::sync::Mutex::new(HashSet::new());
+    until(LIMIT, "entries of every master to be read", || async {
+        let read = broker
+            .read("g", "c", &streams, 10, Duration::from_millis(200))
+            .await
+            .unwrap();
+        let mut seen = seen.lock().unwrap();
+        seen.extend(read.into_iter().map(|d| d.stream));
+        seen.len() == streams.len()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_commit_whose_state_spans_slots_is_refused_by_name_and_emits_elsewhere_go_first() {
+    let broker = cluster_broker().await;
+    let tag = unique("t");
+    let stream = format!("{{{tag}}}.src");
+    let (far, far_bucket) = (unique("elsewhere"), unique("bucket"));
+    assert_ne!(slot_of(&stream), slot_of(&far));
+    assert_ne!(slot_of(&stream), slot_of(&far_bucket));
+    broker
+        .create_group(&stream, "g", StartFrom::Beginning)
+        .await
+        .unwrap();
+    let ids = broker
+        .append(vec![
+            Append {
+                stream: stream.clone(),
+                fields: vec![("event".into(), b"a".to_vec())],
+            },
+            Append {
+                stream: stream.clone(),
+                fields: vec![("event".into(), b"b".to_vec())],
+            },
+        ])
+        .await
+        .unwrap();
+    let read = broker
+        .read("g", "c", std::slice::from_ref(&stream), 2, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 2);
+    let commit = |id: &str, bucket: &str, emit_to: &str| Commit {
+        source: Some(Source {
+            stream: stream.clone(),
+            group: "g".into(),
+            consumer: "c".into(),
+            id: id.into(),
+        }),
+        effects: KvEffects {
+            reads: vec![],
+            writes: vec![KvWrite {
+                bucket: bucket.into(),
+                key: "k".into(),
+                value: Some(b"1".to_vec()),
+            }],
+            locks: Default::default(),
+        },
+        appends: vec![Append {
+            stream: emit_to.into(),
+            fields: vec![("event".into(), id.as_bytes().to_vec())],
+        }],
+        mark: None,
+    };
+    let home_bucket = format!("{{{tag}}}.bucket");
+    let outcomes = broker
+        .commit(&[
+            // State in another slot: refused, naming the keys.
+            commit(&ids[0], &far_bucket, &stream),
+            // State in the source's slot, an emit elsewhere: committed,
+            // the emit appended beside it.
+            commit(&ids[1], &home_bucket, &far),
+        ])
+        .await
+        .unwrap();
+    match &outcomes[0] {
+        Outcome::Failed(reason) => {
+            assert!(reason.contains("hash slot"), "{reason}");
+            assert!(reason.contains(&far_bucket), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(outcomes[1], Outcome::Committed);
+    assert_eq!(
+        broker.kv_get(&home_bucket, &["k".into()]).await.unwrap(),
+        vec![Some(b"1".to_vec())]
+    );
+    assert_eq!(
+        broker.kv_get(&far_bucket, &["k".into()]).await.unwrap(),
+        vec![None]
+    );
+    let emitted = broker.range(&far, None, None, 10).await.unwrap();
+    assert_eq!(emitted.len(), 1, "the emit elsewhere was appended once");
+    assert_eq!(
+        broker.backlog(&stream, "g").await.unwrap(),
+        1,
+        "only the second acked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_six_streams_over_three_masters_exactly_once() {
+    const PER_STREAM: usize = 300;
+    let cluster = redis_cluster::shared();
+    let dir = scratch("cluster-share");
+    let streams = streams_on_every_master(cluster, &unique("share"), 6);
+    let group = unique("g");
+    let section = format!(
+        "[[plugin]]\nname = \"noop\"\npath = {:?}\ngroup = \"{group}\"\nstreams = {streams:?}\nstart = \"beginning\"\n",
+        plugin("noop").display().to_string()
+    );
+    let seeds = cluster.toml_seeds();
+    let backend = "block_ms = 100\ncount = 64";
+    let mut a = Process::run(
+        &bin(),
+        &config(&dir, "a", &seeds, backend, &section),
+        "info",
+    );
+    let mut b = Process::run(
+        &bin(),
+        &config(&dir, "b", &seeds, backend, &section),
+        "info",
+    );
+    a.wait_for("consuming", LIMIT);
+    b.wait_for("consuming", LIMIT);
+
+    let redis = cluster_broker().await;
+    let total = fill(&redis, &streams, PER_STREAM).await;
+    until(LIMIT, "both processes to drain the streams", || async {
+        total_backlog(&redis, &streams, &group).await == 0
+    })
+    .await;
+    let (ok_a, out_a) = a.terminate();
+    let (ok_b, out_b) = b.terminate();
+    assert!(ok_a && ok_b, "both exit 0 on SIGTERM");
+    let (handled_a, handled_b) = (
+        handled_in_summary(&out_a, "noop"),
+        handled_in_summary(&out_b, "noop"),
+    );
+    assert_eq!(
+        handled_a + handled_b,
+        total as u64,
+        "every event once, none twice:\n{out_a}\n{out_b}"
+    );
+    assert!(
+        handled_a > 0 && handled_b > 0,
+        "the work is split: a={handled_a} b={handled_b}"
+    );
+}
+
+/// `worker` processes on `cluster` handling `events` spread over
+/// `streams`, their `worked` events going to `done`; returns the processes
+/// once both consume.
+fn workers(
+    cluster: &RedisCluster,
+    dir: &std::path::Path,
+    streams: &[String],
+    group: &str,
+    done: &str,
+) -> (Process, Process) {
+    let section = format!(
+        "[routes]\n\"worked\" = \"{done}\"\n\n[[plugin]]\nname = \"worker\"\npath = {:?}\ngroup = \"{group}\"\nstreams = {streams:?}\nstart = \"beginning\"\nconcurrency = 2\n",
+        plugin("worker").display().to_string()
+    );
+    let seeds = cluster.toml_seeds();
+    let backend = "block_ms = 100\nclaim_min_idle_ms = 1500\ncount = 16";
+    let mut a = Process::run(&bin(), &config(dir, "a", &seeds, backend, &section), "info");
+    let mut b = Process::run(&bin(), &config(dir, "b", &seeds, backend, &section), "info");
+    a.wait_for("consuming", LIMIT);
+    b.wait_for("consuming", LIMIT);
+    (a, b)
+}
+
+/// Every event was handled (none lost); returns how many twice.
+fn lost_and_twice(handled: &[String], expected: usize) -> usize {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in handled {
+        *counts.entry(id).or_default() += 1;
+    }
+    assert_eq!(counts.len(), expected, "every event handled, none lost");
+    handled.len() - counts.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_on_a_cluster_leaves_its_events_to_the_other() {
+    const PER_STREAM: usize = 60;
+    let cluster = redis_cluster::shared();
+    let dir = scratch("cluster-kill9");
+    let streams = streams_on_every_master(cluster, &unique("kill9"), 3);
+    let (group, done) = (unique("g"), unique("worked"));
+    let (a, b) = workers(cluster, &dir, &streams, &group, &done);
+    let redis = cluster_broker().await;
+    // Slow events (the worker spins), so that a holds some when killed.
+    for s in &streams {
+        let appends = (0..PER_STREAM)
+            .map(|i| Append {
+                stream: s.clone(),
+                fields: event_fields(&Event::new(
+                    "work",
+                    format!(r#"{{"iterations":2000000,"id":"{s}/{i}"}}"#),
+                )),
+            })
+            .collect();
+        redis.append(appends).await.unwrap();
+    }
+    let total = PER_STREAM * streams.len();
+    until(LIMIT, "some events to be handled", || async {
+        worked(&redis, &done).await.len() >= total / 8
+    })
+    .await;
+    a.kill9();
+    until(
+        LIMIT,
+        "the survivor to reclaim and finish everything",
+        || async { total_backlog(&redis, &streams, &group).await == 0 },
+    )
+    .await;
+    let twice = lost_and_twice(&worked(&redis, &done).await, total);
+    let (ok, _) = b.terminate();
+    assert!(ok);
+    println!("killed a; {twice} handled twice (what it held)");
+}
