@@ -175,12 +175,83 @@ impl RedisCluster {
             .find(|n| n.child.is_some())
             .expect("a live node");
         let slot = cli(live.port, &["cluster", "keyslot", key]);
-        let slot: u16 = slot
-            .trim()
-            .parse()
-            .expect("CLUSTER KEYSLOT answers a number");
-        let slots = cli(live.port, &["cluster", "nodes"]);
-        for line in slots.lines() {
+        self.master_of_slot(
+            slot.trim()
+                .parse()
+                .expect("CLUSTER KEYSLOT answers a number"),
+        )
+    }
+
+    /// The node id of the node on `port`.
+    pub fn id_of(&self, port: u16) -> String {
+        cli(port, &["cluster", "myid"]).trim().to_string()
+    }
+
+    /// Moves `slot` to the master on `to`, keys and all, as `redis-cli
+    /// --cluster reshard` moves each slot: the target imports, the source
+    /// migrates, keys go over in batches (`MIGRATE`), and every master is
+    /// told the new owner. Clients meet `ASK` while the keys move and
+    /// `MOVED` after.
+    pub fn move_slot(&self, slot: u16, to: u16) {
+        let from = self.master_of_slot(slot);
+        assert_ne!(from, to, "slot {slot} is on {to} already");
+        let (from_id, to_id) = (self.id_of(from), self.id_of(to));
+        let slot_text = slot.to_string();
+        let ok = |port: u16, args: &[&str]| {
+            let said = cli(port, args);
+            assert!(said.trim() == "OK", "redis-cli -p {port} {args:?}: {said}");
+        };
+        ok(
+            to,
+            &["cluster", "setslot", &slot_text, "importing", &from_id],
+        );
+        ok(
+            from,
+            &["cluster", "setslot", &slot_text, "migrating", &to_id],
+        );
+        loop {
+            let keys = cli(from, &["cluster", "getkeysinslot", &slot_text, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec![
+                "migrate".to_string(),
+                "127.0.0.1".into(),
+                to.to_string(),
+                "".into(),
+                "0".into(),
+                "10000".into(),
+                "KEYS".into(),
+            ];
+            args.extend(keys.iter().map(|k| k.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let said = cli(from, &args);
+            assert!(
+                said.trim() == "OK" || said.trim() == "NOKEY",
+                "MIGRATE: {said}"
+            );
+        }
+        // The target first, then the source (as redis-cli does): a source
+        // that says MOVED to a target still importing would be sent back.
+        ok(to, &["cluster", "setslot", &slot_text, "node", &to_id]);
+        ok(from, &["cluster", "setslot", &slot_text, "node", &to_id]);
+        for master in self.masters() {
+            if master != to && master != from {
+                cli(master, &["cluster", "setslot", &slot_text, "node", &to_id]);
+            }
+        }
+    }
+
+    /// The port of the master serving `slot` now.
+    pub fn master_of_slot(&self, slot: u16) -> u16 {
+        let live = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a live node");
+        let nodes = cli(live.port, &["cluster", "nodes"]);
+        for line in nodes.lines() {
             let parts: Vec<&str> = line.split_whitespace().collect();
             if parts.len() < 9 || !parts[2].contains("master") || parts[2].contains("fail") {
                 continue;
@@ -200,6 +271,16 @@ impl RedisCluster {
             }
         }
         panic!("no master serves slot {slot}")
+    }
+
+    /// Ports of the live masters.
+    pub fn masters(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .filter(|n| cli(n.port, &["role"]).starts_with("master"))
+            .map(|n| n.port)
+            .collect()
     }
 
     /// The node listening on `port`.

@@ -682,6 +682,40 @@ streams = ["s"]
     }
 
     #[test]
+    fn a_cluster_is_named_by_seeds_and_stateful_plugins_need_one_hash_tag() {
+        let cluster = "[backend]\nkind = \"redis\"\ncluster = [\"redis://127.0.0.1:7000\"]\n";
+        let err = parse(&format!(
+            "[backend]\nkind = \"redis\"\nurl = \"redis://x\"\ncluster = [\"redis://y\"]\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key, "backend.cluster", "{err}");
+        let err = parse(&format!("[backend]\nkind = \"redis\"\n{MINIMAL}")).unwrap_err();
+        assert_eq!(err.key, "backend.url", "{err}");
+        // Stateless plugins read any streams.
+        parse(&format!("{cluster}{MINIMAL}")).unwrap();
+        let stateful = |streams: &str, grants: &str| {
+            parse(&format!(
+                "{cluster}[[plugin]]\nname = \"p\"\npath = \"p.wasm\"\nstreams = {streams}\ngrants = {grants}\n"
+            ))
+        };
+        let err = stateful(r#"["orders"]"#, r#"{ kv = ["c"] }"#).unwrap_err();
+        assert_eq!(err.key, "plugin[0] (p).streams", "{err}");
+        assert!(err.reason.contains("hash tag"), "{err}");
+        let err = stateful(r#"["{o}", "{o}.x"]"#, r#"{ kv_shared = ["c"] }"#).unwrap_err();
+        assert!(err.reason.contains("kv_shared"), "{err}");
+        let c = stateful(r#"["{o}", "{o}.x"]"#, r#"{ kv = ["c"] }"#).unwrap();
+        assert_eq!(c.plugins[0].kv_namespace(), "{o}:p");
+        // On one server the same config is fine, and untagged names keep
+        // the plugin's name as their namespace.
+        let one = "[backend]\nkind = \"redis\"\nurl = \"redis://x\"\n";
+        let c = parse(&format!(
+            "{one}[[plugin]]\nname = \"p\"\npath = \"p.wasm\"\nstreams = [\"orders\"]\ngrants = {{ kv = [\"c\"] }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.plugins[0].kv_namespace(), "p");
+    }
+
+    #[test]
     fn the_instance_pool_must_fit_every_plugins_concurrency() {
         let two = format!(
             "[engine]\nmax_instances = 6\n{MINIMAL}concurrency = 4\n{}concurrency = 4\n",

@@ -398,3 +398,215 @@ async fn a_process_killed_on_a_cluster_leaves_its_events_to_the_other() {
     assert!(ok);
     println!("killed a; {twice} handled twice (what it held)");
 }
+
+/// A broker on `cluster` (not the shared one).
+async fn broker_on(cluster: &RedisCluster) -> std::sync::Arc<RedisBroker> {
+    RedisBroker::open(
+        &runnel::broker::redis::Endpoint::Cluster(cluster.seeds()),
+        runnel::broker::redis::Trimming::default(),
+        &Default::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Appends `per_stream` slow events to each of `streams`, numbered from
+/// `from`.
+async fn fill_slow(broker: &RedisBroker, streams: &[String], from: usize, per_stream: usize) {
+    for s in streams {
+        let appends = (from..from + per_stream)
+            .map(|i| Append {
+                stream: s.clone(),
+                fields: event_fields(&Event::new(
+                    "work",
+                    format!(r#"{{"iterations":1000000,"id":"{s}/{i}"}}"#),
+                )),
+            })
+            .collect();
+        broker.append(appends).await.unwrap();
+    }
+}
+
+/// A stream name served by a master other than `port`.
+fn name_not_on(cluster: &RedisCluster, port: u16, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|n| cluster.master_of(n) != port)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_and_its_replica_promoted_mid_stream_loses_nothing() {
+    const PER_STREAM: usize = 50;
+    let mut cluster = RedisCluster::start(3, 1);
+    let dir = scratch("cluster-failover");
+    let streams = streams_on_every_master(&cluster, &unique("failover"), 6);
+    let victim = cluster.master_of(&streams[0]);
+    let done = name_not_on(&cluster, victim, &unique("worked"));
+    let group = unique("g");
+    let (a, b) = workers(&cluster, &dir, &streams, &group, &done);
+    let redis = broker_on(&cluster).await;
+    fill_slow(&redis, &streams, 0, PER_STREAM).await;
+    // Replication is asynchronous: what a master acknowledged but never
+    // sent its replica is Redis's loss, not Runnel's. Wait until the
+    // replicas have the events, so that every loss counted is Runnel's.
+    for master in cluster.masters() {
+        let synced = redis_cluster::cli(master, &["wait", "1", "10000"]);
+        assert_eq!(synced.trim(), "1", "master {master}'s replica caught up");
+    }
+    let total = PER_STREAM * streams.len();
+    until(LIMIT, "a quarter to be handled", || async {
+        worked(&redis, &done).await.len() >= total / 4
+    })
+    .await;
+    cluster.node(victim).kill9();
+    cluster.wait_until_ok(LIMIT);
+    assert_ne!(
+        cluster.master_of(&streams[0]),
+        victim,
+        "a replica took over"
+    );
+    until(
+        2 * LIMIT,
+        "everything to be handled after the failover",
+        || async { total_backlog(&redis, &streams, &group).await == 0 },
+    )
+    .await;
+    let twice = lost_and_twice(&worked(&redis, &done).await, total);
+    let (ok_a, out_a) = a.terminate();
+    let (ok_b, out_b) = b.terminate();
+    assert!(
+        ok_a && ok_b,
+        "both exit 0 after the failover:\n{out_a}\n{out_b}"
+    );
+    println!("failover: {total} events, {twice} handled twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_resharded_under_load_loses_nothing() {
+    const PER_STREAM: usize = 50;
+    let cluster = RedisCluster::start(3, 0);
+    let dir = scratch("cluster-reshard");
+    let streams = streams_on_every_master(&cluster, &unique("reshard"), 3);
+    let from = cluster.master_of(&streams[0]);
+    let to = *cluster.masters().iter().find(|&&m| m != from).unwrap();
+    let done = unique("worked");
+    let group = unique("g");
+    let (a, b) = workers(&cluster, &dir, &streams, &group, &done);
+    let redis = broker_on(&cluster).await;
+    fill_slow(&redis, &streams, 0, PER_STREAM).await;
+    until(LIMIT, "a quarter to be handled", || async {
+        worked(&redis, &done).await.len() >= PER_STREAM * streams.len() / 4
+    })
+    .await;
+    // The stream's slot moves while both processes read and ack it and a
+    // producer keeps appending to it.
+    let slot = slot_of(&streams[0]);
+    let producer = {
+        let redis = redis.clone();
+        let stream = streams[0].clone();
+        tokio::spawn(async move {
+            for round in 0..20 {
+                fill_slow(&redis, std::slice::from_ref(&stream), 1000 + round * 5, 5).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // redis-cli calls block this thread; the runtime's other worker
+    // drives the producer meanwhile.
+    tokio::task::block_in_place(|| cluster.move_slot(slot, to));
+    producer.await.unwrap();
+    assert_eq!(cluster.master_of(&streams[0]), to, "the slot moved");
+    let total = PER_STREAM * streams.len() + 20 * 5;
+    until(LIMIT, "everything to be handled after the move", || async {
+        total_backlog(&redis, &streams, &group).await == 0
+    })
+    .await;
+    let twice = lost_and_twice(&worked(&redis, &done).await, total);
+    assert_eq!(twice, 0, "a moved slot hands nothing out twice");
+    let (ok_a, out_a) = a.terminate();
+    let (ok_b, out_b) = b.terminate();
+    assert!(
+        ok_a && ok_b,
+        "both exit 0 after the move:\n{out_a}\n{out_b}"
+    );
+}
+
+/// `runnel ...` with `stdin`; its stdout, after asserting success.
+fn cli(args: &[&str], stdin: &str) -> String {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(bin())
+        .args(args)
+        .env("RUNNEL_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "runnel {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_and_dead_letters_work_on_a_cluster_from_the_command_line() {
+    let cluster = redis_cluster::shared();
+    let seeds = cluster.seeds().join(",");
+    let streams = streams_on_every_master(cluster, &unique("cli"), 3);
+    let run = runnel_tests::start(&format!(
+        "[backend]\nkind = \"redis\"\ncluster = {}\nblock_ms = 100\n\n[[plugin]]\nname = \"rejecter\"\npath = \"@rejecter\"\nstreams = {streams:?}\n",
+        cluster.toml_seeds()
+    ))
+    .await
+    .unwrap();
+    // One event per stream, each on its own master.
+    let lines: String = streams
+        .iter()
+        .map(|s| format!("{{\"name\":\"refund.requested\",\"payload\":1,\"stream\":\"{s}\"}}\n"))
+        .collect();
+    let out = cli(
+        &["emit", "--redis-cluster", &seeds, "--stream", &streams[0]],
+        &lines,
+    );
+    assert_eq!(out.trim(), "emitted 3 events");
+    run.idle_within(LIMIT).await.unwrap();
+    run.stop().await.unwrap();
+    for stream in &streams {
+        let dead = format!("{stream}.dead");
+        let listed = cli(
+            &["dlq", "list", "--redis-cluster", &seeds, "--stream", &dead],
+            "",
+        );
+        assert!(listed.contains("kind=rejected"), "{listed}");
+        let replayed = cli(
+            &[
+                "dlq",
+                "replay",
+                "--redis-cluster",
+                &seeds,
+                "--stream",
+                &dead,
+            ],
+            "",
+        );
+        assert!(replayed.contains("replayed 1 dead letters"), "{replayed}");
+        let broker = cluster_broker().await;
+        let back = broker
+            .range(&format!("{stream}.replay.rejecter"), None, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(back.len(), 1, "the replay went to the group's stream");
+        assert!(broker
+            .range(&dead, None, None, 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+}

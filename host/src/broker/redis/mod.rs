@@ -665,6 +665,19 @@ impl RedisBroker {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn append(&self, entries: Vec<Append>) -> anyhow::Result<Vec<String>> {
+        let xadd = |e: &Append| {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(&e.stream).arg("MAXLEN");
+            if self.trimming.approximate {
+                cmd.arg("~");
+            }
+            cmd.arg(self.max_len(&e.stream)).arg("*");
+            for (field, value) in &e.fields {
+                cmd.arg(field).arg(value);
+            }
+            cmd
+        };
+        let xadd = &xadd;
         // One pipeline per slot (a cluster routes a pipeline whole), sent
         // at once; each stream's entries stay in order within theirs.
         let by_slot = self.by_slot(entries.iter().map(|e| e.stream.as_str()));
@@ -678,20 +691,38 @@ impl Broker for RedisBroker {
                     continue;
                 }
                 positions.push(i);
-                let cmd = pipe.cmd("XADD").arg(&e.stream).arg("MAXLEN");
-                if self.trimming.approximate {
-                    cmd.arg("~");
-                }
-                cmd.arg(self.max_len(&e.stream)).arg("*");
-                for (field, value) in &e.fields {
-                    cmd.arg(field).arg(value);
-                }
+                pipe.add_command(xadd(e));
             }
-            let ids: Vec<String> = pipe
-                .query_async(&mut self.commands())
-                .await
-                .map_err(|e| self.error(e, "XADD".into(), None))?;
-            anyhow::Ok(positions.into_iter().zip(ids))
+            if !self.is_cluster() {
+                let ids: Vec<String> = pipe
+                    .query_async(&mut self.commands())
+                    .await
+                    .map_err(|e| self.error(e, "XADD".into(), None))?;
+                return anyhow::Ok(positions.into_iter().zip(ids).collect::<Vec<_>>());
+            }
+            // A cluster answers a pipeline to a slot that moved (or is
+            // moving) with MOVED or ASK, which redis-rs follows only for
+            // single commands. As MULTI/EXEC the pipeline applies whole or
+            // not at all, so that it can then be sent again one command at
+            // a time, in order (each stream keeps its order), none twice.
+            let answer: redis::RedisResult<Vec<String>> =
+                pipe.atomic().query_async(&mut self.commands()).await;
+            let ids = match answer {
+                Ok(ids) => ids,
+                Err(e) if one_at_a_time(&e) => {
+                    let mut ids = Vec::with_capacity(positions.len());
+                    for &i in &positions {
+                        ids.push(
+                            self.query(&xadd(&entries[i]), || "XADD".into(), None)
+                                .await?,
+                        );
+                    }
+                    ids
+                }
+                Err(e) => return Err(self.error(e, "XADD".into(), None)),
+            };
+            let placed: Vec<(usize, String)> = positions.into_iter().zip(ids).collect();
+            anyhow::Ok(placed)
         });
         let mut ids = vec![String::new(); entries.len()];
         for placed in futures_util::future::try_join_all(pipelines).await? {
@@ -793,7 +824,8 @@ impl Broker for RedisBroker {
         tokio::pin!(reads);
         let results = tokio::select! {
             results = &mut reads => results,
-            _ = answered.notified() => {
+            // Reads that do not wait have nothing to wake.
+            _ = answered.notified(), if !block.is_zero() => {
                 let wake = async {
                     loop {
                         self.wake_reader(group, consumer).await;
@@ -1217,6 +1249,15 @@ local held = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
 if #held > 0 then return -1 end
 return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 "#;
+
+/// Whether a cluster's answer to a MULTI/EXEC pipeline calls for sending
+/// its commands one at a time: a redirection (`MOVED`, `ASK`, `TRYAGAIN`,
+/// which redis-rs follows for single commands only), or `EXECABORT`
+/// (commands refused while queued, as a slot being moved refuses them):
+/// either way nothing was applied.
+fn one_at_a_time(e: &redis::RedisError) -> bool {
+    e.is_cluster_error() || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ExecAbort)
+}
 
 /// The first `'quoted'` word of a Redis error: the key `NOGROUP` names.
 fn quoted_key(words: &str) -> Option<String> {
