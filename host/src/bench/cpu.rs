@@ -39,3 +39,14 @@ pub async fn redis(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Resu
 pub fn micros_each(cpu: Duration, count: usize) -> f64 {
     cpu.as_secs_f64() * 1e6 / count.max(1) as f64
 }
+
+/// [`redis`] summed over several servers (a cluster's masters).
+pub async fn redis_all(
+    conns: &mut [redis::aio::MultiplexedConnection],
+) -> anyhow::Result<Duration> {
+    let mut total = Duration::ZERO;
+    for conn in conns {
+        total += redis(conn).await?;
+    }
+    Ok(total)
+}

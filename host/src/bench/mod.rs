@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::memory::MemoryBroker;
-use crate::broker::redis::{RedisBroker, Trimming};
+use crate::broker::redis::{Endpoint, RedisBroker, Trimming};
 use crate::broker::{Append, Broker, StartFrom};
 use crate::config::{Backoff, EngineConfig, Grants};
 use crate::event::Event;
@@ -48,9 +48,13 @@ pub struct BenchArgs {
     /// Also measure the Redis Streams path on this server.
     #[arg(long)]
     pub redis: Option<String>,
-    /// Skip the in-memory cases (with --redis).
-    #[arg(long, requires = "redis")]
+    /// Skip the in-memory cases (with --redis or --redis-cluster).
+    #[arg(long)]
     pub redis_only: bool,
+    /// Also measure the Redis Streams path on this Redis Cluster (seed
+    /// URLs, comma-separated), beside the server of `--redis` when given.
+    #[arg(long, value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
     /// Plugin versions to hot-swap under load when measuring the swap pause
     /// (0: skip that measurement).
     #[arg(long, default_value_t = 10)]
@@ -76,6 +80,16 @@ impl Handler for NativeNoop {
 enum Backend {
     Memory,
     Redis(String),
+    /// A Redis Cluster's seeds, and how many streams a case drains: one
+    /// (one master does the work) or one per master.
+    Cluster(Vec<String>, Spread),
+}
+
+/// How a cluster case places its streams.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Spread {
+    OneStream,
+    OnePerMaster,
 }
 
 /// A case: its name, its handler, and for a handler with key-value state
@@ -203,7 +217,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         let redis_cases = select(
             &args,
             vec![
-                native,
+                native.clone(),
                 Case::new("wasm, reuse 1000 (default)", wasm(1000)?),
                 counter(RedisBroker::connect(url, Trimming::default()).await?, 1)?,
                 counter(RedisBroker::connect(url, Trimming::default()).await?, 1000)?,
@@ -239,8 +253,69 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             rss_kib() / 1024
         ));
     }
+    if !args.redis_cluster.is_empty() {
+        out.push_str(&cluster_report(&args, &native, wasm(1000)?).await?);
+    }
     if args.swaps > 0 && !args.redis_only {
         out.push_str(&swap::pause_report(engine.clone(), &args).await?);
+    }
+    Ok(out)
+}
+
+/// The consume-handle-ack cases on a Redis Cluster: one stream (one
+/// master works) and one stream per master, native and wasm; events/s,
+/// the ratio to the same case on one stream, and CPU per event of this
+/// process and of all the masters together.
+async fn cluster_report(
+    args: &BenchArgs,
+    native: &Case,
+    wasm: Arc<dyn Handler>,
+) -> anyhow::Result<String> {
+    let seeds = args.redis_cluster.clone();
+    let cases = select(
+        args,
+        vec![
+            native.clone(),
+            Case::new("wasm, reuse 1000 (default)", wasm),
+        ],
+    );
+    let mut out = format!(
+        "\nRedis Cluster at {}: consume, handle and ack pre-filled streams, same events and rounds;\n\
+         \"spread\" ratios are against the same case on one stream in the same round\n\
+         (CPU per event: this process, and every master together)\n\n{:<44} {:>12} {:>10} {:>12} {:>12}\n",
+        seeds.join(","),
+        "case", "events/s", "vs 1 stream", "host µs/ev", "redis µs/ev"
+    );
+    let one = Backend::Cluster(seeds.clone(), Spread::OneStream);
+    let spread = Backend::Cluster(seeds, Spread::OnePerMaster);
+    for case in &cases {
+        measure(case, &one, args.events / 10 + 1, args.concurrency).await?;
+        measure(case, &spread, args.events / 10 + 1, args.concurrency).await?;
+    }
+    for case in &cases {
+        let (mut singles, mut spreads) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds.max(1) {
+            let single = measure(case, &one, args.events, args.concurrency).await?;
+            let mut wide = measure(case, &spread, args.events, args.concurrency).await?;
+            wide.vs_native = wide.rate / single.rate;
+            singles.push(single);
+            spreads.push(wide);
+        }
+        for (label, rounds) in [("1 stream", &singles), ("1 stream per master", &spreads)] {
+            let r = Round::median(rounds);
+            let ratio = match label {
+                "1 stream" => "1.00".to_string(),
+                _ => format!("{:.2}", r.vs_native),
+            };
+            out.push_str(&format!(
+                "{:<44} {:>12.0} {:>10} {:>12.2} {:>12.2}\n",
+                format!("{}, {label}", case.name),
+                r.rate,
+                ratio,
+                r.host_us,
+                r.redis_us.unwrap_or(f64::NAN)
+            ));
+        }
     }
     Ok(out)
 }
@@ -282,7 +357,7 @@ async fn measure_cases(
                 });
                 Some(rate)
             }
-            Backend::Memory => None,
+            Backend::Memory | Backend::Cluster(..) => None,
         };
         for (i, case) in cases.iter().enumerate() {
             let mut round = measure(case, backend, args.events, args.concurrency).await?;
@@ -357,8 +432,21 @@ async fn measure(
     concurrency: usize,
 ) -> anyhow::Result<Round> {
     let stream = format!("runnel-bench-{}", uuid::Uuid::new_v4().simple());
+    let mut streams = vec![stream.clone()];
     let (broker, read_count, block): (Arc<dyn Broker>, usize, Duration) = match (backend, &case.kv)
     {
+        (Backend::Cluster(seeds, spread), _) => {
+            let cluster = RedisBroker::open(
+                &Endpoint::Cluster(seeds.clone()),
+                Trimming::default(),
+                &Default::default(),
+            )
+            .await?;
+            if *spread == Spread::OnePerMaster {
+                streams = cluster.one_key_per_master(&stream).await?;
+            }
+            (cluster, 512, Duration::from_millis(100))
+        }
         (_, Some(kv)) => (
             kv.broker().clone(),
             read_count(backend),
@@ -372,9 +460,11 @@ async fn measure(
         ),
     };
     let handler = case.handler.clone();
-    broker
-        .create_group(&stream, "bench", StartFrom::Beginning)
-        .await?;
+    for stream in &streams {
+        broker
+            .create_group(stream, "bench", StartFrom::Beginning)
+            .await?;
+    }
     let payload = br#"{"order_id":"o-1","sku":"A-1","quantity":2,"unit_cents":1999}"#.to_vec();
     let mut left = events;
     while left > 0 {
@@ -382,7 +472,7 @@ async fn measure(
         left -= n;
         let appends = (0..n)
             .map(|i| Append {
-                stream: stream.clone(),
+                stream: streams[(left + i) % streams.len()].clone(),
                 fields: event_fields(&Event::new(
                     event_name(case.names, left + i),
                     payload.clone(),
@@ -396,7 +486,7 @@ async fn measure(
         group: "bench".into(),
         start: StartFrom::Beginning,
         consumer: "bench".into(),
-        streams: vec![stream.clone()],
+        streams: streams.clone(),
         events: Vec::new(),
         concurrency,
         max_attempts: 1,
@@ -417,40 +507,71 @@ async fn measure(
         subscriber = subscriber.with_kv(kv.clone());
     }
     let shutdown = CancellationToken::new();
-    let mut redis_conn = match backend {
-        Backend::Redis(url) => Some(
+    // The servers whose CPU the case costs: the one, or every master.
+    let servers: Vec<String> = match backend {
+        Backend::Redis(url) => vec![url.clone()],
+        Backend::Cluster(seeds, _) => {
+            let cluster = RedisBroker::open(
+                &Endpoint::Cluster(seeds.clone()),
+                Trimming::default(),
+                &Default::default(),
+            )
+            .await?;
+            cluster.masters().await?
+        }
+        Backend::Memory => Vec::new(),
+    };
+    let mut redis_conns = Vec::new();
+    for url in &servers {
+        redis_conns.push(
             redis::Client::open(url.as_str())?
                 .get_multiplexed_async_connection()
                 .await?,
-        ),
-        Backend::Memory => None,
-    };
-    let redis_before = match &mut redis_conn {
-        Some(conn) => Some(cpu::redis(conn).await?),
-        None => None,
+        );
+    }
+    let redis_before = match redis_conns.is_empty() {
+        true => None,
+        false => Some(cpu::redis_all(&mut redis_conns).await?),
     };
     let host_before = cpu::process();
     let started = Instant::now();
     let task = tokio::spawn(subscriber.consume(handler, shutdown.clone()));
     let poll = match backend {
         Backend::Memory => Duration::from_micros(200),
-        Backend::Redis(_) => Duration::from_millis(2),
+        Backend::Redis(_) | Backend::Cluster(..) => Duration::from_millis(2),
     };
-    while broker.backlog(&stream, "bench").await? > 0 {
-        tokio::time::sleep(poll).await;
+    for stream in &streams {
+        while broker.backlog(stream, "bench").await? > 0 {
+            tokio::time::sleep(poll).await;
+        }
     }
     let elapsed = started.elapsed();
     let host_cpu = cpu::process().saturating_sub(host_before);
     shutdown.cancel();
     task.await??;
     let mut redis_us = None;
-    if let (Some(conn), Some(before)) = (&mut redis_conn, redis_before) {
+    if let Some(before) = redis_before {
         // Includes the backlog polls (one XINFO per 2 ms), which is noise.
         redis_us = Some(cpu::micros_each(
-            cpu::redis(conn).await?.saturating_sub(before),
+            cpu::redis_all(&mut redis_conns)
+                .await?
+                .saturating_sub(before),
             events,
         ));
-        let _: () = redis::cmd("DEL").arg(&stream).query_async(conn).await?;
+    }
+    let endpoint = match backend {
+        Backend::Redis(url) => Some(Endpoint::Server(url.clone())),
+        Backend::Cluster(seeds, _) => Some(Endpoint::Cluster(seeds.clone())),
+        Backend::Memory => None,
+    };
+    if let Some(endpoint) = endpoint {
+        let redis = RedisBroker::open(&endpoint, Trimming::default(), &Default::default()).await?;
+        for stream in &streams {
+            let _: () = redis::cmd("DEL")
+                .arg(stream)
+                .query_async(&mut redis.commands())
+                .await?;
+        }
     }
     let handled = stats.snapshot().handled as usize;
     anyhow::ensure!(
@@ -478,7 +599,7 @@ fn event_name(names: usize, i: usize) -> String {
 fn read_count(backend: &Backend) -> usize {
     match backend {
         Backend::Memory => 256,
-        Backend::Redis(_) => 512,
+        Backend::Redis(_) | Backend::Cluster(..) => 512,
     }
 }
 

@@ -157,7 +157,8 @@ pub struct Append {
 /// A pub/sub backend with consumer groups and at-least-once delivery.
 ///
 /// The contract is written once as checks that every backend passes
-/// (`tests/src/contract.rs`, run on memory and Redis). Where the two could
+/// (`tests/src/contract.rs`, run on memory, one Redis server and a Redis
+/// Cluster). Where the two could
 /// differ, it says: a missing stream or group is a [`MissingGroup`] error
 /// for `read`, `backlog`, `claim_idle` and `touch` alike, and acking there
 /// is a no-op (as Redis's `XACK` is); `touch` refreshes only the caller's

@@ -534,25 +534,7 @@ async fn a_slot_resharded_under_load_loses_nothing() {
 
 /// `runnel ...` with `stdin`; its stdout, after asserting success.
 fn cli(args: &[&str], stdin: &str) -> String {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new(bin())
-        .args(args)
-        .env("RUNNEL_LOG", "warn")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).unwrap();
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "runnel {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    crate::util::text(&crate::util::runnel_ok(args, Some(stdin)).stdout)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

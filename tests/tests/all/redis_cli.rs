@@ -1,33 +1,12 @@
 //! The Redis commands of the CLI against the real server: `emit`,
 //! `dlq list`, `dlq replay`, `replay`.
 
-use std::io::Write as _;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use runnel::event::Event;
 use runnel_tests::{plugin, redis_conn, redis_url, start, unique};
 
-fn runnel(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
-        .args(args)
-        .env("RUNNEL_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "runnel {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use crate::util::runnel_ok as runnel;
 
 async fn events_on(stream: &str) -> Vec<Event> {
     let mut conn = redis_conn().await;

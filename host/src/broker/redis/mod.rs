@@ -260,6 +260,40 @@ impl RedisBroker {
         }))
     }
 
+    /// The URL of every master (one: the server), with the seed's
+    /// credentials: where a tool measures what the backend costs.
+    pub async fn masters(&self) -> anyhow::Result<Vec<String>> {
+        let Target::Cluster { slots, seed, .. } = &self.target else {
+            let Target::Server { client, .. } = &self.target else {
+                unreachable!()
+            };
+            return Ok(vec![url_of(client.get_connection_info(), None)]);
+        };
+        self.node_for(0).await?;
+        let masters = slots.lock().unwrap_or_else(|e| e.into_inner()).masters();
+        Ok(masters.iter().map(|n| url_of(seed, Some(n))).collect())
+    }
+
+    /// `<prefix>-<n>` names, one served by each master (one name on a
+    /// server), for spreading work over a cluster.
+    pub async fn one_key_per_master(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let wanted = self.masters().await?.len();
+        let mut names = Vec::new();
+        let mut served = Vec::new();
+        for i in 0..100_000 {
+            let name = format!("{prefix}-{i}");
+            let node = self.node_for(slots::slot_of(&name)).await?;
+            if !served.contains(&node) {
+                served.push(node);
+                names.push(name);
+            }
+            if names.len() == wanted {
+                break;
+            }
+        }
+        Ok(names)
+    }
+
     /// Whether this is a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.target, Target::Cluster { .. })
@@ -1264,6 +1298,33 @@ fn quoted_key(words: &str) -> Option<String> {
     let start = words.find('\'')? + 1;
     let len = words[start..].find('\'')?;
     Some(words[start..start + len].to_string())
+}
+
+/// `redis://[user:password@]host:port` for `info`, at `node` instead of its
+/// own address when given.
+fn url_of(info: &redis::ConnectionInfo, node: Option<&Node>) -> String {
+    let (host, port) = match (node, info.addr()) {
+        (Some(n), _) => (n.host.clone(), n.port),
+        (
+            None,
+            ConnectionAddr::Tcp(h, p)
+            | ConnectionAddr::TcpTls {
+                host: h, port: p, ..
+            },
+        ) => (h.clone(), *p),
+        (None, _) => ("127.0.0.1".to_string(), 6379),
+    };
+    let settings = info.redis_settings();
+    let auth = match (settings.username(), settings.password()) {
+        (Some(user), Some(password)) => format!("{user}:{password}@"),
+        (None, Some(password)) => format!(":{password}@"),
+        _ => String::new(),
+    };
+    let scheme = match info.addr() {
+        ConnectionAddr::TcpTls { .. } => "rediss",
+        _ => "redis",
+    };
+    format!("{scheme}://{auth}{host}:{port}")
 }
 
 /// The command connection of `client`, connected by its first command.
