@@ -796,5 +796,8 @@ fn check(path: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             println!("    {:<14} {state}{detail}{end}", c.capability);
         }
     }
+    for warning in config.cluster_warnings() {
+        println!("  warning: {warning}");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -87,6 +87,9 @@ impl Runtime {
     /// and file, if one does not load: a service should not start half-way.
     pub async fn from_config(config: Config) -> anyhow::Result<Runtime> {
         let broker = connect(&config.backend).await?;
+        for warning in config.cluster_warnings() {
+            tracing::warn!("{warning}");
+        }
         let kv = crate::kv::Store::new(broker.clone());
         let engine = Arc::new(PluginEngine::new(&config.engine)?);
         let routes = Arc::new(config.routes.clone());

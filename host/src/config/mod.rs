@@ -705,6 +705,21 @@ streams = ["s"]
         assert!(err.reason.contains("kv_shared"), "{err}");
         let c = stateful(r#"["{o}", "{o}.x"]"#, r#"{ kv = ["c"] }"#).unwrap();
         assert_eq!(c.plugins[0].kv_namespace(), "{o}:p");
+        assert!(c.cluster_warnings().is_empty());
+        let routed = |to: &str| {
+            parse(&format!(
+                "{cluster}[routes]\n\"x\" = \"{to}\"\n[[plugin]]\nname = \"p\"\npath = \"p.wasm\"\nstreams = [\"{{o}}\"]\ngrants = {{ kv = [\"c\"] }}\n"
+            ))
+            .unwrap()
+            .cluster_warnings()
+        };
+        assert!(routed("{o}.out").is_empty());
+        let warned = routed("invoices");
+        assert_eq!(warned.len(), 1);
+        assert!(
+            warned[0].contains("invoices") && warned[0].contains("at least once"),
+            "{warned:?}"
+        );
         // On one server the same config is fine, and untagged names keep
         // the plugin's name as their namespace.
         let one = "[backend]\nkind = \"redis\"\nurl = \"redis://x\"\n";

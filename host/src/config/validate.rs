@@ -228,6 +228,41 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What a Redis Cluster cannot commit in one step for this config, one
+    /// line each (empty elsewhere): a stateful plugin's emits routed to a
+    /// stream outside its streams' hash tag are appended before the commit
+    /// of its state, at least once rather than exactly once.
+    pub fn cluster_warnings(&self) -> Vec<String> {
+        let on_cluster = matches!(&self.backend, Backend::Redis(r) if r.url.is_none());
+        let mut out = Vec::new();
+        for p in self
+            .plugins
+            .iter()
+            .filter(|p| on_cluster && p.shadow_of.is_none())
+        {
+            if p.grants.kv.is_empty() {
+                continue;
+            }
+            let tag = crate::broker::redis::slots::common_tag(&p.streams);
+            let apart: Vec<&str> = self
+                .routes
+                .iter()
+                .filter(|(_, stream)| crate::broker::redis::slots::tag_prefix(stream) != tag)
+                .map(|(_, stream)| stream.as_str())
+                .collect();
+            if !apart.is_empty() {
+                out.push(format!(
+                    "plugin {:?}: on a Redis Cluster, events it emits to {} (outside its hash tag {tag}) are appended just before its state commits, at least once rather than exactly once; name them {tag}... to commit them with its state",
+                    p.name,
+                    apart.join(", ")
+                ));
+            }
+        }
+        out
+    }
+}
+
 /// On a Redis Cluster, a key-value commit is one script on one master: the
 /// plugin's source streams, their replay streams, its idempotency marks
 /// and its buckets must share a hash slot. Runnel derives the names of

@@ -592,3 +592,48 @@ async fn emit_and_dead_letters_work_on_a_cluster_from_the_command_line() {
             .is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_drains_one_stream_and_one_per_master_on_a_cluster() {
+    let seeds = redis_cluster::shared().seeds().join(",");
+    let noop = plugin("noop").display().to_string();
+    let report = tokio::task::spawn_blocking(move || {
+        cli(
+            &[
+                "bench",
+                "--events",
+                "300",
+                "--rounds",
+                "1",
+                "--swaps",
+                "0",
+                "--redis-only",
+                "--redis-cluster",
+                &seeds,
+                "--plugin",
+                &noop,
+            ],
+            "",
+        )
+    })
+    .await
+    .unwrap();
+    // Every case drained all its events (the bench fails otherwise) on
+    // both layouts, and the masters' CPU was read.
+    for row in [
+        "native Rust handler (baseline), 1 stream ",
+        "native Rust handler (baseline), 1 stream per master",
+        "wasm, reuse 1000 (default), 1 stream per master",
+    ] {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no row {row:?} in:\n{report}"));
+        let figures: Vec<f64> = line[row.len()..]
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        assert_eq!(figures.len(), 4, "{line}");
+        assert!(figures.iter().all(|f| *f > 0.0), "{line}");
+    }
+}
