@@ -282,7 +282,7 @@ async fn cluster_report(
     let mut out = format!(
         "\nRedis Cluster at {}: consume, handle and ack pre-filled streams, same events and rounds;\n\
          \"spread\" ratios are against the same case on one stream in the same round\n\
-         (CPU per event: this process, and every master together)\n\n{:<44} {:>12} {:>10} {:>12} {:>12}\n",
+         (CPU per event: this process, and every master together)\n\n{:<52} {:>12} {:>11} {:>12} {:>12}\n",
         seeds.join(","),
         "case", "events/s", "vs 1 stream", "host µs/ev", "redis µs/ev"
     );
@@ -308,7 +308,7 @@ async fn cluster_report(
                 _ => format!("{:.2}", r.vs_native),
             };
             out.push_str(&format!(
-                "{:<44} {:>12.0} {:>10} {:>12.2} {:>12.2}\n",
+                "{:<52} {:>12.0} {:>11} {:>12.2} {:>12.2}\n",
                 format!("{}, {label}", case.name),
                 r.rate,
                 ratio,
