@@ -187,71 +187,56 @@ impl RedisCluster {
         cli(port, &["cluster", "myid"]).trim().to_string()
     }
 
-    /// Moves `slot` to the master on `to`, keys and all, as `redis-cli
-    /// --cluster reshard` moves each slot: the target imports, the source
-    /// migrates, keys go over in batches (`MIGRATE`), and every master is
-    /// told the new owner. Clients meet `ASK` while the keys move and
-    /// `MOVED` after.
-    pub fn move_slot(&self, slot: u16, to: u16) {
-        let from = self.master_of_slot(slot);
-        assert_ne!(from, to, "slot {slot} is on {to} already");
-        let (from_id, to_id) = (self.id_of(from), self.id_of(to));
-        let slot_text = slot.to_string();
-        let ok = |port: u16, args: &[&str]| {
-            let said = cli(port, args);
-            assert!(said.trim() == "OK", "redis-cli -p {port} {args:?}: {said}");
-        };
-        ok(
-            to,
-            &["cluster", "setslot", &slot_text, "importing", &from_id],
+    /// Moves the `count` lowest slots of the master on `from` to the
+    /// master on `to`, keys and all, with `redis-cli --cluster reshard`
+    /// (which moves a source's slots in ascending order): clients meet
+    /// `ASK` while a slot's keys move and `MOVED` after.
+    pub fn reshard(&self, from: u16, to: u16, count: usize) {
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+            .args(["--cluster-from", &self.id_of(from)])
+            .args(["--cluster-to", &self.id_of(to)])
+            .args(["--cluster-slots", &count.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster reshard: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
-        ok(
-            from,
-            &["cluster", "setslot", &slot_text, "migrating", &to_id],
-        );
-        loop {
-            let keys = cli(from, &["cluster", "getkeysinslot", &slot_text, "100"]);
-            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
-            if keys.is_empty() {
-                break;
-            }
-            let mut args = vec![
-                "migrate".to_string(),
-                "127.0.0.1".into(),
-                to.to_string(),
-                "".into(),
-                "0".into(),
-                "10000".into(),
-                "KEYS".into(),
-            ];
-            args.extend(keys.iter().map(|k| k.to_string()));
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let said = cli(from, &args);
-            assert!(
-                said.trim() == "OK" || said.trim() == "NOKEY",
-                "MIGRATE: {said}"
-            );
-        }
-        // The target first, then the source (as redis-cli does): a source
-        // that says MOVED to a target still importing would be sent back.
-        ok(to, &["cluster", "setslot", &slot_text, "node", &to_id]);
-        ok(from, &["cluster", "setslot", &slot_text, "node", &to_id]);
-        for master in self.masters() {
-            if master != to && master != from {
-                cli(master, &["cluster", "setslot", &slot_text, "node", &to_id]);
-            }
-        }
+    }
+
+    /// The lowest slot the master on `port` serves.
+    pub fn first_slot_of(&self, port: u16) -> u16 {
+        (0..16384u16)
+            .find(|&slot| {
+                self.ranges()
+                    .iter()
+                    .any(|(a, b, p)| *p == port && (*a..=*b).contains(&slot))
+            })
+            .expect("the master serves a slot")
     }
 
     /// The port of the master serving `slot` now.
     pub fn master_of_slot(&self, slot: u16) -> u16 {
+        self.ranges()
+            .into_iter()
+            .find(|(a, b, _)| (*a..=*b).contains(&slot))
+            .map(|(_, _, port)| port)
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+    }
+
+    /// `(first, last, master port)` of every slot range, as a live node's
+    /// `CLUSTER NODES` says.
+    fn ranges(&self) -> Vec<(u16, u16, u16)> {
         let live = self
             .nodes
             .iter()
             .find(|n| n.child.is_some())
             .expect("a live node");
-        let nodes = cli(live.port, &["cluster", "nodes"]);
-        for line in nodes.lines() {
+        let mut ranges = Vec::new();
+        for line in cli(live.port, &["cluster", "nodes"]).lines() {
             let parts: Vec<&str> = line.split_whitespace().collect();
             if parts.len() < 9 || !parts[2].contains("master") || parts[2].contains("fail") {
                 continue;
@@ -264,13 +249,11 @@ impl RedisCluster {
             for range in &parts[8..] {
                 let (a, b) = range.split_once('-').unwrap_or((range, range));
                 if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>()) {
-                    if (a..=b).contains(&slot) {
-                        return port;
-                    }
+                    ranges.push((a, b, port));
                 }
             }
         }
-        panic!("no master serves slot {slot}")
+        ranges
     }
 
     /// Ports of the live masters.

@@ -485,11 +485,22 @@ async fn a_master_killed_and_its_replica_promoted_mid_stream_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_resharded_under_load_loses_nothing() {
     const PER_STREAM: usize = 50;
+    const MOVED_SLOTS: usize = 50;
     let cluster = RedisCluster::start(3, 0);
     let dir = scratch("cluster-reshard");
-    let streams = streams_on_every_master(&cluster, &unique("reshard"), 3);
-    let from = cluster.master_of(&streams[0]);
-    let to = *cluster.masters().iter().find(|&&m| m != from).unwrap();
+    // The first stream sits in one of the slots the reshard moves: the
+    // lowest of its master's.
+    let prefix = unique("reshard");
+    let masters = cluster.masters();
+    let from = masters[0];
+    let first = cluster.first_slot_of(from);
+    let moving = (0..)
+        .map(|i| format!("{prefix}-m{i}"))
+        .find(|n| (first..first + MOVED_SLOTS as u16).contains(&slot_of(n)))
+        .unwrap();
+    let mut streams = vec![moving];
+    streams.extend(streams_on_every_master(&cluster, &prefix, 2));
+    let to = masters[1];
     let done = unique("worked");
     let group = unique("g");
     let (a, b) = workers(&cluster, &dir, &streams, &group, &done);
@@ -499,9 +510,8 @@ async fn a_slot_resharded_under_load_loses_nothing() {
         worked(&redis, &done).await.len() >= PER_STREAM * streams.len() / 4
     })
     .await;
-    // The stream's slot moves while both processes read and ack it and a
+    // The slots move while both processes read and ack the stream and a
     // producer keeps appending to it.
-    let slot = slot_of(&streams[0]);
     let producer = {
         let redis = redis.clone();
         let stream = streams[0].clone();
@@ -512,9 +522,9 @@ async fn a_slot_resharded_under_load_loses_nothing() {
             }
         })
     };
-    // redis-cli calls block this thread; the runtime's other worker
-    // drives the producer meanwhile.
-    tokio::task::block_in_place(|| cluster.move_slot(slot, to));
+    // redis-cli blocks this thread; the runtime's other worker drives the
+    // producer meanwhile.
+    tokio::task::block_in_place(|| cluster.reshard(from, to, MOVED_SLOTS));
     producer.await.unwrap();
     assert_eq!(cluster.master_of(&streams[0]), to, "the slot moved");
     let total = PER_STREAM * streams.len() + 20 * 5;
