@@ -326,7 +326,21 @@ enum DlqCommand {
 /// one line and give a non-zero exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Traces go through the log's subscriber, so they are set up with it,
+    // before the async runtime. A config that does not load is reported by
+    // `run` itself.
+    let exporting = match &cli.command {
+        Command::Run(args) => match crate::config::Config::load(&args.config) {
+            Ok(config) => match crate::telemetry::start(&config.telemetry) {
+                Ok(started) => started,
+                Err(e) => return fail(e),
+            },
+            Err(_) => None,
+        },
+        _ => None,
+    };
+    let (export, exporting) = exporting.unzip();
+    init_logging(cli.log_format, export);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = cli.threads {
         builder.worker_threads(threads.get());
@@ -335,7 +349,11 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(anyhow::anyhow!("starting the async runtime: {e}")),
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let outcome = runtime.block_on(dispatch(cli.command));
+    if let Some(exporting) = exporting {
+        exporting.shutdown();
+    }
+    match outcome {
         Ok(code) => code,
         Err(e) => fail(e),
     }
@@ -346,18 +364,30 @@ fn fail(e: anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNNEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+fn init_logging(format: LogFormat, export: Option<crate::telemetry::ExportLayer>) {
     use std::io::IsTerminal as _;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNNEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // The trace spans are for the exporter, not the log.
+        .add_directive(
+            format!("{}=off", crate::telemetry::TARGET)
+                .parse()
+                .expect("a valid directive"),
+        );
+    let log = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let log = match format {
+        LogFormat::Text => log.boxed(),
+        LogFormat::Json => log.json().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(export)
+        .with(log.with_filter(filter))
+        .init();
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

@@ -42,6 +42,20 @@ impl Verdict {
         }
     }
 
+    /// The verdict's name, as the WIT contract's `outcome` names it
+    /// (`done`, `retry`, `reject`) or as the host names a trap.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Done => "done",
+            Verdict::Retry(_) => "retry",
+            Verdict::Reject(_) => "reject",
+            Verdict::Trap(_) => "trap",
+            Verdict::Timeout(_) => "timeout",
+            Verdict::OutOfMemory(_) => "out-of-memory",
+            Verdict::OutOfFuel(_) => "out-of-fuel",
+        }
+    }
+
     /// Whether the call ended the instance (a trap of any kind): it is
     /// discarded, and the call counts as a trap.
     pub fn is_trap(&self) -> bool {
@@ -251,5 +265,11 @@ pub trait Handler: Send + Sync + 'static {
     /// native handlers have none.
     fn instances_alive(&self) -> usize {
         0
+    }
+
+    /// The version now serving, for traces: a plugin's short content hash;
+    /// `None` for native handlers.
+    fn version(&self) -> Option<String> {
+        None
     }
 }

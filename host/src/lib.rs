@@ -39,7 +39,8 @@
 //!   [`reload`] compiles, vets and installs new versions (file watcher,
 //!   admin API, config reload); [`shadow`] runs a candidate beside the live
 //!   version on dry-run copies and compares.
-//! - [`admin`] is the HTTP API; [`metrics`] renders Prometheus text.
+//! - [`admin`] is the HTTP API; [`metrics`] renders Prometheus text;
+//!   [`telemetry`] exports OpenTelemetry traces of deliveries and calls.
 
 pub mod admin;
 pub mod bench;
@@ -66,4 +67,5 @@ pub mod service;
 pub mod shadow;
 pub mod stats;
 pub mod subscriber;
+pub mod telemetry;
 pub mod tools;

@@ -207,6 +207,10 @@ impl Handler for LivePlugin {
     fn instances_alive(&self) -> usize {
         self.current.load().handler.instances_alive()
     }
+
+    fn version(&self) -> Option<String> {
+        self.current.load().handler.version()
+    }
 }
 
 #[cfg(test)]

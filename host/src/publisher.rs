@@ -35,35 +35,55 @@ impl Publisher {
         self.publish(&routed).await
     }
 
-    /// Appends already-routed events (from outside: depth 0).
+    /// Appends already-routed events (from outside: depth 0, no trace).
     pub async fn publish(&self, routed: &[(String, Event)]) -> anyhow::Result<()> {
-        self.publish_at_depth(routed, 0).await
+        self.publish_emitted(routed, &Lineage::default()).await
     }
 
-    /// Appends events emitted while handling an event at causal depth
-    /// `depth - 1`: each entry carries `depth` after its `event` field.
-    pub async fn publish_at_depth(
+    /// Appends events emitted by a call: each entry carries what
+    /// `lineage` says after its `event` field.
+    pub async fn publish_emitted(
         &self,
         routed: &[(String, Event)],
-        depth: u32,
+        lineage: &Lineage,
     ) -> anyhow::Result<()> {
         if routed.is_empty() {
             return Ok(());
         }
-        self.broker.append(entries_at_depth(routed, depth)).await?;
+        self.broker.append(emitted_entries(routed, lineage)).await?;
         Ok(())
     }
 }
 
-/// The entries of events emitted at causal depth `depth` (see
-/// [`DEPTH_FIELD`]), for their routed streams.
-pub fn entries_at_depth(routed: &[(String, Event)], depth: u32) -> Vec<Append> {
+/// Where emitted events come from, written into their entries after the
+/// `event` field (which Go readers never look past).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lineage {
+    /// How far down a causal chain they are ([`DEPTH_FIELD`]): one more
+    /// than the event whose call emitted them.
+    pub depth: u32,
+    /// The trace context of that call, when traces are exported
+    /// ([`crate::telemetry::TRACE_FIELD`]).
+    pub traceparent: Option<String>,
+}
+
+/// The entries of events emitted with `lineage`, for their routed streams.
+pub fn emitted_entries(routed: &[(String, Event)], lineage: &Lineage) -> Vec<Append> {
     routed
         .iter()
         .map(|(stream, event)| {
             let mut fields = event_fields(event);
-            if depth > 0 {
-                fields.push((DEPTH_FIELD.to_string(), depth.to_string().into_bytes()));
+            if lineage.depth > 0 {
+                fields.push((
+                    DEPTH_FIELD.to_string(),
+                    lineage.depth.to_string().into_bytes(),
+                ));
+            }
+            if let Some(traceparent) = &lineage.traceparent {
+                fields.push((
+                    crate::telemetry::TRACE_FIELD.to_string(),
+                    traceparent.clone().into_bytes(),
+                ));
             }
             Append {
                 stream: stream.clone(),

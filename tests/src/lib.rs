@@ -5,6 +5,7 @@ pub mod certs;
 pub mod chaos;
 pub mod contract;
 pub mod http_server;
+pub mod otlp;
 pub mod redis_cluster;
 pub mod redis_server;
 

@@ -310,6 +310,12 @@ pub trait Broker: Send + Sync + 'static {
         commits: &[crate::kv::Commit],
     ) -> anyhow::Result<Vec<crate::kv::Outcome>>;
 
+    /// `messaging.system` in traces: `redis` for Redis, Runnel's own name
+    /// for a backend of its own.
+    fn system(&self) -> &'static str {
+        "runnel.memory"
+    }
+
     /// Whether the backend answers now, for readiness checks.
     async fn ping(&self) -> anyhow::Result<()> {
         Ok(())

@@ -47,6 +47,9 @@ pub struct Config {
     pub max_chain_depth: u32,
     #[serde(default)]
     pub service: ServiceConfig,
+    /// OpenTelemetry traces (off unless it names an endpoint).
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
     /// The admin HTTP API; off unless this section is present.
     pub admin: Option<AdminConfig>,
     #[serde(default, rename = "plugin")]

@@ -8,6 +8,12 @@ impl Config {
     /// problem found.
     pub(super) fn validate(&self) -> Result<(), (String, String)> {
         let mut names = std::collections::HashSet::new();
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return Err((
+                "telemetry.sample_ratio".into(),
+                "must be between 0.0 and 1.0".into(),
+            ));
+        }
         if let Backend::Memory { capacity: 0 } = self.backend {
             return Err(("backend.capacity".into(), "must be at least 1".into()));
         }

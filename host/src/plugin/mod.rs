@@ -524,6 +524,10 @@ impl Handler for WasmPlugin {
     fn instances_alive(&self) -> usize {
         self.alive.load(Relaxed)
     }
+
+    fn version(&self) -> Option<String> {
+        Some(self.sha256()[..12].to_string())
+    }
 }
 
 /// A plugin loaded on its own, outside a runtime, for the tools that run one

@@ -17,7 +17,7 @@ use crate::dead_letter::DeadLetter;
 use crate::event::Event;
 use crate::handler::{Failure, FailureKind, Verdict};
 use crate::kv::{Commit, KvEffects, Mark, NotSent, Outcome, Receipt, Source};
-use crate::publisher::{causal_depth, entries_at_depth};
+use crate::publisher::{causal_depth, emitted_entries, Lineage};
 use crate::stats::Stats;
 
 /// An entry this consumer took, on its way to its final outcome.
@@ -31,6 +31,9 @@ pub(super) struct Job {
     pub reruns: u32,
     /// Times its commit found a stream it emits to full.
     pub busy: u32,
+    /// Its trace span (`process <stream>`), ended when the job is;
+    /// [`tracing::Span::none`] unless traces are exported.
+    pub span: tracing::Span,
 }
 
 /// Where a job that left its lane to wait picks up again.
@@ -57,8 +60,9 @@ enum Step {
     /// Another attempt: call the handler.
     Call(Event, u32),
     /// The call succeeded and left work that waits on the backend: publish
-    /// what it emitted, record the event id in the dedup window.
-    Publish(Event, Vec<(String, Event)>),
+    /// what it emitted (with where it comes from), record the event id in
+    /// the dedup window.
+    Publish(Event, Vec<(String, Event)>, Lineage),
     /// The call succeeded and used key-value state: its writes, its emits
     /// and the ack are queued to commit in one step; wait for the outcome
     /// (attempts made, including this one).
@@ -84,13 +88,15 @@ impl Shared {
         };
         loop {
             step = match step {
-                Step::Call(event, attempts) => self.attempt(&job.delivery, event, attempts).await,
+                Step::Call(event, attempts) => {
+                    self.attempt(&job.delivery, &job.span, event, attempts)
+                        .await
+                }
                 Step::Finished(ack) => return self.finish(job, ack),
-                Step::Publish(event, emitted) => {
+                Step::Publish(event, emitted, lineage) => {
                     let shared = self.clone();
                     return self.spawn_wait(async move {
-                        let depth = causal_depth(&job.delivery.entry) + 1;
-                        let published = shared.publish(&emitted, &event, depth).await;
+                        let published = shared.publish(&emitted, &event, &lineage).await;
                         if published {
                             shared.remember_handled(&job.delivery.stream, &event).await;
                         }
@@ -158,6 +164,7 @@ impl Shared {
     /// The job is over: it is no longer in flight, and if it reached a final
     /// outcome it is acknowledged. Its slot is given back.
     fn finish(&self, job: Job, ack: bool) {
+        crate::telemetry::end_delivery(&job.span, ack);
         let key = (job.delivery.stream, job.delivery.entry.id);
         self.lock_in_flight().remove(&key);
         if ack {
@@ -174,9 +181,9 @@ impl Shared {
         delivery: &Delivery,
         event: &Event,
         emitted: Vec<(String, Event)>,
+        lineage: &Lineage,
         effects: KvEffects,
     ) -> Receipt {
-        let depth = causal_depth(&delivery.entry) + 1;
         // The dedup mark commits with the writes: set after them, a crash
         // or a duplicate handled meanwhile could apply the event twice.
         let mark = match (
@@ -194,7 +201,7 @@ impl Shared {
                 id: delivery.entry.id.clone(),
             }),
             effects,
-            appends: entries_at_depth(&emitted, depth),
+            appends: emitted_entries(&emitted, lineage),
             mark,
         })
     }
@@ -405,11 +412,21 @@ impl Shared {
         )
     }
 
-    /// One call of the handler and what its verdict leads to.
-    async fn attempt(&self, delivery: &Delivery, mut event: Event, attempts: u32) -> Step {
+    /// One call of the handler and what its verdict leads to; `span` is
+    /// the delivery's trace span, the parent of the call's.
+    async fn attempt(
+        &self,
+        delivery: &Delivery,
+        span: &tracing::Span,
+        mut event: Event,
+        attempts: u32,
+    ) -> Step {
         let stats = &self.stats;
         let attempts = attempts + 1;
         event.meta.attempts = attempts;
+        crate::telemetry::identify(span, &event);
+        let call_span =
+            crate::telemetry::call_span(span, &self.sub.plugin, &*self.handler, attempts);
         let handled = {
             // While the breaker is open the event waits here, in flight
             // and pending, its attempts untouched.
@@ -422,10 +439,17 @@ impl Shared {
             }
             let _call = self.calls.acquire().await.expect("never closed");
             let started = std::time::Instant::now();
-            let handled = self.handler.handle(&event).await;
+            let handled = {
+                use tracing::Instrument as _;
+                self.handler
+                    .handle(&event)
+                    .instrument(call_span.clone())
+                    .await
+            };
             stats.latency.observe(started.elapsed().as_secs_f64());
             handled
         };
+        crate::telemetry::record_verdict(&call_span, &handled.verdict);
         let speaks_of_the_plugin = match handled.verdict {
             Verdict::Done => Some(true),
             Verdict::Reject(_) => None,
@@ -437,16 +461,21 @@ impl Shared {
                 .failed(delivery, event, attempts, handled.verdict)
                 .await;
         }
+        let lineage = Lineage {
+            depth: causal_depth(&delivery.entry) + 1,
+            traceparent: crate::telemetry::traceparent(&call_span),
+        };
         // A dry run's writes are never committed (nor checked).
         if !handled.kv.is_empty() && !event.meta.is_dry_run {
-            let receipt = self.queue_commit(delivery, &event, handled.emitted, handled.kv);
+            let receipt =
+                self.queue_commit(delivery, &event, handled.emitted, &lineage, handled.kv);
             return Step::Commit(event, attempts, receipt);
         }
         if handled.emitted.is_empty() && self.sub.dedup_window.is_none() {
             Stats::bump(&stats.handled);
             return Step::Finished(true);
         }
-        Step::Publish(event, handled.emitted)
+        Step::Publish(event, handled.emitted, lineage)
     }
 
     /// What a failed attempt leads to: the error handler, then another
@@ -512,10 +541,10 @@ impl Shared {
 
     /// Publishes what a successful call emitted, `depth` down the causal
     /// chain, retrying a failing backend.
-    async fn publish(&self, emitted: &[(String, Event)], cause: &Event, depth: u32) -> bool {
+    async fn publish(&self, emitted: &[(String, Event)], cause: &Event, lineage: &Lineage) -> bool {
         let mut failures = 0;
         loop {
-            match self.publisher.publish_at_depth(emitted, depth).await {
+            match self.publisher.publish_emitted(emitted, lineage).await {
                 Ok(()) => return true,
                 Err(e) => {
                     failures += 1;

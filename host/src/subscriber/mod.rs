@@ -404,12 +404,19 @@ impl Subscriber {
                         slots.clone().acquire_owned().await.expect("never closed")
                     }
                 };
+                let span = crate::telemetry::delivery_span(
+                    &delivery,
+                    &shared.sub.group,
+                    &shared.sub.plugin,
+                    shared.broker.system(),
+                );
                 jobs.push(delivery::Job {
                     delivery,
                     _slot: slot,
                     resume: None,
                     reruns: 0,
                     busy: 0,
+                    span,
                 });
             }
             shared.enqueue(jobs);

@@ -22,4 +22,5 @@ mod redis_processes;
 mod scaffold;
 mod service;
 mod survival;
+mod telemetry;
 mod util;

@@ -1162,6 +1162,10 @@ impl Broker for RedisBroker {
         self.reconnects.load(Relaxed)
     }
 
+    fn system(&self) -> &'static str {
+        "redis"
+    }
+
     async fn backlog(&self, stream: &str, group: &str) -> anyhow::Result<u64> {
         let (info, progress) = self.progress(stream, group).await?;
         // `lag` is nil when Redis cannot tell (after deletions), and stays
