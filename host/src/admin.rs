@@ -44,8 +44,21 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/plugins/{name}/promote", post(promote_plugin))
         .route("/config/reload", post(reload_config))
         .route("/events", post(inject_events))
+        .route("/streams", get(list_streams))
+        .route("/dead-letters", get(list_dead_letters))
+        .route(
+            "/dead-letters/{stream}/{id}",
+            axum::routing::delete(delete_dead_letter),
+        )
+        .route(
+            "/dead-letters/{stream}/{id}/replay",
+            post(replay_dead_letter),
+        )
         .layer(middleware::from_fn_with_state(admin.clone(), require_token));
     Router::new()
+        // The page holds no data: every figure on it comes from the
+        // guarded routes, with the token the operator types in.
+        .route("/", get(dashboard))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .merge(guarded)
@@ -172,9 +185,23 @@ fn describe(p: &RunningPlugin) -> Value {
             "last_difference": sh.stats.last_difference(),
         })
     });
+    let state = if p.is_shadow() {
+        "shadow"
+    } else if p.breaker.position() != crate::subscriber::breaker::Position::Closed {
+        "breaker open"
+    } else if version.on_probation() {
+        "on probation"
+    } else {
+        "serving"
+    };
     json!({
         "name": p.config.name,
         "version": version.sha256,
+        "state": state,
+        "latency": {
+            "calls": p.stats.calls.load(std::sync::atomic::Ordering::Relaxed),
+            "seconds": p.stats.call_nanos.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9,
+        },
         "loaded_at": rfc3339(version.loaded_at),
         "streams": p.config.streams,
         "shadow_of": p.config.shadow_of,
@@ -263,5 +290,128 @@ async fn inject_events(State(admin): State<Arc<Admin>>, body: String) -> Respons
     match admin.runtime.inject(events).await {
         Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "published": ids }))).into_response(),
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
+    }
+}
+
+/// The operator's page (`GET /`): one file, shipped in the binary, that
+/// draws everything from the routes below with the token typed into it.
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Nothing from elsewhere: the page works offline and a script
+            // injected into a dead letter's text could not call out.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+            ),
+        ],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
+}
+
+/// Each plugin's source and replay streams with the group's backlog
+/// (`null` where it cannot be told: the group is missing, the backend
+/// does not answer).
+async fn list_streams(State(admin): State<Arc<Admin>>) -> Json<Value> {
+    let runtime = &admin.runtime;
+    let mut out = Vec::new();
+    for p in runtime.plugins.iter().filter(|p| !p.is_shadow()) {
+        let group = runtime.config.group_of(&p.config);
+        for stream in &p.config.streams {
+            let backlog = runtime.broker.backlog(stream, &group).await.ok();
+            out.push(json!({
+                "plugin": p.config.name,
+                "stream": stream,
+                "group": group,
+                "backlog": backlog,
+                "dead_letters": runtime.config.dead_letter_stream(stream),
+            }));
+        }
+    }
+    Json(Value::Array(out))
+}
+
+/// The dead letters of every plugin's streams, oldest first, up to 100 per
+/// dead-letter stream: why and where each was given up on, and the raw
+/// entry.
+async fn list_dead_letters(State(admin): State<Arc<Admin>>) -> Response {
+    let runtime = &admin.runtime;
+    let mut streams: Vec<String> = runtime
+        .plugins
+        .iter()
+        .flat_map(|p| p.config.streams.iter())
+        .map(|s| runtime.config.dead_letter_stream(s))
+        .collect();
+    streams.sort();
+    streams.dedup();
+    let mut out = Vec::new();
+    for stream in streams {
+        let entries = match runtime.broker.range(&stream, None, None, 100).await {
+            Ok(entries) => entries,
+            Err(e) => return error(StatusCode::BAD_GATEWAY, format!("{e:#}")),
+        };
+        let letters: Vec<Value> = entries
+            .iter()
+            .map(|entry| {
+                let r = crate::dead_letter::DeadLetterRecord::from_entry(entry);
+                let event = crate::event::Event::from_json(&r.event).ok();
+                let fields: serde_json::Map<String, Value> = entry
+                    .fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(String::from_utf8_lossy(v).into())))
+                    .collect();
+                json!({
+                    "id": entry.id,
+                    "source": r.stream,
+                    "plugin": r.plugin,
+                    "group": r.group,
+                    "kind": r.kind,
+                    "attempts": r.attempts,
+                    "failed_at": r.failed_at,
+                    "reason": r.reason,
+                    "event_name": event.as_ref().map(|e| e.name.clone()),
+                    "event_id": event.as_ref().map(|e| e.id.clone()),
+                    "raw": fields,
+                })
+            })
+            .collect();
+        out.push(json!({ "stream": stream, "letters": letters }));
+    }
+    Json(Value::Array(out)).into_response()
+}
+
+/// Hands one dead letter back to the group that failed it, as `runnel dlq
+/// replay --id` does.
+async fn replay_dead_letter(
+    State(admin): State<Arc<Admin>>,
+    Path((stream, id)): Path<(String, String)>,
+) -> Response {
+    let broker = admin.runtime.broker.as_ref();
+    match crate::tools::dlq_replay(broker, &stream, std::slice::from_ref(&id), None, &|_, _| {})
+        .await
+    {
+        Ok(n) => Json(json!({ "replayed": n })).into_response(),
+        Err(e) if e.to_string().contains("no dead letter") => {
+            error(StatusCode::NOT_FOUND, format!("{e:#}"))
+        }
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
+    }
+}
+
+/// Removes one dead letter for good.
+async fn delete_dead_letter(
+    State(admin): State<Arc<Admin>>,
+    Path((stream, id)): Path<(String, String)>,
+) -> Response {
+    match admin
+        .runtime
+        .broker
+        .delete(&stream, std::slice::from_ref(&id))
+        .await
+    {
+        Ok(()) => Json(json!({ "deleted": id })).into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, format!("{e:#}")),
     }
 }

@@ -53,6 +53,11 @@ impl Version {
         &self.sha256[..self.sha256.len().min(12)]
     }
 
+    /// Whether it is on probation: installed, its first call not yet back.
+    pub fn on_probation(&self) -> bool {
+        self.probation.load(Relaxed)
+    }
+
     fn take_fallback(&self) -> Option<Arc<Version>> {
         self.fallback
             .lock()

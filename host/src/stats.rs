@@ -11,6 +11,11 @@ use crate::handler::FailureKind;
 pub struct Stats {
     /// Seconds per call to `handle`: 10 µs to about 10 s in ×4 steps.
     pub latency: Histogram,
+    /// Calls to `handle` timed in `latency`, and their total time in ns:
+    /// what a mean latency over an interval is computed from (the
+    /// histogram does not tell its sum).
+    pub calls: AtomicU64,
+    pub call_nanos: AtomicU64,
     /// Events handled successfully.
     pub handled: AtomicU64,
     /// Failed attempts that were scheduled for another try.
@@ -65,6 +70,8 @@ impl Default for Stats {
     fn default() -> Self {
         Stats {
             latency: Histogram::new(exponential_buckets(1e-5, 4.0, 11)),
+            calls: AtomicU64::default(),
+            call_nanos: AtomicU64::default(),
             handled: AtomicU64::default(),
             retried: AtomicU64::default(),
             failed: AtomicU64::default(),
@@ -85,6 +92,14 @@ impl Default for Stats {
 impl Stats {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Times one call to `handle`.
+    pub fn call_took(&self, took: std::time::Duration) {
+        self.latency.observe(took.as_secs_f64());
+        self.calls.fetch_add(1, Relaxed);
+        self.call_nanos
+            .fetch_add(took.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
     }
 
     /// Counts a failed attempt of `kind`.

@@ -87,7 +87,7 @@ pub async fn dlq_replay(
     stream: &str,
     ids: &[String],
     group: Option<&str>,
-    progress: &dyn Fn(usize, usize),
+    progress: &(dyn Fn(usize, usize) + Sync),
 ) -> anyhow::Result<usize> {
     let entries = broker.range(stream, None, None, usize::MAX).await?;
     let chosen: Vec<_> = entries

@@ -446,7 +446,7 @@ impl Shared {
                     .instrument(call_span.clone())
                     .await
             };
-            stats.latency.observe(started.elapsed().as_secs_f64());
+            stats.call_took(started.elapsed());
             handled
         };
         crate::telemetry::record_verdict(&call_span, &handled.verdict);

@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod conformance;
 mod contract;
+mod dashboard;
 mod delivery;
 mod engine;
 mod faults;
