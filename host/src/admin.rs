@@ -352,31 +352,7 @@ async fn list_dead_letters(State(admin): State<Arc<Admin>>) -> Response {
             Ok(entries) => entries,
             Err(e) => return error(StatusCode::BAD_GATEWAY, format!("{e:#}")),
         };
-        let letters: Vec<Value> = entries
-            .iter()
-            .map(|entry| {
-                let r = crate::dead_letter::DeadLetterRecord::from_entry(entry);
-                let event = crate::event::Event::from_json(&r.event).ok();
-                let fields: serde_json::Map<String, Value> = entry
-                    .fields
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Value::String(String::from_utf8_lossy(v).into())))
-                    .collect();
-                json!({
-                    "id": entry.id,
-                    "source": r.stream,
-                    "plugin": r.plugin,
-                    "group": r.group,
-                    "kind": r.kind,
-                    "attempts": r.attempts,
-                    "failed_at": r.failed_at,
-                    "reason": r.reason,
-                    "event_name": event.as_ref().map(|e| e.name.clone()),
-                    "event_id": event.as_ref().map(|e| e.id.clone()),
-                    "raw": fields,
-                })
-            })
-            .collect();
+        let letters: Vec<Value> = entries.iter().map(crate::dead_letter::describe).collect();
         out.push(json!({ "stream": stream, "letters": letters }));
     }
     Json(Value::Array(out)).into_response()

@@ -60,12 +60,15 @@ enum Command {
     /// Talks to a running host's admin API: list, reload or promote plugins,
     /// reload its config.
     Plugins {
-        /// The admin API's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        /// The admin API's base URL (before or after the subcommand).
+        #[arg(long, global = true, default_value = "http://127.0.0.1:9464")]
         admin: String,
         /// Environment variable holding the admin token, if one is set.
-        #[arg(long, default_value = "RUNNEL_ADMIN_TOKEN")]
+        #[arg(long, global = true, default_value = "RUNNEL_ADMIN_TOKEN")]
         token_env: String,
+        /// `table` for people, `json` for machines (the API's answer).
+        #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+        output: Output,
         #[command(subcommand)]
         command: PluginsCommand,
     },
@@ -281,6 +284,15 @@ impl RedisArgs {
     }
 }
 
+/// How a listing prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    /// Aligned columns, for people.
+    Table,
+    /// JSON, for machines.
+    Json,
+}
+
 #[derive(Subcommand)]
 enum PluginsCommand {
     /// Shows each plugin's version, counters, reloads and last error.
@@ -304,6 +316,9 @@ enum DlqCommand {
         stream: String,
         #[arg(long, default_value_t = 100)]
         count: usize,
+        /// `table` for people, `json` for machines (an array of letters).
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Hands dead letters back to the consumer group that failed each (its
     /// replay stream; no other group sees them) and removes them here.
@@ -377,8 +392,10 @@ fn init_logging(format: LogFormat, export: Option<crate::telemetry::ExportLayer>
                 .parse()
                 .expect("a valid directive"),
         );
+    // NO_COLOR (https://no-color.org): set to anything, no colours.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let log = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let log = match format {
         LogFormat::Text => log.boxed(),
@@ -396,8 +413,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plugins {
             admin,
             token_env,
+            output,
             command,
-        } => cmd_plugins(admin, token_env, command).await,
+        } => cmd_plugins(admin, token_env, output, command).await,
         Command::Check { plugin, config } => check(plugin, config),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
@@ -470,8 +488,10 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
 async fn cmd_plugins(
     admin: String,
     token_env: String,
+    output: Output,
     command: PluginsCommand,
 ) -> anyhow::Result<ExitCode> {
+    let listing = matches!(command, PluginsCommand::List);
     let (method, path) = match &command {
         PluginsCommand::List => ("GET", "/plugins".to_string()),
         PluginsCommand::Reload { name } => ("POST", format!("/plugins/{name}/reload")),
@@ -483,12 +503,84 @@ async fn cmd_plugins(
     let (ok, body) = tokio::task::spawn_blocking(move || call_admin(method, &url, token))
         .await
         .context("the admin client thread failed")??;
-    println!("{body}");
+    match (
+        ok && listing && output == Output::Table,
+        serde_json::from_str(&body),
+    ) {
+        (true, Ok(plugins)) => print!("{}", plugins_table(&plugins)),
+        _ => println!("{body}"),
+    }
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `GET /plugins` as a table: name, short version, state, handled /
+/// failed / dead-lettered, reloads, last error.
+fn plugins_table(plugins: &serde_json::Value) -> String {
+    let rows: Vec<[String; 6]> = plugins
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            let text = |v: &serde_json::Value| match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            let c = &p["counters"];
+            let version = text(&p["version"]);
+            [
+                text(&p["name"]),
+                version.chars().take(12).collect(),
+                text(&p["state"]),
+                format!(
+                    "{} / {} / {}",
+                    text(&c["handled"]),
+                    text(&c["failed"]),
+                    text(&c["dead_lettered"])
+                ),
+                text(&p["reloads"]),
+                text(&p["last_error"])
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            ]
+        })
+        .collect();
+    let head = [
+        "PLUGIN",
+        "VERSION",
+        "STATE",
+        "HANDLED / FAILED / DEAD",
+        "RELOADS",
+        "LAST ERROR",
+    ];
+    let mut widths = head.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            match i {
+                5 => out.push_str(cell),
+                _ => out.push_str(&format!("{cell:<w$}  ")),
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(head);
+    for row in &rows {
+        out.push_str(&line(row.each_ref().map(String::as_str)));
+    }
+    out
 }
 
 /// `runnel new`: a plugin project from the scaffold.
@@ -696,12 +788,25 @@ async fn cmd_dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             redis,
             stream,
             count,
+            output,
         } => {
             let broker = redis.connect().await?;
-            print!(
-                "{}",
-                crate::tools::dlq_list(&*broker, &stream, count).await?
-            );
+            match output {
+                Output::Table => print!(
+                    "{}",
+                    crate::tools::dlq_list(&*broker, &stream, count).await?
+                ),
+                Output::Json => {
+                    use crate::broker::Broker as _;
+                    let letters: Vec<serde_json::Value> = broker
+                        .range(&stream, None, None, count)
+                        .await?
+                        .iter()
+                        .map(crate::dead_letter::describe)
+                        .collect();
+                    println!("{}", serde_json::Value::Array(letters));
+                }
+            }
         }
         DlqCommand::Replay {
             redis,

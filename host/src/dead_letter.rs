@@ -134,3 +134,30 @@ impl DeadLetterRecord {
         }
     }
 }
+
+/// A dead-letter entry as JSON, for the admin API and `runnel dlq list
+/// --output json`: `id`, `source`, `plugin`, `group`, `kind`, `attempts`,
+/// `failed_at`, `reason`, `event_name` and `event_id` (null for an entry
+/// that is not an event), and `raw`, every field as text.
+pub fn describe(entry: &Entry) -> serde_json::Value {
+    let r = DeadLetterRecord::from_entry(entry);
+    let event = crate::event::Event::from_json(&r.event).ok();
+    let raw: serde_json::Map<String, serde_json::Value> = entry
+        .fields
+        .iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into()))
+        .collect();
+    serde_json::json!({
+        "id": entry.id,
+        "source": r.stream,
+        "plugin": r.plugin,
+        "group": r.group,
+        "kind": r.kind,
+        "attempts": r.attempts,
+        "failed_at": r.failed_at,
+        "reason": r.reason,
+        "event_name": event.as_ref().map(|e| e.name.clone()),
+        "event_id": event.as_ref().map(|e| e.id.clone()),
+        "raw": raw,
+    })
+}

@@ -221,3 +221,56 @@ fn an_operator_replays_a_dead_letter_from_the_dashboard_in_a_real_browser() {
     let (ok, _) = process.terminate();
     assert!(ok);
 }
+
+#[test]
+fn the_cli_lists_plugins_and_dead_letters_as_tables_or_json() {
+    let token = "cli-token";
+    let (process, url, stream) = host(token, &runnel_tests::plugin("rejecter"));
+    one_dead_letter(&url, token, &stream);
+    let runnel = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
+            .args(args)
+            .env("RUNNEL_ADMIN_TOKEN", token)
+            .env("RUNNEL_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Options of the group are taken after the subcommand too.
+    let table = runnel(&["plugins", "list", "--admin", &url]);
+    let mut lines = table.lines();
+    let head = lines.next().unwrap();
+    assert!(
+        head.starts_with("PLUGIN") && head.contains("HANDLED / FAILED / DEAD"),
+        "{table}"
+    );
+    let row = lines.next().unwrap();
+    assert!(
+        row.starts_with("refunds") && row.contains("serving") && row.contains("0 / 1 / 1"),
+        "{table}"
+    );
+    let json = runnel(&["plugins", "--admin", &url, "list", "--output", "json"]);
+    let plugins: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(plugins[0]["name"], "refunds");
+    let dead = format!("{stream}.dead");
+    let letters = runnel(&[
+        "dlq",
+        "list",
+        "--redis",
+        &redis_url(),
+        "--stream",
+        &dead,
+        "--output",
+        "json",
+    ]);
+    let letters: serde_json::Value = serde_json::from_str(&letters).unwrap();
+    assert_eq!(letters[0]["kind"], "rejected");
+    assert_eq!(letters[0]["event_name"], "refund.requested");
+    let (ok, _) = process.terminate();
+    assert!(ok);
+}

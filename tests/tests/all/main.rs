@@ -14,6 +14,7 @@ mod contract;
 mod dashboard;
 mod delivery;
 mod engine;
+mod examples;
 mod faults;
 mod hot_reload;
 mod keyvalue;
