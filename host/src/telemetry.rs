@@ -200,11 +200,19 @@ pub fn identify(span: &tracing::Span, event: &crate::event::Event) {
     );
 }
 
+/// Which export of the plugin a call enters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Export {
+    Handle,
+    HandleError,
+}
+
 /// The span of one call of `handler` for `plugin`, a child of the
-/// delivery's `span`: `handle <plugin>`, with the attempt, the version and
-/// (once recorded) the verdict.
+/// delivery's `span`: `handle <plugin>` (or `handle-error <plugin>`), with
+/// the attempt, the version and (once recorded) the verdict.
 pub fn call_span(
     span: &tracing::Span,
+    export: Export,
     plugin: &str,
     handler: &dyn crate::handler::Handler,
     attempt: u32,
@@ -212,11 +220,15 @@ pub fn call_span(
     if span.is_none() {
         return tracing::Span::none();
     }
+    let name = match export {
+        Export::Handle => "handle",
+        Export::HandleError => "handle-error",
+    };
     tracing::info_span!(
         target: TARGET,
         parent: span,
-        "handle",
-        otel.name = format!("handle {plugin}"),
+        "call",
+        otel.name = format!("{name} {plugin}"),
         otel.kind = "internal",
         otel.status_code = tracing::field::Empty,
         runnel.plugin = plugin,
@@ -237,6 +249,15 @@ pub fn record_verdict(span: &tracing::Span, verdict: &crate::handler::Verdict) {
         span.record("runnel.failure.kind", kind.as_str());
         span.record("otel.status_code", "error");
     }
+}
+
+/// Records that an error handler failed (trapped) on its span.
+pub fn record_error_handler_failure(span: &tracing::Span) {
+    if span.is_none() {
+        return;
+    }
+    span.record("runnel.verdict", "trap");
+    span.record("otel.status_code", "error");
 }
 
 /// Records how a delivery ended: acknowledged, or left pending (to be

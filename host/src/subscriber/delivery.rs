@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument as _;
 
 use super::throttle::left_out_note;
 use super::{InFlight, Shared, BACKEND_RETRY};
@@ -82,14 +83,16 @@ impl Shared {
             Some(Resume::Call(event, attempts)) => Step::Call(event, attempts),
             Some(Resume::Failed(event, attempts, reason)) => {
                 self.failed(&job.delivery, event, attempts, Verdict::Retry(reason))
+                    .instrument(job.span.clone())
                     .await
             }
-            None => self.start(&job.delivery).await,
+            None => self.start(&job.delivery).instrument(job.span.clone()).await,
         };
         loop {
             step = match step {
                 Step::Call(event, attempts) => {
                     self.attempt(&job.delivery, &job.span, event, attempts)
+                        .instrument(job.span.clone())
                         .await
                 }
                 Step::Finished(ack) => return self.finish(job, ack),
@@ -425,8 +428,13 @@ impl Shared {
         let attempts = attempts + 1;
         event.meta.attempts = attempts;
         crate::telemetry::identify(span, &event);
-        let call_span =
-            crate::telemetry::call_span(span, &self.sub.plugin, &*self.handler, attempts);
+        let call_span = crate::telemetry::call_span(
+            span,
+            crate::telemetry::Export::Handle,
+            &self.sub.plugin,
+            &*self.handler,
+            attempts,
+        );
         let handled = {
             // While the breaker is open the event waits here, in flight
             // and pending, its attempts untouched.
@@ -440,7 +448,6 @@ impl Shared {
             let _call = self.calls.acquire().await.expect("never closed");
             let started = std::time::Instant::now();
             let handled = {
-                use tracing::Instrument as _;
                 self.handler
                     .handle(&event)
                     .instrument(call_span.clone())
@@ -530,9 +537,24 @@ impl Shared {
         Stats::bump(&self.stats.handled);
     }
 
+    /// Tells the plugin's error handler, in a `handle-error` span under
+    /// the delivery's (the current span, when traces are on).
     async fn report(&self, failure: &Failure, event: Option<&Event>) {
         let _call = self.calls.acquire().await.expect("never closed");
-        if let Err(e) = self.handler.handle_error(failure, event).await {
+        let span = crate::telemetry::call_span(
+            &tracing::Span::current(),
+            crate::telemetry::Export::HandleError,
+            &self.sub.plugin,
+            &*self.handler,
+            failure.attempt,
+        );
+        let reported = self
+            .handler
+            .handle_error(failure, event)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = reported {
+            crate::telemetry::record_error_handler_failure(&span);
             Stats::bump(&self.stats.error_handler_failures);
             Stats::bump(&self.stats.traps);
             tracing::warn!(plugin = %self.sub.plugin, event_id = %failure.event_id, correlation_id = %failure.correlation_id, "handle-error failed: {e}");

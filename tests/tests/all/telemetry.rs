@@ -12,9 +12,19 @@ use runnel_tests::{plugin, redis_url, unique, until, Process};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn one<'a>(spans: &'a [Span], name: &str) -> &'a Span {
-    let found: Vec<&Span> = spans.iter().filter(|s| s.name == name).collect();
-    assert_eq!(found.len(), 1, "one span {name:?} among {spans:#?}");
+/// The one span named `name` of `plugin`'s deliveries.
+fn one<'a>(spans: &'a [Span], name: &str, plugin: &str) -> &'a Span {
+    let found: Vec<&Span> = spans
+        .iter()
+        .filter(|s| {
+            s.name == name && s.attributes.get("runnel.plugin").map(String::as_str) == Some(plugin)
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one span {name:?} of {plugin} among {spans:#?}"
+    );
     found[0]
 }
 
@@ -52,10 +62,17 @@ name = "logger"
 path = {:?}
 streams = ["{enriched}"]
 start = "beginning"
+
+[[plugin]]
+name = "rejecter"
+path = {:?}
+streams = ["{orders}"]
+start = "beginning"
 "#,
             redis_url(),
             plugin("order_enricher").display().to_string(),
             plugin("logger").display().to_string(),
+            plugin("rejecter").display().to_string(),
         ),
     )
     .unwrap();
@@ -99,15 +116,15 @@ async fn an_emit_carries_the_trace_to_the_plugin_that_handles_it() {
 
     // The run flushes its spans before it exits; the receiver may still
     // be decoding the last request.
-    until(LIMIT, "the spans of both deliveries", || async {
-        receiver.spans().len() >= 4
+    until(LIMIT, "the spans of the three deliveries", || async {
+        receiver.spans().len() >= 7
     })
     .await;
     let spans = receiver.spans();
-    let a = one(&spans, &format!("process {orders}"));
-    let a_call = one(&spans, "handle enricher");
-    let b = one(&spans, &format!("process {enriched}"));
-    let b_call = one(&spans, "handle logger");
+    let a = one(&spans, &format!("process {orders}"), "enricher");
+    let a_call = one(&spans, "handle enricher", "enricher");
+    let b = one(&spans, &format!("process {enriched}"), "logger");
+    let b_call = one(&spans, "handle logger", "logger");
 
     // One trace: A's delivery is its root; B's delivery continues it from
     // the call that emitted B's event.
@@ -142,6 +159,22 @@ async fn an_emit_carries_the_trace_to_the_plugin_that_handles_it() {
     assert_eq!(attr(a_call, "runnel.verdict"), "done");
     assert_eq!(attr(b_call, "runnel.plugin"), "logger");
     assert!(spans.iter().all(|s| s.service == "trace-test"));
+
+    // The rejecter's copy of the event: its own trace (the entry carried
+    // none), a failed call, then the error handler, both under it.
+    let r = one(&spans, &format!("process {orders}"), "rejecter");
+    let r_call = one(&spans, "handle rejecter", "rejecter");
+    let r_error = one(&spans, "handle-error rejecter", "rejecter");
+    assert_ne!(r.trace_id, a.trace_id, "another delivery, another trace");
+    assert_eq!(r_call.parent_span_id, r.span_id);
+    assert_eq!(r_error.parent_span_id, r.span_id);
+    assert_eq!(attr(r_call, "runnel.verdict"), "reject");
+    assert_eq!(attr(r_call, "runnel.failure.kind"), "rejected");
+    assert_eq!(
+        attr(r, "runnel.outcome"),
+        "acked",
+        "dead-lettered, then acked"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
