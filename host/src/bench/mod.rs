@@ -24,6 +24,7 @@ use crate::subscriber::{Subscriber, Subscription};
 
 mod calls;
 mod cpu;
+mod progress;
 mod swap;
 
 /// Options of `runnel bench`.
@@ -209,6 +210,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             ("wasm, warm instances (reuse ∞)".into(), wasm(u32::MAX)?),
             ("wasm, reuse 1000 (default)".into(), wasm(1000)?),
         ];
+        progress::progress().say("the cost of one call".into());
         out.push_str(&calls::report(&call_cases, args.rounds).await?);
     }
 
@@ -257,8 +259,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         out.push_str(&cluster_report(&args, &native, wasm(1000)?).await?);
     }
     if args.swaps > 0 && !args.redis_only {
+        progress::progress().say(format!("hot swap pauses, {} swaps", args.swaps));
         out.push_str(&swap::pause_report(engine.clone(), &args).await?);
     }
+    progress::progress().done();
     Ok(out)
 }
 
@@ -431,6 +435,13 @@ async fn measure(
     events: usize,
     concurrency: usize,
 ) -> anyhow::Result<Round> {
+    let place = match backend {
+        Backend::Memory => "memory",
+        Backend::Redis(_) => "redis",
+        Backend::Cluster(_, Spread::OneStream) => "cluster, 1 stream",
+        Backend::Cluster(_, Spread::OnePerMaster) => "cluster, 1 stream per master",
+    };
+    progress::progress().say(format!("{place}: {}, {events} events", case.name));
     let stream = format!("runnel-bench-{}", uuid::Uuid::new_v4().simple());
     let mut streams = vec![stream.clone()];
     let (broker, read_count, block): (Arc<dyn Broker>, usize, Duration) = match (backend, &case.kv)

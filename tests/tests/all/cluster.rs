@@ -607,8 +607,8 @@ async fn emit_and_dead_letters_work_on_a_cluster_from_the_command_line() {
 async fn the_bench_drains_one_stream_and_one_per_master_on_a_cluster() {
     let seeds = redis_cluster::shared().seeds().join(",");
     let noop = plugin("noop").display().to_string();
-    let report = tokio::task::spawn_blocking(move || {
-        cli(
+    let out = tokio::task::spawn_blocking(move || {
+        crate::util::runnel_ok(
             &[
                 "bench",
                 "--events",
@@ -623,11 +623,20 @@ async fn the_bench_drains_one_stream_and_one_per_master_on_a_cluster() {
                 "--plugin",
                 &noop,
             ],
-            "",
+            None,
         )
     })
     .await
     .unwrap();
+    let report = crate::util::text(&out.stdout);
+    // Not a terminal: one line per measurement on stderr, what and where.
+    let said = crate::util::text(&out.stderr);
+    assert!(
+        said.contains(
+            "bench: cluster, 1 stream per master: wasm, reuse 1000 (default), 300 events"
+        ),
+        "{said}"
+    );
     // Every case drained all its events (the bench fails otherwise) on
     // both layouts, and the masters' CPU was read.
     for row in [
