@@ -24,6 +24,7 @@ use crate::subscriber::{Subscriber, Subscription};
 
 mod calls;
 mod cpu;
+mod latency;
 mod progress;
 mod swap;
 
@@ -56,6 +57,15 @@ pub struct BenchArgs {
     /// URLs, comma-separated), beside the server of `--redis` when given.
     #[arg(long, value_delimiter = ',')]
     pub redis_cluster: Vec<String>,
+    /// Also measure latency under a steady load: an open-loop producer at
+    /// 25, 50, 75 and 90% of the rate measured first, each for
+    /// `--latency-secs`; time from the event's scheduled append to the
+    /// call starting, in an HDR histogram.
+    #[arg(long)]
+    pub latency: bool,
+    /// Seconds each latency rate runs.
+    #[arg(long, default_value_t = 3.0)]
+    pub latency_secs: f64,
     /// Plugin versions to hot-swap under load when measuring the swap pause
     /// (0: skip that measurement).
     #[arg(long, default_value_t = 10)]
@@ -257,6 +267,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     }
     if !args.redis_cluster.is_empty() {
         out.push_str(&cluster_report(&args, &native, wasm(1000)?).await?);
+    }
+    if args.latency {
+        let mut places = Vec::new();
+        if !args.redis_only {
+            places.push(latency::Place::Memory);
+        }
+        if let Some(url) = &args.redis {
+            places.push(latency::Place::Redis(url.clone()));
+        }
+        let cases = vec![
+            (native.name.clone(), native.handler.clone()),
+            ("wasm, reuse 1000 (default)".to_string(), wasm(1000)?),
+        ];
+        out.push_str(&latency::report(&args, &places, &cases).await?);
     }
     if args.swaps > 0 && !args.redis_only {
         progress::progress().say(format!("hot swap pauses, {} swaps", args.swaps));
@@ -492,25 +516,7 @@ async fn measure(
             .collect();
         broker.append(appends).await?;
     }
-    let subscription = Subscription {
-        plugin: "bench".into(),
-        group: "bench".into(),
-        start: StartFrom::Beginning,
-        consumer: "bench".into(),
-        streams: streams.clone(),
-        events: Vec::new(),
-        concurrency,
-        max_attempts: 1,
-        backoff: Backoff::default(),
-        read_count,
-        block,
-        claim_min_idle: Duration::from_secs(600),
-        dead_letter: "{stream}.dead".into(),
-        max_chain_depth: u32::MAX,
-        forget_consumers_after: None,
-        dedup_window: None,
-        max_envelope_bytes: usize::MAX,
-    };
+    let subscription = subscription(streams.clone(), concurrency, read_count, block);
     let stats = Arc::new(Stats::default());
     let publisher = Publisher::new(broker.clone(), Arc::new(Routes::default()));
     let mut subscriber = Subscriber::new(broker.clone(), publisher, subscription, stats.clone());
@@ -596,6 +602,35 @@ async fn measure(
         vs_xadd: None,
         vs_native: 1.0,
     })
+}
+
+/// The bench's subscription of `streams`: group and consumer `bench`,
+/// one attempt, nothing published or deduplicated.
+fn subscription(
+    streams: Vec<String>,
+    concurrency: usize,
+    read_count: usize,
+    block: Duration,
+) -> Subscription {
+    Subscription {
+        plugin: "bench".into(),
+        group: "bench".into(),
+        start: StartFrom::Beginning,
+        consumer: "bench".into(),
+        streams,
+        events: Vec::new(),
+        concurrency,
+        max_attempts: 1,
+        backoff: Backoff::default(),
+        read_count,
+        block,
+        claim_min_idle: Duration::from_secs(600),
+        dead_letter: "{stream}.dead".into(),
+        max_chain_depth: u32::MAX,
+        forget_consumers_after: None,
+        dedup_window: None,
+        max_envelope_bytes: usize::MAX,
+    }
 }
 
 /// The name of the `i`th event of a case with `names` distinct names.

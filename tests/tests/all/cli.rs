@@ -666,3 +666,50 @@ fn runnel_test_runs_a_plugin_as_its_config_does() {
     ]);
     assert_one_line_error(&out, &config, r#"no [[plugin]] is named "nope""#);
 }
+
+#[test]
+fn the_bench_measures_latency_under_a_steady_load() {
+    let noop = plugin("noop").display().to_string();
+    let out = crate::util::runnel_ok(
+        &[
+            "bench",
+            "--events",
+            "2000",
+            "--rounds",
+            "1",
+            "--swaps",
+            "0",
+            "--only",
+            "reuse 1000",
+            "--latency",
+            "--latency-secs",
+            "0.3",
+            "--plugin",
+            &noop,
+        ],
+        None,
+    );
+    let report = text(&out.stdout);
+    // Per handler, four rates, each with a reached rate and five figures
+    // in ms, in order (p50 ≤ p90 ≤ p99 ≤ p99.9 ≤ max).
+    for case in [
+        "native Rust handler (baseline)",
+        "wasm, reuse 1000 (default)",
+    ] {
+        let rows: Vec<&str> = report
+            .lines()
+            .filter(|l| l.starts_with("memory") && l.contains(case))
+            .collect();
+        assert_eq!(rows.len(), 4, "{report}");
+        for row in rows {
+            let figures: Vec<f64> = row[row.find(case).unwrap() + case.len()..]
+                .split_whitespace()
+                .map(|f| f.trim_end_matches('%').parse().unwrap())
+                .collect();
+            assert_eq!(figures.len(), 8, "{row}");
+            assert!(figures[1] > 0.0 && figures[2] > 0.0, "rates: {row}");
+            let delays = &figures[3..];
+            assert!(delays.windows(2).all(|w| w[0] <= w[1]), "ordered: {row}");
+        }
+    }
+}
