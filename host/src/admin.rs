@@ -338,14 +338,7 @@ async fn list_streams(State(admin): State<Arc<Admin>>) -> Json<Value> {
 /// entry.
 async fn list_dead_letters(State(admin): State<Arc<Admin>>) -> Response {
     let runtime = &admin.runtime;
-    let mut streams: Vec<String> = runtime
-        .plugins
-        .iter()
-        .flat_map(|p| p.config.streams.iter())
-        .map(|s| runtime.config.dead_letter_stream(s))
-        .collect();
-    streams.sort();
-    streams.dedup();
+    let streams = runtime.dead_letter_streams();
     let mut out = Vec::new();
     for stream in streams {
         let entries = match runtime.broker.range(&stream, None, None, 100).await {

@@ -323,6 +323,19 @@ impl Runtime {
         }
     }
 
+    /// The dead-letter streams of every plugin's streams, each once, sorted.
+    pub fn dead_letter_streams(&self) -> Vec<String> {
+        let mut streams: Vec<String> = self
+            .plugins
+            .iter()
+            .flat_map(|p| p.config.streams.iter())
+            .map(|s| self.config.dead_letter_stream(s))
+            .collect();
+        streams.sort();
+        streams.dedup();
+        streams
+    }
+
     /// Counters per plugin, in config order.
     pub fn summary(&self) -> Vec<(String, Snapshot)> {
         self.plugins

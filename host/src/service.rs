@@ -199,14 +199,7 @@ impl Service {
     /// The entries on the plugins' dead-letter streams, one line each: with
     /// the in-memory backend, the last chance to see them. Empty when none.
     pub async fn dead_letters(runtime: &Runtime) -> anyhow::Result<String> {
-        let mut streams: Vec<String> = runtime
-            .plugins
-            .iter()
-            .flat_map(|p| p.config.streams.iter())
-            .map(|s| runtime.config.dead_letter_stream(s))
-            .collect();
-        streams.sort();
-        streams.dedup();
+        let streams = runtime.dead_letter_streams();
         let mut out = String::new();
         for stream in streams {
             let entries = runtime.broker.range(&stream, None, None, 100).await?;

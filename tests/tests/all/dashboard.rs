@@ -3,9 +3,11 @@
 //! replayed to their group and deleted.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use runnel_tests::{call, redis_url, unique, Process};
+
+use crate::util::{admin_url, poll};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -46,24 +48,9 @@ streams = ["{stream}"]
         "info",
         &[("DASHBOARD_TOKEN", token)],
     );
-    let line = process.wait_for("admin API listening on", LIMIT);
-    let at = line.find("http://").unwrap();
-    let url = line[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_end_matches('"')
-        .to_string();
+    let url = admin_url(&mut process);
     process.wait_for("consuming", LIMIT);
     (process, url, stream)
-}
-
-fn poll(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LIMIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -11,6 +11,8 @@ use runnel::event::Event;
 use runnel::publisher::event_fields;
 use runnel_tests::{call, plugin, redis_url, unique, Process};
 
+use crate::util::{admin_url, poll};
+
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn bin() -> PathBuf {
@@ -23,26 +25,6 @@ fn write_config(name: &str, text: &str) -> PathBuf {
     let path = dir.join("runnel.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// The address from the "admin API listening on http://..." log line.
-fn admin_url(process: &mut Process) -> String {
-    let line = process.wait_for("admin API listening on", LIMIT);
-    let at = line.find("http://").unwrap();
-    line[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_end_matches('"')
-        .to_string()
-}
-
-fn poll(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LIMIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -40,3 +40,31 @@ pub fn runnel_ok(args: &[&str], stdin: Option<&str>) -> Output {
     );
     out
 }
+
+/// How long the helpers below wait.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The admin API's address, from the host's "admin API listening on
+/// http://..." log line.
+pub fn admin_url(process: &mut runnel_tests::Process) -> String {
+    let line = process.wait_for("admin API listening on", LIMIT);
+    let at = line.find("http://").unwrap();
+    line[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string()
+}
+
+/// Polls `done` (a blocking check) until it holds, failing after a minute.
+pub fn poll(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
