@@ -653,6 +653,9 @@ async fn the_bench_drains_one_stream_and_one_per_master_on_a_cluster() {
             .filter_map(|f| f.parse().ok())
             .collect();
         assert_eq!(figures.len(), 4, "{line}");
-        assert!(figures.iter().all(|f| *f > 0.0), "{line}");
+        // Events/s and the ratio; CPU per event may round to 0 over a
+        // few hundred events (the process clock counts 10 ms ticks).
+        assert!(figures[0] > 0.0 && figures[1] > 0.0, "{line}");
+        assert!(figures[2] >= 0.0 && figures[3] >= 0.0, "{line}");
     }
 }
