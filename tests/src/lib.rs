@@ -392,6 +392,60 @@ pub fn handled_in_summary(summary: &str, plugin: &str) -> u64 {
         .unwrap_or_else(|| panic!("no row for {plugin} in:\n{summary}"))
 }
 
+/// Entries of `streams` that `group` has not finished, summed; a stream
+/// whose backlog cannot be told now (its master failing over, Redis
+/// restarting) counts as unfinished.
+pub async fn total_backlog(
+    broker: &runnel::broker::redis::RedisBroker,
+    streams: &[String],
+    group: &str,
+) -> u64 {
+    use runnel::broker::Broker as _;
+    let mut total = 0;
+    for s in streams {
+        total += broker.backlog(s, group).await.unwrap_or(u64::MAX / 64);
+    }
+    total
+}
+
+/// The payloads of the `worked` events on `stream` (the worker plugin
+/// emits the handled event's id): one per handling, duplicates included;
+/// empty while Redis cannot be reached.
+pub async fn worked_ids(broker: &runnel::broker::redis::RedisBroker, stream: &str) -> Vec<String> {
+    use runnel::broker::Broker as _;
+    broker
+        .range(stream, None, None, usize::MAX)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|e| String::from_utf8(Event::from_json(&e.fields[0].1).unwrap().payload).unwrap())
+        .collect()
+}
+
+/// Stops two `runnel` processes that shared `plugin`'s group (SIGTERM,
+/// each must exit 0) and checks from their summaries that together they
+/// handled `total` events, none twice, and that both took a share.
+/// Returns what each handled.
+pub fn shared_exactly_once(a: Process, b: Process, plugin: &str, total: u64) -> (u64, u64) {
+    let (ok_a, out_a) = a.terminate();
+    let (ok_b, out_b) = b.terminate();
+    assert!(ok_a && ok_b, "both exit 0 on SIGTERM");
+    let (handled_a, handled_b) = (
+        handled_in_summary(&out_a, plugin),
+        handled_in_summary(&out_b, plugin),
+    );
+    assert_eq!(
+        handled_a + handled_b,
+        total,
+        "every event once, none twice:\n{out_a}\n{out_b}"
+    );
+    assert!(
+        handled_a > 0 && handled_b > 0,
+        "the work is split: a={handled_a} b={handled_b}"
+    );
+    (handled_a, handled_b)
+}
+
 /// (status, body) of one HTTP request; `token` goes in as a bearer token.
 /// Blocking: call it from a blocking thread in async tests.
 pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {

@@ -16,7 +16,7 @@ use runnel::event::Event;
 use runnel::kv::{Commit, KvEffects, KvWrite, Outcome, Source};
 use runnel::publisher::event_fields;
 use runnel_tests::redis_cluster::{self, RedisCluster};
-use runnel_tests::{cluster_broker, handled_in_summary, plugin, unique, until, Process};
+use runnel_tests::{cluster_broker, plugin, total_backlog, unique, until, worked_ids, Process};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -62,25 +62,6 @@ async fn fill(broker: &RedisBroker, streams: &[String], per_stream: usize) -> us
         broker.append(appends).await.unwrap();
     }
     n
-}
-
-async fn total_backlog(broker: &RedisBroker, streams: &[String], group: &str) -> u64 {
-    let mut total = 0;
-    for s in streams {
-        total += broker.backlog(s, group).await.unwrap_or(u64::MAX / 64);
-    }
-    total
-}
-
-/// The payloads of the `worked` events on `stream`: one per handling.
-async fn worked(broker: &RedisBroker, stream: &str) -> Vec<String> {
-    broker
-        .range(stream, None, None, usize::MAX)
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(|e| String::from_utf8(Event::from_json(&e.fields[0].1).unwrap().payload).unwrap())
-        .collect()
 }
 
 fn config(
@@ -308,22 +289,7 @@ async fn two_processes_share_six_streams_over_three_masters_exactly_once() {
         total_backlog(&redis, &streams, &group).await == 0
     })
     .await;
-    let (ok_a, out_a) = a.terminate();
-    let (ok_b, out_b) = b.terminate();
-    assert!(ok_a && ok_b, "both exit 0 on SIGTERM");
-    let (handled_a, handled_b) = (
-        handled_in_summary(&out_a, "noop"),
-        handled_in_summary(&out_b, "noop"),
-    );
-    assert_eq!(
-        handled_a + handled_b,
-        total as u64,
-        "every event once, none twice:\n{out_a}\n{out_b}"
-    );
-    assert!(
-        handled_a > 0 && handled_b > 0,
-        "the work is split: a={handled_a} b={handled_b}"
-    );
+    runnel_tests::shared_exactly_once(a, b, "noop", total as u64);
 }
 
 /// `worker` processes on `cluster` handling `events` spread over
@@ -383,7 +349,7 @@ async fn a_process_killed_on_a_cluster_leaves_its_events_to_the_other() {
     }
     let total = PER_STREAM * streams.len();
     until(LIMIT, "some events to be handled", || async {
-        worked(&redis, &done).await.len() >= total / 8
+        worked_ids(&redis, &done).await.len() >= total / 8
     })
     .await;
     a.kill9();
@@ -393,7 +359,7 @@ async fn a_process_killed_on_a_cluster_leaves_its_events_to_the_other() {
         || async { total_backlog(&redis, &streams, &group).await == 0 },
     )
     .await;
-    let twice = lost_and_twice(&worked(&redis, &done).await, total);
+    let twice = lost_and_twice(&worked_ids(&redis, &done).await, total);
     let (ok, _) = b.terminate();
     assert!(ok);
     println!("killed a; {twice} handled twice (what it held)");
@@ -456,7 +422,7 @@ async fn a_master_killed_and_its_replica_promoted_mid_stream_loses_nothing() {
     }
     let total = PER_STREAM * streams.len();
     until(LIMIT, "a quarter to be handled", || async {
-        worked(&redis, &done).await.len() >= total / 4
+        worked_ids(&redis, &done).await.len() >= total / 4
     })
     .await;
     cluster.node(victim).kill9();
@@ -472,7 +438,7 @@ async fn a_master_killed_and_its_replica_promoted_mid_stream_loses_nothing() {
         || async { total_backlog(&redis, &streams, &group).await == 0 },
     )
     .await;
-    let twice = lost_and_twice(&worked(&redis, &done).await, total);
+    let twice = lost_and_twice(&worked_ids(&redis, &done).await, total);
     let (ok_a, out_a) = a.terminate();
     let (ok_b, out_b) = b.terminate();
     assert!(
@@ -507,7 +473,7 @@ async fn a_slot_resharded_under_load_loses_nothing() {
     let redis = broker_on(&cluster).await;
     fill_slow(&redis, &streams, 0, PER_STREAM).await;
     until(LIMIT, "a quarter to be handled", || async {
-        worked(&redis, &done).await.len() >= PER_STREAM * streams.len() / 4
+        worked_ids(&redis, &done).await.len() >= PER_STREAM * streams.len() / 4
     })
     .await;
     // The slots move while both processes read and ack the stream and a
@@ -532,7 +498,7 @@ async fn a_slot_resharded_under_load_loses_nothing() {
         total_backlog(&redis, &streams, &group).await == 0
     })
     .await;
-    let twice = lost_and_twice(&worked(&redis, &done).await, total);
+    let twice = lost_and_twice(&worked_ids(&redis, &done).await, total);
     assert_eq!(twice, 0, "a moved slot hands nothing out twice");
     let (ok_a, out_a) = a.terminate();
     let (ok_b, out_b) = b.terminate();

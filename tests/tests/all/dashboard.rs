@@ -15,13 +15,10 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// admin API behind `token`; returns it, the API's base URL and the
 /// plugin's stream.
 fn host(token: &str, path: &std::path::Path) -> (Process, String, String) {
-    let dir = std::env::temp_dir().join(unique("dashboard"));
-    std::fs::create_dir_all(&dir).unwrap();
     let stream = unique("refunds");
-    let config = dir.join("runnel.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = crate::util::write_config(
+        "dashboard",
+        &format!(
             r#"
 [backend]
 kind = "redis"
@@ -40,8 +37,7 @@ streams = ["{stream}"]
             redis_url(),
             path.display().to_string()
         ),
-    )
-    .unwrap();
+    );
     let mut process = Process::run_with(
         &PathBuf::from(env!("CARGO_BIN_EXE_runnel-under-test")),
         &config,

@@ -12,7 +12,10 @@ use runnel::dead_letter::DeadLetterRecord;
 use runnel::event::Event;
 use runnel::publisher::event_fields;
 use runnel_tests::redis_server::{RedisServer, PERSISTENT};
-use runnel_tests::{broker, handled_in_summary, plugin, redis_url, unique, until, Process};
+use runnel_tests::{
+    broker, handled_in_summary, plugin, redis_url, total_backlog, unique, until, worked_ids,
+    Process,
+};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -62,26 +65,6 @@ async fn fill(broker: &RedisBroker, streams: &[String], per_stream: usize, paylo
     }
 }
 
-async fn total_backlog(broker: &RedisBroker, streams: &[String], group: &str) -> u64 {
-    let mut total = 0;
-    for s in streams {
-        total += broker.backlog(s, group).await.unwrap();
-    }
-    total
-}
-
-/// The ids carried by `worked` events: what was handled, duplicates included.
-/// Empty while Redis cannot be reached (the tests kill connections).
-async fn worked_ids(broker: &RedisBroker, stream: &str) -> Vec<String> {
-    broker
-        .range(stream, None, None, usize::MAX)
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(|e| String::from_utf8(Event::from_json(&e.fields[0].1).unwrap().payload).unwrap())
-        .collect()
-}
-
 fn worker_plugin(group: &str, streams: &[String], extra: &str) -> String {
     format!(
         "[[plugin]]\nname = \"worker\"\npath = {:?}\ngroup = \"{group}\"\nstreams = {streams:?}\nstart = \"beginning\"\n{extra}\n",
@@ -112,22 +95,8 @@ async fn two_processes_in_one_group_share_every_event_exactly_once() {
     })
     .await;
 
-    let (ok_a, out_a) = a.terminate();
-    let (ok_b, out_b) = b.terminate();
-    assert!(ok_a && ok_b, "both exit 0 on SIGTERM");
-    let (handled_a, handled_b) = (
-        handled_in_summary(&out_a, "noop"),
-        handled_in_summary(&out_b, "noop"),
-    );
-    assert_eq!(
-        handled_a + handled_b,
-        3 * PER_STREAM as u64,
-        "every event once, none twice:\n{out_a}\n{out_b}"
-    );
-    assert!(
-        handled_a > 0 && handled_b > 0,
-        "the work is split: a={handled_a} b={handled_b}"
-    );
+    let (handled_a, handled_b) =
+        runnel_tests::shared_exactly_once(a, b, "noop", 3 * PER_STREAM as u64);
     println!("split: a handled {handled_a}, b handled {handled_b}");
 }
 

@@ -11,20 +11,12 @@ use runnel::event::Event;
 use runnel::publisher::event_fields;
 use runnel_tests::{call, plugin, redis_url, unique, Process};
 
-use crate::util::{admin_url, poll};
+use crate::util::{admin_url, poll, write_config};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_runnel-under-test"))
-}
-
-fn write_config(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique(name));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("runnel.toml");
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 #[test]

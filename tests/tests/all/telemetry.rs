@@ -32,13 +32,10 @@ fn one<'a>(spans: &'a [Span], name: &str, plugin: &str) -> &'a Span {
 /// `telemetry` as the `[telemetry]` table, until idle; returns the
 /// streams (orders, enriched).
 async fn run_pipeline(telemetry: &str) -> (String, String) {
-    let dir = std::env::temp_dir().join(unique("telemetry"));
-    std::fs::create_dir_all(&dir).unwrap();
     let (orders, enriched) = (unique("orders"), unique("enriched"));
-    let config = dir.join("runnel.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = crate::util::write_config(
+        "telemetry",
+        &format!(
             r#"
 [backend]
 kind = "redis"
@@ -74,9 +71,8 @@ start = "beginning"
             plugin("logger").display().to_string(),
             plugin("rejecter").display().to_string(),
         ),
-    )
-    .unwrap();
-    let input = dir.join("events.ndjson");
+    );
+    let input = config.with_file_name("events.ndjson");
     std::fs::write(
         &input,
         format!(

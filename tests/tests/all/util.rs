@@ -68,3 +68,13 @@ pub fn poll(what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Writes `text` as `runnel.toml` in a scratch directory of its own
+/// (named after `name`), and returns its path.
+pub fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(runnel_tests::unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("runnel.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
