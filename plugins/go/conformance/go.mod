@@ -1,0 +1,3 @@
+module runnel.dev/plugins/conformance
+
+go 1.27

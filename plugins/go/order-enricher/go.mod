@@ -1,0 +1,3 @@
+module runnel.dev/plugins/order-enricher
+
+go 1.27
