@@ -18,6 +18,7 @@ pub enum Lang {
     Python,
     Js,
     C,
+    Go,
 }
 
 const WIT: [(&str, &str); 12] = [
@@ -105,6 +106,37 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
             ),
             ("build.sh", include_str!("../templates/c/build.sh")),
         ],
+        Lang::Go => vec![
+            ("go.mod", include_str!("../templates/go/go.mod")),
+            ("plugin.go", include_str!("../templates/go/plugin.go")),
+            ("build.sh", include_str!("../templates/go/build.sh")),
+            ("sdk/go.mod", include_str!("../../guest-sdk/go/go.mod")),
+            (
+                "sdk/.gitignore",
+                include_str!("../../guest-sdk/go/.gitignore"),
+            ),
+            (
+                "sdk/runnel.go",
+                include_str!("../../guest-sdk/go/runnel.go"),
+            ),
+            ("sdk/kv/kv.go", include_str!("../../guest-sdk/go/kv/kv.go")),
+            (
+                "sdk/config/config.go",
+                include_str!("../../guest-sdk/go/config/config.go"),
+            ),
+            (
+                "sdk/http/http.go",
+                include_str!("../../guest-sdk/go/http/http.go"),
+            ),
+            (
+                "sdk/internal/call/call.go",
+                include_str!("../../guest-sdk/go/internal/call/call.go"),
+            ),
+            (
+                "sdk/internal/wit/exports/export_wit_world/exports.go",
+                include_str!("../../guest-sdk/go/internal/wit/exports/export_wit_world/exports.go"),
+            ),
+        ],
     }
 }
 
@@ -160,6 +192,7 @@ pub fn create(lang: Lang, name: &str, parent: &Path) -> anyhow::Result<PathBuf> 
         Lang::Python => ("Python", "`runnel.py`"),
         Lang::Js => ("JavaScript", "`runnel.js`"),
         Lang::C => ("C", "`runnel.h`, `runnel.c` and `runnel_http.c`"),
+        Lang::Go => ("Go", "`sdk/`, the `runnel.dev/runnel` module"),
     };
     let fill = |text: &str| {
         text.replace("{{name}}", name)

@@ -326,3 +326,40 @@ fn every_language_behaves_exactly_like_the_spec() {
         differing.join("\n\n")
     );
 }
+
+/// The order enricher of every compiled language (JavaScript and Python
+/// differ where their JSON does: `plugins/LANGUAGES.md`) gives the same
+/// verdicts, logs and bytes for orders with their `unit_cents`, including
+/// edge cases: a u64 total that wraps, escapes and non-ASCII text, numbers
+/// that are not a u32 quantity, `null`, an array.
+#[test]
+fn compiled_order_enrichers_agree_byte_for_byte() {
+    let events = repo_root().join("tests/fixtures/orders-edge.ndjson");
+    let report = |path: PathBuf| {
+        let out = crate::util::runnel(&[
+            "test",
+            path.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+        ]);
+        // Reasons after this prefix are each language's own (CONFORMANCE.md).
+        let prefix = "payload is not the expected JSON: ";
+        crate::util::text(&out.stdout)
+            .lines()
+            .map(|line| match line.find(prefix) {
+                Some(at) => format!("{}{prefix}…", &line[..at]),
+                None => line.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let rust = report(plugin("order_enricher"));
+    assert!(
+        rust.contains("totals 18446744073709551614 cents") && rust.contains("dead-lettered"),
+        "{rust}"
+    );
+    for lang in ["c", "go"] {
+        let path = repo_root().join(format!("plugins/target/guests/{lang}-order-enricher.wasm"));
+        assert_eq!(report(path), rust, "{lang}'s order enricher differs");
+    }
+}

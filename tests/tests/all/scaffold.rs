@@ -1,5 +1,5 @@
-//! `runnel new`: every language's project is complete, and the Rust, C and
-//! Python ones build with their own build script into a plugin that
+//! `runnel new`: every language's project is complete, and the Rust, C, Go
+//! and Python ones build with their own build script into a plugin that
 //! `runnel test` runs. (The JavaScript one needs `npm install` in the new
 //! project; its toolchain is exercised by the conformance test.)
 
@@ -16,17 +16,23 @@ fn scratch() -> PathBuf {
     dir
 }
 
-/// The toolchains `scripts/build-guests.sh` installs, first on PATH.
-fn toolchain_path() -> String {
-    let tools = std::env::var("RUNNEL_TOOLCHAINS")
+/// Where `scripts/build-guests.sh` installs the toolchains.
+fn toolchains() -> PathBuf {
+    std::env::var("RUNNEL_TOOLCHAINS")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/runnel/toolchains")
-        });
+        })
+}
+
+/// The toolchains `scripts/build-guests.sh` installs, first on PATH.
+fn toolchain_path() -> String {
+    let tools = toolchains();
     format!(
-        "{}:{}:{}",
+        "{}:{}:{}:{}",
         tools.join("py-venv/bin").display(),
-        tools.join("wit-bindgen-0.63.0/bin").display(),
+        tools.join("wit-bindgen-0.63.0-c-go/bin").display(),
+        tools.join("go-1.27.3/bin").display(),
         std::env::var("PATH").unwrap()
     )
 }
@@ -135,6 +141,20 @@ fn a_new_c_project_builds_and_runs() {
     let dir = scratch();
     let project = new_project("c", "hello-c", &dir);
     build_and_test(&project, "hello-c", &[]);
+}
+
+#[test]
+fn a_new_go_project_builds_and_runs() {
+    let dir = scratch();
+    let project = new_project("go", "hello-go", &dir);
+    // The toolchains' Go build cache (std for wasip1 already compiled) and
+    // no module proxy: the project's own build.sh must not need one.
+    let cache = toolchains().join("go-cache");
+    build_and_test(
+        &project,
+        "hello-go",
+        &[("GOCACHE", cache.to_str().unwrap()), ("GOFLAGS", "")],
+    );
 }
 
 #[test]
