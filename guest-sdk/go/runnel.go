@@ -31,6 +31,7 @@
 // `wit-bindgen go` into internal/wit when the plugin is built (README.md).
 // Everything the host passes in is copied or referenced by Go values the
 // garbage collector tracks, so nothing is freed while a handler holds it.
+// The collector runs between calls, not during them (gc.go says why).
 package runnel
 
 import (
@@ -243,6 +244,7 @@ func Register(h Handler) {
 		event := fromWIT(e)
 		call.Begin(event.ID)
 		err := h.Handle(&event)
+		collectIfGrown()
 		if err == nil {
 			return witTypes.Ok[witTypes.Unit, types.Refusal](witTypes.Unit{})
 		}
@@ -271,6 +273,7 @@ func Register(h Handler) {
 			Attempt:       f.Attempt,
 			IsLastAttempt: f.IsLastAttempt,
 		}, event)
+		collectIfGrown()
 	}
 }
 

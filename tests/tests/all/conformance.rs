@@ -363,3 +363,38 @@ fn compiled_order_enrichers_agree_byte_for_byte() {
         assert_eq!(report(path), rust, "{lang}'s order enricher differs");
     }
 }
+
+/// Go's garbage collector reads the wall clock, an import, and the
+/// component model forbids imports while the host places arguments in
+/// the plugin's memory (`cabi_realloc`): a collection starting there
+/// trapped about one call in twenty of these before the Go SDK moved
+/// collection to the end of each call. Every call must succeed, and the
+/// heap must be collected (the instance stays within its memory limit).
+#[test]
+fn go_plugins_survive_allocation_heavy_calls() {
+    let dir = std::env::temp_dir().join(runnel_tests::unique("runnel-go-gc"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let events = dir.join("big.ndjson");
+    let payload = "x".repeat(256 * 1024);
+    let line = format!("{{\"name\":\"echo\",\"payload\":\"{payload}\"}}\n");
+    std::fs::write(&events, line.repeat(120)).unwrap();
+    let out = crate::util::runnel(&[
+        "test",
+        component("go").to_str().unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+    ]);
+    let report = crate::util::text(&out.stdout);
+    assert_eq!(
+        report.matches("  attempt 1: ok").count(),
+        120,
+        "{}",
+        report
+            .lines()
+            .filter(|l| l.contains("trap"))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
