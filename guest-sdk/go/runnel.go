@@ -244,7 +244,7 @@ func Register(h Handler) {
 		event := fromWIT(e)
 		call.Begin(event.ID)
 		err := h.Handle(&event)
-		collectIfGrown()
+		collectIfGrown(len(event.Payload))
 		if err == nil {
 			return witTypes.Ok[witTypes.Unit, types.Refusal](witTypes.Unit{})
 		}
@@ -273,7 +273,11 @@ func Register(h Handler) {
 			Attempt:       f.Attempt,
 			IsLastAttempt: f.IsLastAttempt,
 		}, event)
-		collectIfGrown()
+		payload := 0
+		if event != nil {
+			payload = len(event.Payload)
+		}
+		collectIfGrown(payload)
 	}
 }
 
