@@ -221,7 +221,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             ("wasm, reuse 1000 (default)".into(), wasm(1000)?),
         ];
         progress::progress().say("the cost of one call".into());
-        out.push_str(&calls::report(&call_cases, args.rounds).await?);
+        // A plugin that fails here (a warm instance that leaks past its
+        // memory limit, say) still leaves the table above to report.
+        match calls::report(&call_cases, args.rounds).await {
+            Ok(table) => out.push_str(&table),
+            Err(e) => out.push_str(&format!("
+one call, no subscriber: not measured: {e:#}
+")),
+        }
     }
 
     if let Some(url) = &args.redis {
