@@ -225,9 +225,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         // memory limit, say) still leaves the table above to report.
         match calls::report(&call_cases, args.rounds).await {
             Ok(table) => out.push_str(&table),
-            Err(e) => out.push_str(&format!("
-one call, no subscriber: not measured: {e:#}
-")),
+            Err(e) => out.push_str(&format!("\none call, no subscriber: not measured: {e:#}\n")),
         }
     }
 
