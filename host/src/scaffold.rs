@@ -119,6 +119,7 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
                 "sdk/runnel.go",
                 include_str!("../../guest-sdk/go/runnel.go"),
             ),
+            ("sdk/gc.go", include_str!("../../guest-sdk/go/gc.go")),
             ("sdk/kv/kv.go", include_str!("../../guest-sdk/go/kv/kv.go")),
             (
                 "sdk/config/config.go",
@@ -219,4 +220,48 @@ pub fn create(lang: Lang, name: &str, parent: &Path) -> anyhow::Result<PathBuf> 
         }
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file of a directory, recursively, relative to `root`.
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+
+    /// The Go SDK's files are listed by hand above (`include_str!` needs
+    /// literal paths): a file added to the SDK but not to the project would
+    /// only show when a new project fails to build.
+    #[test]
+    fn a_go_project_carries_every_file_of_the_go_sdk() {
+        let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk/go");
+        let mut found = Vec::new();
+        walk(&sdk, &sdk, &mut found);
+        let carried = files(Lang::Go);
+        for rel in found {
+            if rel.extension().is_some_and(|e| e == "md") {
+                continue;
+            }
+            let want = std::fs::read_to_string(sdk.join(&rel)).unwrap();
+            let name = format!("sdk/{}", rel.display());
+            let text = carried
+                .iter()
+                .find(|(path, _)| *path == name)
+                .map(|(_, t)| *t);
+            assert_eq!(
+                text,
+                Some(want.as_str()),
+                "{name} is not in files(Lang::Go)"
+            );
+        }
+    }
 }
