@@ -107,14 +107,28 @@ impl Level {
     }
 }
 
+/// An emitted event and the stream its name routes to (`[routes]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Routed {
+    pub stream: String,
+    pub event: Event,
+}
+
+/// A line a plugin logged during a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: Level,
+    pub text: String,
+}
+
 /// The result of one call: the verdict, the events to publish if it is
 /// [`Verdict::Done`], and what the plugin logged.
 #[derive(Clone, Debug)]
 pub struct Handled {
     pub verdict: Verdict,
     /// Emitted events, each with the stream it is routed to.
-    pub emitted: Vec<(String, Event)>,
-    pub logs: Vec<(Level, String)>,
+    pub emitted: Vec<Routed>,
+    pub logs: Vec<LogLine>,
     /// What a successful call read and wrote in its key-value buckets: to
     /// be committed with its emits and the ack, in one step (empty for a
     /// failed call, and for a handler without buckets).
@@ -137,7 +151,7 @@ impl Handled {
 }
 
 /// The result of a call to `handle_error`: what it logged, or why it failed.
-pub type ErrorHandled = Result<Vec<(Level, String)>, String>;
+pub type ErrorHandled = Result<Vec<LogLine>, String>;
 
 /// Kinds of failure reported to `handle_error`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

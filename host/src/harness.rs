@@ -11,7 +11,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::handler::{Failure, Handler};
+use crate::handler::{Failure, Handler, LogLine, Routed};
 use crate::input::InputEvent;
 use crate::plugin::{PluginSettings, Standalone};
 
@@ -66,10 +66,10 @@ pub async fn run(
             event.meta.attempts = attempt;
             let handled = handler.handle(&event).await;
             writeln!(out, "  attempt {attempt}: {}", handled.verdict)?;
-            for (level, line) in &handled.logs {
+            for LogLine { level, text: line } in &handled.logs {
                 writeln!(out, "    log {}: {line}", level.as_str())?;
             }
-            for (_, emitted) in &handled.emitted {
+            for Routed { event: emitted, .. } in &handled.emitted {
                 writeln!(
                     out,
                     "    emit {}: {}",
@@ -121,7 +121,7 @@ pub async fn run(
             match handler.handle_error(&failure, last.then_some(&event)).await {
                 Ok(logs) => {
                     writeln!(out, "    handle-error ({})", kind.as_str())?;
-                    for (level, line) in logs {
+                    for LogLine { level, text: line } in logs {
                         writeln!(out, "      log {}: {line}", level.as_str())?;
                     }
                 }

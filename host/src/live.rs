@@ -14,8 +14,9 @@
 //! of every event after the live call, whose output is compared with the
 //! live output and then thrown away (see [`crate::shadow`]).
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -59,10 +60,7 @@ impl Version {
     }
 
     fn take_fallback(&self) -> Option<Arc<Version>> {
-        self.fallback
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+        self.fallback.lock().take()
     }
 }
 
@@ -119,7 +117,7 @@ impl LivePlugin {
             true => previous.take_fallback().unwrap_or(previous),
             false => previous,
         };
-        *next.fallback.lock().unwrap_or_else(|e| e.into_inner()) = Some(proven);
+        *next.fallback.lock() = Some(proven);
         next.probation.store(true, Relaxed);
         self.current.store(next.clone());
         let mut status = self.lock_status();
@@ -141,8 +139,8 @@ impl LivePlugin {
         self.lock_status().clone()
     }
 
-    fn lock_status(&self) -> std::sync::MutexGuard<'_, ReloadStatus> {
-        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_status(&self) -> parking_lot::MutexGuard<'_, ReloadStatus> {
+        self.status.lock()
     }
 
     /// Attaches (or with `None` detaches) a shadow.
@@ -166,11 +164,7 @@ impl LivePlugin {
             }
             return None;
         };
-        let proven = version
-            .fallback
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()?;
+        let proven = version.fallback.lock().clone()?;
         // Only the first call to see the trap puts the proven one back;
         // concurrent calls of the refused version just retry on it.
         let still_current = Arc::ptr_eq(&self.current.load(), version);

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::broker::{Append, Broker, EVENT_FIELD};
 use crate::event::Event;
+use crate::handler::Routed;
 use crate::routes::Routes;
 
 /// Routes events by name and appends them in one round trip.
@@ -29,14 +30,17 @@ impl Publisher {
             .iter()
             .map(|e| {
                 let stream = self.routes.require(&e.name).map_err(anyhow::Error::msg)?;
-                Ok((stream.to_string(), e.clone()))
+                Ok(Routed {
+                    stream: stream.to_string(),
+                    event: e.clone(),
+                })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         self.publish(&routed).await
     }
 
     /// Appends already-routed events (from outside: depth 0, no trace).
-    pub async fn publish(&self, routed: &[(String, Event)]) -> anyhow::Result<()> {
+    pub async fn publish(&self, routed: &[Routed]) -> anyhow::Result<()> {
         self.publish_emitted(routed, &Lineage::default()).await
     }
 
@@ -44,7 +48,7 @@ impl Publisher {
     /// `lineage` says after its `event` field.
     pub async fn publish_emitted(
         &self,
-        routed: &[(String, Event)],
+        routed: &[Routed],
         lineage: &Lineage,
     ) -> anyhow::Result<()> {
         if routed.is_empty() {
@@ -68,10 +72,10 @@ pub struct Lineage {
 }
 
 /// The entries of events emitted with `lineage`, for their routed streams.
-pub fn emitted_entries(routed: &[(String, Event)], lineage: &Lineage) -> Vec<Append> {
+pub fn emitted_entries(routed: &[Routed], lineage: &Lineage) -> Vec<Append> {
     routed
         .iter()
-        .map(|(stream, event)| {
+        .map(|Routed { stream, event }| {
             let mut fields = event_fields(event);
             if lineage.depth > 0 {
                 fields.push((

@@ -8,9 +8,10 @@
 //! it. Any failure is a refusal with the reason in the log and the admin
 //! API, and the old version keeps serving.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -38,10 +39,7 @@ struct Slot {
 
 impl Slot {
     fn config(&self) -> PluginConfig {
-        self.config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.config.lock().clone()
     }
 }
 
@@ -150,7 +148,7 @@ impl Reloader {
             to: next.short_hash().to_string(),
         };
         slot.live.install(next);
-        let mut running = slot.config.lock().unwrap_or_else(|e| e.into_inner());
+        let mut running = slot.config.lock();
         *running = running.with_reloadable_from(&config);
         Ok(outcome)
     }
@@ -235,7 +233,7 @@ impl Reloader {
         let to = version.short_hash().to_string();
         live.live.set_shadow(None);
         live.live.install(version);
-        let mut config = live.config.lock().unwrap_or_else(|e| e.into_inner());
+        let mut config = live.config.lock();
         *config = config.with_reloadable_from(&shadow_config);
         tracing::info!(plugin = %live_name, shadow = %shadow, "shadow promoted to live");
         Ok(Reloaded::Swapped { from, to })

@@ -271,7 +271,10 @@ impl Runtime {
                     .map_err(|m| anyhow::anyhow!("event {}: {m}", i + 1))?
                     .to_string(),
             };
-            routed.push((stream, e.event));
+            routed.push(crate::handler::Routed {
+                stream,
+                event: e.event,
+            });
         }
         self.publisher.publish(&routed).await
     }

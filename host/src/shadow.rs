@@ -7,13 +7,14 @@
 //! delays the live path (its calls run beside it, and when it falls behind
 //! events are skipped and counted rather than queued without bound).
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
 use crate::event::Event;
-use crate::handler::{Handled, Handler, Verdict};
+use crate::handler::{Handled, Handler, Routed, Verdict};
 use crate::live::LivePlugin;
 
 /// Shadow calls running at once per live plugin; beyond, events are skipped.
@@ -56,10 +57,7 @@ impl ShadowStats {
     }
 
     pub fn last_difference(&self) -> Option<String> {
-        self.last_difference
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.last_difference.lock().clone()
     }
 }
 
@@ -93,11 +91,7 @@ impl Shadow {
                 Some(difference) => {
                     stats.disagreed.fetch_add(1, Relaxed);
                     tracing::info!(shadow = %plugin.name(), event_id = %dry.id, correlation_id = %dry.meta.correlation_id, "shadow disagrees: {difference}");
-                    *stats
-                        .last_difference
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) =
-                        Some(format!("event {}: {difference}", dry.id));
+                    *stats.last_difference.lock() = Some(format!("event {}: {difference}", dry.id));
                 }
             }
         });
@@ -128,7 +122,9 @@ impl Outcome {
             emitted: handled
                 .emitted
                 .iter()
-                .map(|(stream, e)| (stream.clone(), e.name.clone(), e.payload.clone()))
+                .map(|Routed { stream, event: e }| {
+                    (stream.clone(), e.name.clone(), e.payload.clone())
+                })
                 .collect(),
         }
     }
@@ -167,7 +163,10 @@ mod tests {
             verdict,
             emitted: payloads
                 .iter()
-                .map(|p| ("out".to_string(), Event::new("x", p.as_bytes().to_vec())))
+                .map(|p| Routed {
+                    stream: "out".to_string(),
+                    event: Event::new("x", p.as_bytes().to_vec()),
+                })
                 .collect(),
             logs: Vec::new(),
             kv: Default::default(),

@@ -10,7 +10,7 @@ use crate::broker::{Append, Broker, EVENT_FIELD};
 use crate::config::Grants;
 use crate::dead_letter::{replay_stream, DeadLetterRecord};
 use crate::event::Event;
-use crate::handler::Handler;
+use crate::handler::{Handler, LogLine, Routed};
 use crate::input::InputEvent;
 use crate::plugin::Standalone;
 use crate::publisher::{event_fields, DEPTH_FIELD};
@@ -170,10 +170,10 @@ pub async fn replay(
             "{}  {} {}  → {}",
             entry.id, event.name, event.id, handled.verdict
         )?;
-        for (level, line) in &handled.logs {
+        for LogLine { level, text: line } in &handled.logs {
             writeln!(out, "    log {}: {line}", level.as_str())?;
         }
-        for (_, emitted) in &handled.emitted {
+        for Routed { event: emitted, .. } in &handled.emitted {
             writeln!(
                 out,
                 "    would emit {}: {}",

@@ -149,7 +149,10 @@ impl Running {
     pub async fn inject(&self, stream: &str, events: Vec<Event>) -> anyhow::Result<()> {
         let routed: Vec<_> = events
             .into_iter()
-            .map(|e| (stream.to_string(), e))
+            .map(|event| runnel::handler::Routed {
+                stream: stream.to_string(),
+                event,
+            })
             .collect();
         self.runtime.publisher.publish(&routed).await
     }
@@ -229,7 +232,7 @@ pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
 pub fn logs(result: &ErrorHandled) -> Vec<String> {
     result
         .as_ref()
-        .map(|logs| logs.iter().map(|(_, m)| m.clone()).collect())
+        .map(|logs| logs.iter().map(|line| line.text.clone()).collect())
         .unwrap_or_default()
 }
 

@@ -14,7 +14,8 @@
 //! itself with the OS's sleep (tens of µs) rather than the runtime's timer
 //! (1 ms granularity), and appends whatever is due in one batch.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -59,7 +60,7 @@ impl Handler for Stamped {
     async fn handle(&self, event: &Event) -> Handled {
         if let Some(due) = stamp(&event.payload) {
             let late = (self.base.elapsed().as_nanos() as u64).saturating_sub(due);
-            let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+            let mut waits = self.waits.lock();
             waits.saturating_record((late / 1000).max(1));
         }
         self.inner.handle(event).await
@@ -194,11 +195,7 @@ async fn open_loop(
             .query_async(&mut redis.commands())
             .await?;
     }
-    let waits = stamped
-        .waits
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let waits = stamped.waits.lock().clone();
     Ok((reached, waits))
 }
 

@@ -8,8 +8,9 @@
 //! time is recorded; the report compares the longest gap between two
 //! completions around a swap with the longest gap elsewhere in the same run.
 
+use parking_lot::Mutex;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -42,10 +43,7 @@ struct Timed {
 impl Handler for Timed {
     async fn handle(&self, event: &Event) -> Handled {
         let handled = self.inner.handle(event).await;
-        self.finished
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Instant::now());
+        self.finished.lock().push(Instant::now());
         handled
     }
     async fn handle_error(&self, failure: &Failure, event: Option<&Event>) -> ErrorHandled {
@@ -117,12 +115,7 @@ pub(super) async fn pause_report(
             // Swaps count only under load: wait for the first handled event
             // (the stream is being filled until then).
             let deadline = Instant::now() + Duration::from_secs(120);
-            while timed
-                .finished
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
-            {
+            while timed.finished.lock().is_empty() {
                 anyhow::ensure!(Instant::now() < deadline, "no event was handled");
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -152,8 +145,7 @@ pub(super) async fn pause_report(
     let windows = swapper.await??;
     let _ = std::fs::remove_dir_all(&dir);
 
-    let mut finished =
-        std::mem::take(&mut *timed.finished.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut finished = std::mem::take(&mut *timed.finished.lock());
     finished.sort();
     let last = *finished.last().expect("events were handled");
     let under_load: Vec<_> = windows

@@ -6,8 +6,9 @@
 //! entries, appending waits (backpressure) instead of dropping. A stream with
 //! no group (a dead-letter stream) just keeps its newest `capacity` entries.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -74,13 +75,13 @@ impl MemoryBroker {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Stream>> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Stream>> {
         // A panic while holding the lock leaves plain data behind; keep serving.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
-    fn lock_kv(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<String, Vec<u8>>>> {
-        self.kv.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_kv(&self) -> parking_lot::MutexGuard<'_, HashMap<String, BTreeMap<String, Vec<u8>>>> {
+        self.kv.lock()
     }
 
     /// Appends one entry if the stream has room; `None` when it is full.
@@ -98,7 +99,7 @@ impl MemoryBroker {
     fn try_commit(&self, commits: &[Commit], outcomes: &mut Vec<Outcome>) {
         let mut state = self.lock();
         let mut kv = self.lock_kv();
-        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut marks = self.marks.lock();
         let now = Instant::now();
         for c in commits {
             let held = c.source.as_ref().map(|src| {
@@ -475,12 +476,12 @@ impl Broker for MemoryBroker {
     }
 
     async fn is_marked(&self, key: &str) -> anyhow::Result<bool> {
-        let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        let marks = self.marks.lock();
         Ok(marks.get(key).is_some_and(|until| *until > Instant::now()))
     }
 
     async fn mark(&self, key: &str, ttl: Duration) -> anyhow::Result<()> {
-        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut marks = self.marks.lock();
         let now = Instant::now();
         // Expired marks go when the map would otherwise grow.
         if marks.len() >= 1024 && marks.len().is_power_of_two() {

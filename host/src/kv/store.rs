@@ -33,9 +33,10 @@
 //! they read), so calls cannot deadlock. Conflicts are then left to what
 //! one host cannot order: other hosts, and keys taken in opposite orders.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -155,7 +156,7 @@ impl KeyLock {
 
 impl Drop for KeyLock {
     fn drop(&mut self) {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut locks = self.locks.lock();
         self.guard = None;
         // Nobody else holds or waits for it: the map forgets the key.
         if locks
@@ -242,7 +243,7 @@ impl Store {
     pub async fn lock_key(&self, bucket: &str, key: &str, wait: Duration) -> Option<KeyLock> {
         let at = (bucket.to_string(), key.to_string());
         let mutex = {
-            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            let mut locks = self.locks.lock();
             locks.entry(at.clone()).or_default().clone()
         };
         let guard = match mutex.clone().try_lock_owned() {
@@ -311,8 +312,8 @@ impl Store {
         })
     }
 
-    fn lock_known(&self) -> std::sync::MutexGuard<'_, Known> {
-        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_known(&self) -> parking_lot::MutexGuard<'_, Known> {
+        self.known.lock()
     }
 }
 
@@ -391,7 +392,7 @@ async fn send(broker: &dyn Broker, known: &Mutex<Known>, batch: Vec<Queued>) {
     // The outcome is known (or the commit is abandoned): the backend now
     // holds what the writes were a guess of, or never will.
     {
-        let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = known.lock();
         for (((seq, _), commit), result) in waiting.iter().zip(&commits).zip(&results) {
             known.settle(*seq, commit, result.as_ref().ok());
         }

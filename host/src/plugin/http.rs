@@ -7,10 +7,11 @@
 //! with `HTTP-request-denied`, and the host logs the URL and the grant that
 //! would allow it.
 
+use parking_lot::Mutex;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -123,7 +124,7 @@ impl HttpState {
     pub fn finish(&mut self) -> HttpOutput {
         let h = &mut self.hooks;
         h.active = false;
-        let mut list = h.exchanges.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = h.exchanges.lock();
         let mut exchanges = std::mem::take(&mut list.kept);
         if list.dropped > 0 {
             exchanges.push(Exchange {
@@ -157,7 +158,7 @@ type SetOutcome = Arc<dyn Fn(String) + Send + Sync>;
 impl Hooks {
     /// Records an exchange; the returned function fills in its outcome.
     fn record(&self, method: &str, url: &str, outcome: &str) -> SetOutcome {
-        let mut list = self.exchanges.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = self.exchanges.lock();
         if list.kept.len() >= MAX_EXCHANGES_KEPT {
             list.dropped += 1;
             return Arc::new(|_| {});
@@ -170,12 +171,7 @@ impl Hooks {
         let at = list.kept.len() - 1;
         let exchanges = self.exchanges.clone();
         Arc::new(move |outcome| {
-            if let Some(e) = exchanges
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .kept
-                .get_mut(at)
-            {
+            if let Some(e) = exchanges.lock().kept.get_mut(at) {
                 e.outcome = outcome;
             }
         })

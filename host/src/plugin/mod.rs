@@ -16,9 +16,10 @@ mod state;
 mod stdio;
 mod wasi_config;
 
+use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -292,10 +293,7 @@ impl WasmPlugin {
     /// before it serves, and its first event does not pay for instantiation.
     pub async fn warm_up(&self) -> anyhow::Result<()> {
         let warm = self.take_instance().await?;
-        self.warm
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(warm);
+        self.warm.lock().push(warm);
         Ok(())
     }
 
@@ -350,7 +348,7 @@ impl WasmPlugin {
     }
 
     async fn take_instance(&self) -> anyhow::Result<Warm> {
-        if let Some(warm) = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+        if let Some(warm) = self.warm.lock().pop() {
             return Ok(warm);
         }
         // Boxed: instantiating is rare and its future is large, and every
@@ -381,10 +379,7 @@ impl WasmPlugin {
     fn give_back(&self, mut warm: Warm) {
         warm.uses += 1;
         if warm.uses < self.settings.reuse_instance {
-            self.warm
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(warm);
+            self.warm.lock().push(warm);
         }
     }
 

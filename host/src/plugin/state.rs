@@ -13,7 +13,7 @@ use super::limits::Limits;
 use super::sandbox::EventClock;
 use super::stdio::{CallTag, StderrTail};
 use crate::event::Event;
-use crate::handler::Level;
+use crate::handler::{Level, LogLine, Routed};
 use crate::kv::{KvEffects, Txn};
 use crate::routes::Routes;
 
@@ -71,8 +71,8 @@ pub struct Call {
     /// Only `handle` may emit: what `handle-error` would emit has no
     /// successful call to be published with.
     pub may_emit: bool,
-    pub emitted: Vec<(String, Event)>,
-    pub logs: Vec<(Level, String)>,
+    pub emitted: Vec<Routed>,
+    pub logs: Vec<LogLine>,
 }
 
 impl HostState {
@@ -84,7 +84,7 @@ impl HostState {
             self.clock.set(u64::try_from(nanos).unwrap_or_default());
         }
         if let Some(tag) = &self.stdio_tag {
-            let mut tag = tag.lock().unwrap_or_else(|e| e.into_inner());
+            let mut tag = tag.lock();
             tag.0.clear();
             tag.1.clear();
             if let Some(e) = event {
@@ -126,8 +126,8 @@ impl HostState {
 
 /// What a call produced.
 pub struct Output {
-    pub emitted: Vec<(String, Event)>,
-    pub logs: Vec<(Level, String)>,
+    pub emitted: Vec<Routed>,
+    pub logs: Vec<LogLine>,
     /// What it read and wrote in its buckets (to commit if it succeeded).
     pub kv: KvEffects,
     /// The requests it sent.
@@ -202,7 +202,10 @@ impl host::Host for HostState {
             }
         }
         if self.call.logs.len() < MAX_LOGS_KEPT {
-            self.call.logs.push((level, message));
+            self.call.logs.push(LogLine {
+                level,
+                text: message,
+            });
         }
     }
 
@@ -232,7 +235,10 @@ impl host::Host for HostState {
                 new.name,
                 new.payload,
             );
-            routed.push((stream.to_string(), event));
+            routed.push(Routed {
+                stream: stream.to_string(),
+                event,
+            });
         }
         self.call.emitted.extend(routed);
         Ok(())

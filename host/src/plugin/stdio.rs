@@ -2,9 +2,10 @@
 //! log, tagged like its `log` calls (plugin, event id, correlation id), never
 //! raw bytes on the host's own stdout.
 
+use parking_lot::Mutex;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -37,7 +38,7 @@ struct Tail {
 
 impl StderrTail {
     fn push(&self, bytes: &[u8]) {
-        let mut tail = self.0.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tail = self.0.bytes.lock();
         tail.extend_from_slice(&bytes[bytes.len().saturating_sub(STDERR_TAIL)..]);
         let over = tail.len().saturating_sub(STDERR_TAIL);
         tail.drain(..over);
@@ -46,11 +47,7 @@ impl StderrTail {
 
     pub fn clear(&self) {
         if self.0.written.swap(false, Ordering::Acquire) {
-            self.0
-                .bytes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+            self.0.bytes.lock().clear();
         }
     }
 
@@ -60,7 +57,7 @@ impl StderrTail {
         if !self.0.written.swap(false, Ordering::Acquire) {
             return String::new();
         }
-        let bytes = std::mem::take(&mut *self.0.bytes.lock().unwrap_or_else(|e| e.into_inner()));
+        let bytes = std::mem::take(&mut *self.0.bytes.lock());
         let text = String::from_utf8_lossy(&bytes)
             .lines()
             .map(str::trim_end)
@@ -163,7 +160,7 @@ impl LineWriter {
         let cut = &line[..line.len().min(MAX_LOG_LINE)];
         let text = String::from_utf8_lossy(cut);
         let text = text.trim_end_matches('\r');
-        let tag = self.stream.tag.lock().unwrap_or_else(|e| e.into_inner());
+        let tag = self.stream.tag.lock();
         let (plugin, stream) = (&*self.stream.plugin, self.stream.name);
         let (event_id, correlation_id) = (tag.0.as_str(), tag.1.as_str());
         if stream == "stderr" {

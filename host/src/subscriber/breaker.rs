@@ -7,8 +7,8 @@
 //! failed or dropped. After `pause` one call goes through as a probe
 //! (half-open): success closes the breaker, failure opens it again.
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -69,8 +69,8 @@ impl Breaker {
         Breaker::new(0, Duration::ZERO)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     pub fn position(&self) -> Position {

@@ -16,7 +16,7 @@ use crate::broker::{Delivery, Entry, EVENT_FIELD};
 use crate::config::Backoff;
 use crate::dead_letter::DeadLetter;
 use crate::event::Event;
-use crate::handler::{Failure, FailureKind, Verdict};
+use crate::handler::{Failure, FailureKind, Routed, Verdict};
 use crate::kv::{Commit, KvEffects, Mark, NotSent, Outcome, Receipt, Source};
 use crate::publisher::{causal_depth, emitted_entries, Lineage};
 use crate::stats::Stats;
@@ -63,7 +63,7 @@ enum Step {
     /// The call succeeded and left work that waits on the backend: publish
     /// what it emitted (with where it comes from), record the event id in
     /// the dedup window.
-    Publish(Event, Vec<(String, Event)>, Lineage),
+    Publish(Event, Vec<Routed>, Lineage),
     /// The call succeeded and used key-value state: its writes, its emits
     /// and the ack are queued to commit in one step; wait for the outcome
     /// (attempts made, including this one).
@@ -183,7 +183,7 @@ impl Shared {
         &self,
         delivery: &Delivery,
         event: &Event,
-        emitted: Vec<(String, Event)>,
+        emitted: Vec<Routed>,
         lineage: &Lineage,
         effects: KvEffects,
     ) -> Receipt {
@@ -304,8 +304,8 @@ impl Shared {
         }
     }
 
-    pub(super) fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, InFlight> {
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    pub(super) fn lock_in_flight(&self) -> parking_lot::MutexGuard<'_, InFlight> {
+        self.in_flight.lock()
     }
 
     /// The idempotency key of an event read from `stream`, when this
@@ -563,7 +563,7 @@ impl Shared {
 
     /// Publishes what a successful call emitted, `depth` down the causal
     /// chain, retrying a failing backend.
-    async fn publish(&self, emitted: &[(String, Event)], cause: &Event, lineage: &Lineage) -> bool {
+    async fn publish(&self, emitted: &[Routed], cause: &Event, lineage: &Lineage) -> bool {
         let mut failures = 0;
         loop {
             match self.publisher.publish_emitted(emitted, lineage).await {

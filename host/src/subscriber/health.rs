@@ -1,7 +1,7 @@
 //! Whether a subscriber is reading, and if not, why: what `/readyz` and the
 //! metrics report per plugin.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 /// A subscriber's read health, shared with the admin API.
 #[derive(Debug)]
@@ -36,7 +36,7 @@ impl ReadHealth {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.problem.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Option<String>> {
+        self.problem.lock()
     }
 }

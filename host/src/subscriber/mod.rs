@@ -172,7 +172,7 @@ struct Shared {
     /// Permits to call the handler, taken before an instance is.
     calls: Semaphore,
     acks: mpsc::UnboundedSender<EntryRef>,
-    in_flight: std::sync::Mutex<InFlight>,
+    in_flight: parking_lot::Mutex<InFlight>,
     /// Entries read and waiting for a lane.
     queue: queue::JobQueue<delivery::Job>,
     /// Backoff waits and publish round trips, running beside the lanes.

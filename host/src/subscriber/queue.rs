@@ -5,8 +5,8 @@
 //! queue empty sleeps until the next push: lanes are woken once per read,
 //! not once per entry.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
@@ -33,8 +33,8 @@ impl<T> JobQueue<T> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State<T>> {
+        self.state.lock()
     }
 
     /// Queues `items`; once closed, hands them back instead.

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use runnel::event::Event;
-use runnel::handler::{Level, Verdict};
+use runnel::handler::{LogLine, Verdict};
 use runnel_tests::http_server::{TestServer, HELLO};
 use runnel_tests::{plugin, repo_root, start, Call};
 
@@ -146,7 +146,7 @@ fn transcript(
                     for x in &result.http {
                         lines.push(format!("http {} {} -> {}", x.method, x.url, x.outcome));
                     }
-                    for (stream, e) in &result.emitted {
+                    for runnel::handler::Routed { stream, event: e } in &result.emitted {
                         assert_eq!(
                             (e.meta.correlation_id.as_str(), e.meta.is_dry_run),
                             (event.meta.correlation_id.as_str(), false),
@@ -183,9 +183,9 @@ fn transcript(
     })
 }
 
-fn logs(logs: &[(Level, String)]) -> Vec<String> {
+fn logs(logs: &[LogLine]) -> Vec<String> {
     logs.iter()
-        .map(|(level, text)| format!("log {}: {text}", level.as_str()))
+        .map(|LogLine { level, text }| format!("log {}: {text}", level.as_str()))
         .collect()
 }
 

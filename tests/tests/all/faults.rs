@@ -188,7 +188,7 @@ async fn a_100_mb_log_line_is_cut() {
         panic!("{calls:?}")
     };
     assert_eq!(result.verdict, Verdict::Done);
-    let kept = &result.logs[0].1;
+    let kept = &result.logs[0].text;
     assert!(kept.len() <= 16 * 1024 + 16, "kept {} bytes", kept.len());
     assert!(kept.ends_with("(cut)"));
     println!(

@@ -73,14 +73,14 @@ pub struct RedisBroker {
     /// One dedicated connection per blocking reader (group, consumer and,
     /// on a cluster, slot: a read of several keys needs them in one slot);
     /// `None` after it failed, until the next read connects again.
-    readers: std::sync::Mutex<HashMap<ReaderKey, ReaderSlot>>,
+    readers: parking_lot::Mutex<HashMap<ReaderKey, ReaderSlot>>,
     /// The server's client id of each blocking reader's connection, and
     /// its node on a cluster, for `CLIENT UNBLOCK` ([`Broker::wake_reader`]).
-    reader_ids: std::sync::Mutex<HashMap<ReaderKey, (Option<Node>, i64)>>,
+    reader_ids: parking_lot::Mutex<HashMap<ReaderKey, (Option<Node>, i64)>>,
     /// What a read of several slots could not return beside the entries
     /// it got (they are ours: returning the error would strand them), for
     /// the next read of that consumer to report.
-    deferred: std::sync::Mutex<HashMap<(String, String), anyhow::Error>>,
+    deferred: parking_lot::Mutex<HashMap<(String, String), anyhow::Error>>,
     trimming: Trimming,
     reconnects: AtomicU64,
 }
@@ -101,7 +101,7 @@ enum Target {
         /// How the readers log in (the first seed's user, password, TLS).
         seed: redis::ConnectionInfo,
         /// Which master serves each slot, for the blocking readers.
-        slots: std::sync::Mutex<SlotMap>,
+        slots: parking_lot::Mutex<SlotMap>,
         /// A reader met a redirection or lost its node: reload `slots`
         /// before the next read.
         stale: std::sync::atomic::AtomicBool,
@@ -270,7 +270,7 @@ impl RedisBroker {
             return Ok(vec![url_of(client.get_connection_info(), None)]);
         };
         self.node_for(0).await?;
-        let masters = slots.lock().unwrap_or_else(|e| e.into_inner()).masters();
+        let masters = slots.lock().masters();
         Ok(masters.iter().map(|n| url_of(seed, Some(n))).collect())
     }
 
@@ -398,8 +398,11 @@ impl RedisBroker {
             .await
         {
             Ok(reply) => Ok(reply.groups),
-            // Redis's words for a missing key; it has no code of its own.
-            Err(e) if e.to_string().contains("no such key") => Ok(Vec::new()),
+            // Redis's words for a missing key: its reply is a plain `ERR no
+            // such key`, with no code of its own to match.
+            Err(e) if e.code() == Some("ERR") && e.detail() == Some("no such key") => {
+                Ok(Vec::new())
+            }
             Err(e) => Err(self.error(e, format!("XINFO GROUPS {stream}"), None)),
         }
     }
@@ -428,12 +431,7 @@ impl RedisBroker {
 
     /// The connection slot of one blocking reader.
     fn reader(&self, key: &ReaderKey) -> ReaderSlot {
-        self.readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key.clone())
-            .or_default()
-            .clone()
+        self.readers.lock().entry(key.clone()).or_default().clone()
     }
 
     /// `keys` grouped by hash slot, each group in the order given and the
@@ -465,13 +463,7 @@ impl RedisBroker {
         else {
             return Ok(None);
         };
-        let known = || {
-            slots
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .node(slot)
-                .cloned()
-        };
+        let known = || slots.lock().node(slot).cloned();
         if !stale.load(Relaxed) {
             if let Some(node) = known() {
                 return Ok(Some(node));
@@ -487,7 +479,7 @@ impl RedisBroker {
             .await
             .map_err(|e| anyhow!("CLUSTER SLOTS on redis at {}: {e}", self.address))?;
         let map = SlotMap::from_reply(&reply, &seed_host)?;
-        *slots.lock().unwrap_or_else(|e| e.into_inner()) = map;
+        *slots.lock() = map;
         stale.store(false, Relaxed);
         known().map(Some).ok_or_else(|| {
             anyhow!(
@@ -502,10 +494,7 @@ impl RedisBroker {
     fn slot_moved(&self, slot: u16, node: Option<Node>) {
         if let Target::Cluster { slots, stale, .. } = &self.target {
             if let Some(node) = node {
-                slots
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .moved(slot, node);
+                slots.lock().moved(slot, node);
             }
             stale.store(true, Relaxed);
         }
@@ -588,7 +577,6 @@ impl RedisBroker {
                     if let Some(id) = conn.client_id() {
                         self.reader_ids
                             .lock()
-                            .unwrap_or_else(|e| e.into_inner())
                             .insert(key.clone(), (node.clone(), id));
                     }
                     conn
@@ -611,10 +599,7 @@ impl RedisBroker {
                     self.slot_moved(slot, None);
                     // That connection is gone: its id may name another client
                     // after a restart, which a shutdown must not unblock.
-                    self.reader_ids
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&key);
+                    self.reader_ids.lock().remove(&key);
                     return Err(anyhow!("XREADGROUP on redis at {}: {e:#}", self.address));
                 }
             };
@@ -793,23 +778,19 @@ impl Broker for RedisBroker {
             StartFrom::Beginning => ("0", 0),
             StartFrom::After(id) => (id.as_str(), 0),
         };
-        let created = self
-            .query::<()>(
-                redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(stream)
-                    .arg(group)
-                    .arg(from)
-                    .arg("MKSTREAM"),
-                || format!("XGROUP CREATE {stream} {group}"),
-                None,
-            )
+        let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(group)
+            .arg(from)
+            .arg("MKSTREAM")
+            .query_async(&mut self.commands())
             .await;
         match created {
             Ok(()) => Ok(GroupCreated::Created { skipped }),
             // Another consumer created it meanwhile.
-            Err(e) if e.to_string().contains("BUSYGROUP") => Ok(GroupCreated::Existed),
-            Err(e) => Err(e),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(GroupCreated::Existed),
+            Err(e) => Err(self.error(e, format!("XGROUP CREATE {stream} {group}"), None)),
         }
     }
 
@@ -822,11 +803,7 @@ impl Broker for RedisBroker {
         block: Duration,
     ) -> anyhow::Result<Vec<Delivery>> {
         let who = (group.to_string(), consumer.to_string());
-        let deferred = self
-            .deferred
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&who);
+        let deferred = self.deferred.lock().remove(&who);
         if let Some(e) = deferred {
             return Err(e);
         }
@@ -883,10 +860,7 @@ impl Broker for RedisBroker {
         match failure {
             Some(e) if deliveries.is_empty() => Err(e),
             Some(e) => {
-                self.deferred
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(who, e);
+                self.deferred.lock().insert(who, e);
                 Ok(deliveries)
             }
             None => Ok(deliveries),
@@ -1227,7 +1201,6 @@ impl Broker for RedisBroker {
         let blocked: Vec<(Option<Node>, i64)> = self
             .reader_ids
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|((g, c, _), _)| g == group && c == consumer)
             .map(|(_, at)| at.clone())
