@@ -12,9 +12,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::redis::{Endpoint, RedisBroker, TlsFiles, Trimming};
+use crate::commands::input::InputEvent;
 use crate::config::EngineConfig;
 use crate::event::Event;
-use crate::input::InputEvent;
 use crate::plugin::{self, PluginEngine};
 use crate::service::{Service, ServiceOptions};
 use crate::stats::summary_table;
@@ -94,7 +94,7 @@ enum Command {
     /// script, sample events and config.
     New {
         #[arg(long, value_enum)]
-        lang: crate::scaffold::Lang,
+        lang: crate::commands::scaffold::Lang,
         /// The plugin's name (lowercase letters, digits, '-').
         name: String,
         /// Where to create the project's directory.
@@ -447,7 +447,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             plugin,
         } => {
             let broker = redis.connect().await?;
-            let report = crate::tools::replay(
+            let report = crate::commands::tools::replay(
                 &*broker,
                 &stream,
                 from.as_deref(),
@@ -584,8 +584,12 @@ fn plugins_table(plugins: &serde_json::Value) -> String {
 }
 
 /// `runnel new`: a plugin project from the scaffold.
-fn cmd_new(lang: crate::scaffold::Lang, name: String, dir: PathBuf) -> anyhow::Result<ExitCode> {
-    let project = crate::scaffold::create(lang, &name, &dir)?;
+fn cmd_new(
+    lang: crate::commands::scaffold::Lang,
+    name: String,
+    dir: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let project = crate::commands::scaffold::create(lang, &name, &dir)?;
     println!("created {}", project.display());
     println!(
         "next: cd {} && ./build.sh && runnel test {name}.wasm --events events.ndjson",
@@ -643,7 +647,8 @@ async fn cmd_test(args: TestArgs) -> anyhow::Result<ExitCode> {
     let events = &args.events;
     let text = std::fs::read_to_string(events)
         .with_context(|| format!("{}: cannot read", events.display()))?;
-    let events_parsed = crate::input::parse(&text).with_context(|| events.display().to_string())?;
+    let events_parsed =
+        crate::commands::input::parse(&text).with_context(|| events.display().to_string())?;
     let http_canned = match &args.http {
         None => None,
         Some(path) => Some(Arc::new(crate::outbound::CannedResponses::load(path)?)),
@@ -684,7 +689,7 @@ async fn cmd_test(args: TestArgs) -> anyhow::Result<ExitCode> {
         memory_bytes: base.memory_bytes.max(tool.memory_bytes),
         ..tool
     };
-    let options = crate::harness::HarnessOptions {
+    let options = crate::commands::harness::HarnessOptions {
         max_attempts: args.max_attempts.unwrap_or(max_attempts),
         name,
         settings,
@@ -703,14 +708,14 @@ async fn cmd_test(args: TestArgs) -> anyhow::Result<ExitCode> {
         },
         kv_commit: args.kv_commit,
     };
-    let report = crate::harness::run(&args.plugin, events_parsed, &options).await?;
+    let report = crate::commands::harness::run(&args.plugin, events_parsed, &options).await?;
     print!("{report}");
     let Some(path) = args.expect else {
         return Ok(ExitCode::SUCCESS);
     };
     let expected = std::fs::read_to_string(&path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
-    match crate::harness::difference(&report, &expected) {
+    match crate::commands::harness::difference(&report, &expected) {
         None => Ok(ExitCode::SUCCESS),
         Some(d) => {
             eprintln!("differs from {}: {d}", path.display());
@@ -747,12 +752,12 @@ async fn cmd_emit(args: EmitArgs) -> anyhow::Result<ExitCode> {
             std::io::stdin()
                 .read_to_string(&mut text)
                 .context("reading NDJSON events from stdin")?;
-            crate::input::parse(&text).context("stdin")?
+            crate::commands::input::parse(&text).context("stdin")?
         }
     };
     let broker = args.redis.connect().await?;
     let bar = progress_bar(events.len() as u64, "emitting");
-    let n = crate::tools::emit(&*broker, args.stream.as_deref(), events, &|done| {
+    let n = crate::commands::tools::emit(&*broker, args.stream.as_deref(), events, &|done| {
         if let Some(bar) = &bar {
             bar.inc(done as u64);
         }
@@ -794,7 +799,7 @@ async fn cmd_dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             match output {
                 Output::Table => print!(
                     "{}",
-                    crate::tools::dlq_list(&*broker, &stream, count).await?
+                    crate::commands::tools::dlq_list(&*broker, &stream, count).await?
                 ),
                 Output::Json => {
                     use crate::broker::Broker as _;
@@ -816,14 +821,19 @@ async fn cmd_dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
         } => {
             let broker = redis.connect().await?;
             let bar = progress_bar(0, "replaying");
-            let n =
-                crate::tools::dlq_replay(&*broker, &stream, &ids, group.as_deref(), &|done, of| {
+            let n = crate::commands::tools::dlq_replay(
+                &*broker,
+                &stream,
+                &ids,
+                group.as_deref(),
+                &|done, of| {
                     if let Some(bar) = &bar {
                         bar.set_length(of as u64);
                         bar.set_position(done as u64);
                     }
-                })
-                .await?;
+                },
+            )
+            .await?;
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }

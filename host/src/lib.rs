@@ -4,7 +4,7 @@
 //!
 //! An event's path, in module order:
 //!
-//! - [`input`] turns NDJSON lines into events to inject (`runnel run --input`).
+//! - [`commands::input`] turns NDJSON lines into events to inject (`runnel run --input`).
 //! - [`publisher`] appends events to the streams that [`routes`] pick by name.
 //! - [`broker`] is the backend seam, shaped like Redis Streams; the in-memory
 //!   backend is [`broker::memory`], the real one [`broker::redis`].
@@ -27,45 +27,40 @@
 //! - [`stats`] counts outcomes per plugin.
 //! - [`errors`] prints an error as one line, each cause once.
 //! - [`cli`] is the `runnel` command, a thin dispatcher: one function per
-//!   subcommand; [`bench`] is `runnel bench`;
-//!   [`harness`] is `runnel test` and [`scaffold`] is `runnel new`, for
-//!   plugin authors.
+//!   subcommand; [`bench`] is `runnel bench`.
+//! - [`commands`] holds the commands beside the service:
+//!   [`commands::harness`] is `runnel test` and [`commands::scaffold`] is
+//!   `runnel new`, for plugin authors; [`commands::tools`] is `emit`, `dlq`
+//!   and `replay`, for operators.
 //!
 //! Running as a service:
 //!
 //! - [`service`] is the lifecycle of `runnel run`: start, serve until told
-//!   to stop, drain, report.
-//! - [`live`] is a plugin slot whose version can be swapped under load;
-//!   [`reload`] compiles, vets and installs new versions (file watcher,
-//!   admin API, config reload); [`shadow`] runs a candidate beside the live
-//!   version on dry-run copies and compares.
-//! - [`admin`] is the HTTP API; [`metrics`] renders Prometheus text;
-//!   [`telemetry`] exports OpenTelemetry traces of deliveries and calls.
+//!   to stop, drain, report. Its modules:
+//! - [`service::live`] is a plugin slot whose version can be swapped under
+//!   load; [`service::reload`] compiles, vets and installs new versions
+//!   (file watcher, admin API, config reload); [`service::shadow`] runs a
+//!   candidate beside the live version on dry-run copies and compares.
+//! - [`service::admin`] is the HTTP API; [`service::metrics`] renders
+//!   Prometheus text. [`telemetry`] exports OpenTelemetry traces of
+//!   deliveries and calls.
 
-pub mod admin;
 pub mod bench;
 pub mod broker;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod dead_letter;
 pub mod errors;
 pub mod event;
 pub mod handler;
-pub mod harness;
-pub mod input;
 pub mod kv;
-pub mod live;
-pub mod metrics;
 pub mod outbound;
 pub mod plugin;
 pub mod publisher;
-pub mod reload;
 pub mod routes;
 pub mod runtime;
-pub mod scaffold;
 pub mod service;
-pub mod shadow;
 pub mod stats;
 pub mod subscriber;
 pub mod telemetry;
-pub mod tools;

@@ -19,11 +19,11 @@ use super::{measure, Backend, Case};
 use crate::config::Config;
 use crate::event::Event;
 use crate::handler::{ErrorHandled, Failure, Handled, Handler};
-use crate::live::{LivePlugin, Version};
 use crate::plugin::PluginSettings;
 use crate::plugin::{Links, PluginEngine, WasmPlugin};
-use crate::reload::{Reloaded, Reloader};
 use crate::routes::Routes;
+use crate::service::live::{LivePlugin, Version};
+use crate::service::reload::{Reloaded, Reloader};
 
 /// Load on the slot while it is swapped: enough to outlast every swap.
 const EVENTS: usize = 400_000;

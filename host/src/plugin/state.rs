@@ -11,7 +11,7 @@ use super::bindings::runnel::plugin::{host, types};
 use super::bindings::{v0_1, wit};
 use super::limits::Limits;
 use super::sandbox::EventClock;
-use super::stdio::{CallTag, StderrTail};
+use super::stdio::{CallTag, StderrTail, MAX_LOG_LINE};
 use crate::event::Event;
 use crate::handler::{Level, LogLine, Routed};
 use crate::kv::{KvEffects, Txn};
@@ -22,8 +22,6 @@ pub const MAX_EMITS_PER_CALL: usize = 10_000;
 /// Most log lines kept per call for tools that show them (`runnel test`);
 /// all of them still reach the host log.
 const MAX_LOGS_KEPT: usize = 1_000;
-/// Longest log line, in bytes; the rest is cut.
-pub(super) const MAX_LOG_LINE: usize = 16 * 1024;
 
 /// Everything a store carries.
 pub struct HostState {

@@ -11,7 +11,9 @@ use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-use super::state::MAX_LOG_LINE;
+/// Longest log line, in bytes, from the `log` import or a granted stdio
+/// stream; the rest is cut.
+pub(super) const MAX_LOG_LINE: usize = 16 * 1024;
 
 /// The event a store is handling, shared with its output streams.
 pub type CallTag = Arc<Mutex<(String, String)>>;

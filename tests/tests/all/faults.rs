@@ -417,7 +417,9 @@ async fn an_allocation_that_aborts_past_the_memory_cap_names_the_limit() {
         "{}",
         record.reason
     );
-    let metrics = runnel::metrics::Scrape::take(&run.runtime).await.render();
+    let metrics = runnel::service::metrics::Scrape::take(&run.runtime)
+        .await
+        .render();
     assert!(
         metrics.contains(r#"runnel_events_failed_total{plugin="hostile",kind="memory"} 1"#),
         "{metrics}"

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use runnel::event::Event;
-use runnel::live::LivePlugin;
+use runnel::service::live::LivePlugin;
 use runnel_tests::{plugin, start, unique, Running};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -249,7 +249,7 @@ async fn a_shadow_is_compared_never_published_and_can_be_promoted() {
     running.idle_within(LIMIT).await.unwrap();
     let (a, b) = (live(&running, "live-a"), live(&running, "live-b"));
     let (shadow_a, shadow_b) = (a.shadow().unwrap(), b.shadow().unwrap());
-    let compared = |s: &runnel::shadow::ShadowStats| {
+    let compared = |s: &runnel::service::shadow::ShadowStats| {
         s.agreed.load(Relaxed) + s.disagreed.load(Relaxed) + s.skipped.load(Relaxed)
     };
     until("every shadow call to finish", || {

@@ -7,11 +7,11 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::broker::{Append, Broker, EVENT_FIELD};
+use crate::commands::input::InputEvent;
 use crate::config::Grants;
 use crate::dead_letter::{replay_stream, DeadLetterRecord};
 use crate::event::Event;
 use crate::handler::{Handler, LogLine, Routed};
-use crate::input::InputEvent;
 use crate::plugin::Standalone;
 use crate::publisher::{event_fields, DEPTH_FIELD};
 use crate::subscriber::decode;

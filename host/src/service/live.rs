@@ -12,7 +12,7 @@
 //!
 //! A slot may also carry a *shadow*: another plugin that gets a dry-run copy
 //! of every event after the live call, whose output is compared with the
-//! live output and then thrown away (see [`crate::shadow`]).
+//! live output and then thrown away (see [`crate::service::shadow`]).
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -24,7 +24,7 @@ use async_trait::async_trait;
 
 use crate::event::Event;
 use crate::handler::{ErrorHandled, Failure, Handled, Handler, Verdict};
-use crate::shadow::Shadow;
+use crate::service::shadow::Shadow;
 
 /// One version of a plugin: its code and where it came from.
 pub struct Version {

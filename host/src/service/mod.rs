@@ -8,6 +8,12 @@
 //! within `service.shutdown_deadline_ms` and returns the counters. Signals are
 //! the binary's business (`cli.rs`): it turns SIGINT/SIGTERM into that future.
 
+pub mod admin;
+pub mod live;
+pub mod metrics;
+pub mod reload;
+pub mod shadow;
+
 use std::future::Future;
 use std::io::Read as _;
 use std::net::SocketAddr;
@@ -21,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dead_letter::DeadLetterRecord;
-use crate::reload::Reloader;
 use crate::runtime::Runtime;
+use crate::service::reload::Reloader;
 use crate::stats::Snapshot;
 
 /// How `runnel run` was asked to behave, beyond the config file.
@@ -133,7 +139,7 @@ impl Service {
         } else {
             std::fs::read_to_string(input).with_context(|| format!("{input}: cannot read"))?
         };
-        let events = crate::input::parse(&text).with_context(|| input.clone())?;
+        let events = crate::commands::input::parse(&text).with_context(|| input.clone())?;
         let count = events.len();
         self.runtime
             .inject(events)
@@ -305,12 +311,12 @@ async fn serve_admin(
         .with_context(|| format!("admin API: binding {listen}"))?;
     let addr = listener.local_addr()?;
     tracing::info!("admin API listening on http://{addr}");
-    let admin = Arc::new(crate::admin::Admin {
+    let admin = Arc::new(crate::service::admin::Admin {
         runtime: runtime.clone(),
         token,
         config_path: Some(config_path.to_path_buf()),
     });
-    tokio::spawn(crate::admin::serve(listener, admin, stop.clone()));
+    tokio::spawn(crate::service::admin::serve(listener, admin, stop.clone()));
     Ok(Some(addr))
 }
 

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::handler::Handler as _;
-use crate::metrics::Scrape;
-use crate::reload::{ReloadError, Reloaded};
 use crate::runtime::{RunningPlugin, Runtime};
+use crate::service::metrics::Scrape;
+use crate::service::reload::{ReloadError, Reloaded};
 
 /// What the handlers share.
 pub struct Admin {
@@ -282,7 +282,7 @@ async fn reload_config(State(admin): State<Arc<Admin>>) -> Response {
 
 /// Body: NDJSON, one event per line, as `runnel run --input` reads.
 async fn inject_events(State(admin): State<Arc<Admin>>, body: String) -> Response {
-    let events = match crate::input::parse(&body) {
+    let events = match crate::commands::input::parse(&body) {
         Ok(events) => events,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
     };
@@ -358,8 +358,14 @@ async fn replay_dead_letter(
     Path((stream, id)): Path<(String, String)>,
 ) -> Response {
     let broker = admin.runtime.broker.as_ref();
-    match crate::tools::dlq_replay(broker, &stream, std::slice::from_ref(&id), None, &|_, _| {})
-        .await
+    match crate::commands::tools::dlq_replay(
+        broker,
+        &stream,
+        std::slice::from_ref(&id),
+        None,
+        &|_, _| {},
+    )
+    .await
     {
         Ok(n) => Json(json!({ "replayed": n })).into_response(),
         Err(e) if e.to_string().contains("no dead letter") => {

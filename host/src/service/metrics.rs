@@ -16,9 +16,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::handler::{FailureKind, Handler as _};
-use crate::live::ReloadStatus;
 use crate::runtime::Runtime;
-use crate::shadow::Agreement;
+use crate::service::live::ReloadStatus;
+use crate::service::shadow::Agreement;
 use crate::stats::Snapshot;
 use crate::subscriber::breaker::Position;
 

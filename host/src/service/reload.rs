@@ -1,5 +1,5 @@
 //! Hot reload: new plugin versions are compiled off the serving path, vetted,
-//! then swapped in atomically (see [`crate::live`]).
+//! then swapped in atomically (see [`crate::service::live`]).
 //!
 //! A reload comes from a changed file (the watcher), the admin API, or a
 //! config reload (SIGHUP). Whatever the trigger, the steps are the same:
@@ -21,9 +21,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PluginConfig};
-use crate::live::{LivePlugin, Version};
 use crate::plugin::PluginSettings;
 use crate::plugin::{Links, PluginEngine, WasmPlugin};
+use crate::service::live::{LivePlugin, Version};
 
 /// Quiet time after the last change to a file before it is reloaded:
 /// editors and build tools write a file in several steps.

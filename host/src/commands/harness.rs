@@ -11,8 +11,8 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
+use crate::commands::input::InputEvent;
 use crate::handler::{Failure, Handler, LogLine, Routed};
-use crate::input::InputEvent;
 use crate::plugin::{PluginSettings, Standalone};
 
 /// Writes to keep, by bucket: key and value (`None`: deleted).

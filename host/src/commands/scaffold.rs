@@ -22,120 +22,134 @@ pub enum Lang {
 }
 
 const WIT: [(&str, &str); 12] = [
-    ("wit/types.wit", include_str!("../../wit/types.wit")),
-    ("wit/host.wit", include_str!("../../wit/host.wit")),
-    ("wit/world.wit", include_str!("../../wit/world.wit")),
+    ("wit/types.wit", include_str!("../../../wit/types.wit")),
+    ("wit/host.wit", include_str!("../../../wit/host.wit")),
+    ("wit/world.wit", include_str!("../../../wit/world.wit")),
     (
         "wit/deps/keyvalue/store.wit",
-        include_str!("../../wit/deps/keyvalue/store.wit"),
+        include_str!("../../../wit/deps/keyvalue/store.wit"),
     ),
     (
         "wit/deps/keyvalue/atomics.wit",
-        include_str!("../../wit/deps/keyvalue/atomics.wit"),
+        include_str!("../../../wit/deps/keyvalue/atomics.wit"),
     ),
     (
         "wit/deps/keyvalue/batch.wit",
-        include_str!("../../wit/deps/keyvalue/batch.wit"),
+        include_str!("../../../wit/deps/keyvalue/batch.wit"),
     ),
     (
         "wit/deps/keyvalue/world.wit",
-        include_str!("../../wit/deps/keyvalue/world.wit"),
+        include_str!("../../../wit/deps/keyvalue/world.wit"),
     ),
     (
         "wit/deps/config/store.wit",
-        include_str!("../../wit/deps/config/store.wit"),
+        include_str!("../../../wit/deps/config/store.wit"),
     ),
     (
         "wit/deps/config/world.wit",
-        include_str!("../../wit/deps/config/world.wit"),
+        include_str!("../../../wit/deps/config/world.wit"),
     ),
     (
         "wit/deps/http/http.wit",
-        include_str!("../../wit/deps/http/http.wit"),
+        include_str!("../../../wit/deps/http/http.wit"),
     ),
     (
         "wit/deps/io/io.wit",
-        include_str!("../../wit/deps/io/io.wit"),
+        include_str!("../../../wit/deps/io/io.wit"),
     ),
     (
         "wit/deps/clocks/clocks.wit",
-        include_str!("../../wit/deps/clocks/clocks.wit"),
+        include_str!("../../../wit/deps/clocks/clocks.wit"),
     ),
 ];
 
 fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
     match lang {
         Lang::Rust => vec![
-            ("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
-            ("src/lib.rs", include_str!("../templates/rust/lib.rs")),
+            (
+                "Cargo.toml",
+                include_str!("../../templates/rust/Cargo.toml"),
+            ),
+            ("src/lib.rs", include_str!("../../templates/rust/lib.rs")),
             (
                 "sdk/Cargo.toml",
-                include_str!("../templates/rust/sdk.Cargo.toml"),
+                include_str!("../../templates/rust/sdk.Cargo.toml"),
             ),
-            ("sdk/src/lib.rs", include_str!("../../guest-sdk/src/lib.rs")),
+            (
+                "sdk/src/lib.rs",
+                include_str!("../../../guest-sdk/src/lib.rs"),
+            ),
             (
                 "sdk/src/http.rs",
-                include_str!("../../guest-sdk/src/http.rs"),
+                include_str!("../../../guest-sdk/src/http.rs"),
             ),
-            ("build.sh", include_str!("../templates/rust/build.sh")),
+            ("build.sh", include_str!("../../templates/rust/build.sh")),
         ],
         Lang::Python => vec![
-            ("app.py", include_str!("../templates/python/app.py")),
+            ("app.py", include_str!("../../templates/python/app.py")),
             (
                 "runnel.py",
-                include_str!("../../guest-sdk/python/runnel.py"),
+                include_str!("../../../guest-sdk/python/runnel.py"),
             ),
-            ("build.sh", include_str!("../templates/python/build.sh")),
+            ("build.sh", include_str!("../../templates/python/build.sh")),
         ],
         Lang::Js => vec![
-            ("app.js", include_str!("../templates/js/app.js")),
-            ("runnel.js", include_str!("../../guest-sdk/js/runnel.js")),
-            ("kv.js", include_str!("../../guest-sdk/js/kv.js")),
-            ("config.js", include_str!("../../guest-sdk/js/config.js")),
-            ("http.js", include_str!("../../guest-sdk/js/http.js")),
-            ("package.json", include_str!("../templates/js/package.json")),
-            ("build.sh", include_str!("../templates/js/build.sh")),
+            ("app.js", include_str!("../../templates/js/app.js")),
+            ("runnel.js", include_str!("../../../guest-sdk/js/runnel.js")),
+            ("kv.js", include_str!("../../../guest-sdk/js/kv.js")),
+            ("config.js", include_str!("../../../guest-sdk/js/config.js")),
+            ("http.js", include_str!("../../../guest-sdk/js/http.js")),
+            (
+                "package.json",
+                include_str!("../../templates/js/package.json"),
+            ),
+            ("build.sh", include_str!("../../templates/js/build.sh")),
         ],
         Lang::C => vec![
-            ("plugin.c", include_str!("../templates/c/plugin.c")),
-            ("runnel.h", include_str!("../../guest-sdk/c/runnel.h")),
-            ("runnel.c", include_str!("../../guest-sdk/c/runnel.c")),
+            ("plugin.c", include_str!("../../templates/c/plugin.c")),
+            ("runnel.h", include_str!("../../../guest-sdk/c/runnel.h")),
+            ("runnel.c", include_str!("../../../guest-sdk/c/runnel.c")),
             (
                 "runnel_http.c",
-                include_str!("../../guest-sdk/c/runnel_http.c"),
+                include_str!("../../../guest-sdk/c/runnel_http.c"),
             ),
-            ("build.sh", include_str!("../templates/c/build.sh")),
+            ("build.sh", include_str!("../../templates/c/build.sh")),
         ],
         Lang::Go => vec![
-            ("go.mod", include_str!("../templates/go/go.mod")),
-            ("plugin.go", include_str!("../templates/go/plugin.go")),
-            ("build.sh", include_str!("../templates/go/build.sh")),
-            ("sdk/go.mod", include_str!("../../guest-sdk/go/go.mod")),
+            ("go.mod", include_str!("../../templates/go/go.mod")),
+            ("plugin.go", include_str!("../../templates/go/plugin.go")),
+            ("build.sh", include_str!("../../templates/go/build.sh")),
+            ("sdk/go.mod", include_str!("../../../guest-sdk/go/go.mod")),
             (
                 "sdk/.gitignore",
-                include_str!("../../guest-sdk/go/.gitignore"),
+                include_str!("../../../guest-sdk/go/.gitignore"),
             ),
             (
                 "sdk/runnel.go",
-                include_str!("../../guest-sdk/go/runnel.go"),
+                include_str!("../../../guest-sdk/go/runnel.go"),
             ),
-            ("sdk/gc.go", include_str!("../../guest-sdk/go/gc.go")),
-            ("sdk/kv/kv.go", include_str!("../../guest-sdk/go/kv/kv.go")),
+            ("sdk/gc.go", include_str!("../../../guest-sdk/go/gc.go")),
+            (
+                "sdk/kv/kv.go",
+                include_str!("../../../guest-sdk/go/kv/kv.go"),
+            ),
             (
                 "sdk/config/config.go",
-                include_str!("../../guest-sdk/go/config/config.go"),
+                include_str!("../../../guest-sdk/go/config/config.go"),
             ),
             (
                 "sdk/http/http.go",
-                include_str!("../../guest-sdk/go/http/http.go"),
+                include_str!("../../../guest-sdk/go/http/http.go"),
             ),
             (
                 "sdk/internal/call/call.go",
-                include_str!("../../guest-sdk/go/internal/call/call.go"),
+                include_str!("../../../guest-sdk/go/internal/call/call.go"),
             ),
             (
                 "sdk/internal/wit/exports/export_wit_world/exports.go",
-                include_str!("../../guest-sdk/go/internal/wit/exports/export_wit_world/exports.go"),
+                include_str!(
+                    "../../../guest-sdk/go/internal/wit/exports/export_wit_world/exports.go"
+                ),
             ),
         ],
     }

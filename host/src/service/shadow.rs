@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::event::Event;
 use crate::handler::{Handled, Handler, Routed, Verdict};
-use crate::live::LivePlugin;
+use crate::service::live::LivePlugin;
 
 /// Shadow calls running at once per live plugin; beyond, events are skipped.
 const MAX_SHADOW_CALLS: usize = 64;
