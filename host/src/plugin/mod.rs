@@ -339,10 +339,17 @@ impl WasmPlugin {
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
         // At every epoch tick: past the deadline, trap; otherwise yield the
-        // thread so that a long call cannot starve other events.
+        // thread so that a long call cannot starve other events. Through
+        // tokio's yield_now, which runs the I/O driver before the call
+        // resumes: a plain wake-up put the call back first, and on one
+        // worker thread a CPU-bound call then held off the reader and the
+        // keep-alive for seconds (the claim-idle test failed that way).
         store.epoch_deadline_callback(|ctx| match ctx.data().deadline {
             Some(deadline) if Instant::now() >= deadline => Ok(UpdateDeadline::Interrupt),
-            _ => Ok(UpdateDeadline::Yield(1)),
+            _ => Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            )),
         });
         Ok(store)
     }
