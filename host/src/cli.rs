@@ -39,8 +39,9 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Worker threads of the async runtime (default: one per core). With
-    /// Redis on the same machine, fewer threads than cores leave it a core.
+    /// Worker threads of the async runtime. Default: one per core, one
+    /// fewer when `run` or `bench` uses a Redis server on this machine
+    /// (loopback or Unix socket), which then keeps a core to itself.
     #[arg(long, global = true, env = "RUNNEL_THREADS")]
     threads: Option<std::num::NonZeroUsize>,
     #[command(subcommand)]
@@ -344,22 +345,24 @@ pub fn main() -> ExitCode {
     // Traces go through the log's subscriber, so they are set up with it,
     // before the async runtime. A config that does not load is reported by
     // `run` itself.
-    let exporting = match &cli.command {
-        Command::Run(args) => match crate::config::Config::load(&args.config) {
-            Ok(config) => match crate::telemetry::start(&config.telemetry) {
-                Ok(started) => started,
-                Err(e) => return fail(e),
-            },
-            Err(_) => None,
-        },
+    let config = match &cli.command {
+        Command::Run(args) => crate::config::Config::load(&args.config).ok(),
         _ => None,
+    };
+    let exporting = match &config {
+        Some(config) => match crate::telemetry::start(&config.telemetry) {
+            Ok(started) => started,
+            Err(e) => return fail(e),
+        },
+        None => None,
     };
     let (export, exporting) = exporting.unzip();
     init_logging(cli.log_format, export);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = cli.threads {
-        builder.worker_threads(threads.get());
-    }
+    builder.worker_threads(match cli.threads {
+        Some(threads) => threads.get(),
+        None => default_workers(&cli.command, config.as_ref()),
+    });
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(anyhow::anyhow!("starting the async runtime: {e}")),
@@ -372,6 +375,35 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => fail(e),
     }
+}
+
+/// Worker threads when `--threads` is not given: see [`crate::workers`].
+/// `run` takes its Redis servers from the config, `bench` from its flags.
+fn default_workers(command: &Command, config: Option<&crate::config::Config>) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let urls: Vec<&str> = match (command, config) {
+        (Command::Run(_), Some(config)) => match &config.backend {
+            crate::config::Backend::Redis(redis) => redis
+                .url
+                .iter()
+                .chain(&redis.cluster)
+                .map(String::as_str)
+                .collect(),
+            crate::config::Backend::Memory { .. } => Vec::new(),
+        },
+        (Command::Bench(args), _) => args
+            .redis
+            .iter()
+            .chain(&args.redis_cluster)
+            .map(String::as_str)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let workers = crate::workers::default_workers(cores, urls);
+    if let Some(why) = crate::workers::explain(cores, workers) {
+        tracing::info!("{why}");
+    }
+    workers
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {

@@ -26,6 +26,7 @@
 //! - [`runtime`] wires a config into running subscribers.
 //! - [`stats`] counts outcomes per plugin.
 //! - [`errors`] prints an error as one line, each cause once.
+//! - [`workers`] picks the async runtime's default worker threads.
 //! - [`cli`] is the `runnel` command, a thin dispatcher: one function per
 //!   subcommand; [`bench`] is `runnel bench`.
 //! - [`commands`] holds the commands beside the service:
@@ -64,3 +65,4 @@ pub mod service;
 pub mod stats;
 pub mod subscriber;
 pub mod telemetry;
+pub mod workers;
