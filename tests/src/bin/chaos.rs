@@ -26,7 +26,7 @@ async fn main() -> std::process::ExitCode {
         hosts: 3,
         rate: 200,
         bin,
-        plugin: runnel_tests::plugin("chaos"),
+        plugin: runnel_tests::plugin(runnel_tests::guests::CHAOS),
         dir: dir.clone(),
     };
     eprintln!("chaos: {seconds}s, seed {seed}, files in {}", dir.display());

@@ -1,5 +1,6 @@
 //! The `runnel` command: the demo end to end, `check`, and one-line errors.
 
+use runnel_tests::guests;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -106,7 +107,7 @@ fn sigterm_drains_and_exits_zero_with_a_summary() {
 
 #[test]
 fn check_lists_what_a_plugin_exports_and_imports() {
-    let path = plugin("order_enricher");
+    let path = plugin(guests::ORDER_ENRICHER);
     let out = runnel(&["check", path.to_str().unwrap()]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -114,7 +115,7 @@ fn check_lists_what_a_plugin_exports_and_imports() {
     assert!(stdout.contains("runnel:plugin/host@0.2.0"), "{stdout}");
     // Capabilities are imported only by a plugin that uses them, and named
     // as capabilities to grant.
-    let logger = runnel(&["check", plugin("logger").to_str().unwrap()]);
+    let logger = runnel(&["check", plugin(guests::LOGGER).to_str().unwrap()]);
     let logger = text(&logger.stdout);
     assert!(
         !logger.contains("wasi:keyvalue") && !logger.contains("wasi:http"),
@@ -141,7 +142,7 @@ fn check_lists_what_a_plugin_exports_and_imports() {
     ] {
         assert!(granted.contains(line), "{line:?} missing:\n{granted}");
     }
-    let out = runnel(&["check", plugin("counter").to_str().unwrap()]);
+    let out = runnel(&["check", plugin(guests::COUNTER).to_str().unwrap()]);
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("wasi:keyvalue/store@0.2.0-draft2"),
@@ -166,7 +167,7 @@ fn check_refuses_a_file_that_is_not_wasm() {
 
 #[test]
 fn check_refuses_a_truncated_component() {
-    let whole = std::fs::read(plugin("order_enricher")).unwrap();
+    let whole = std::fs::read(plugin(guests::ORDER_ENRICHER)).unwrap();
     let path = scratch("truncated").join("truncated.wasm");
     std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
     assert_one_line_error(
@@ -254,7 +255,7 @@ fn granted_stdio_goes_to_the_host_log_tagged_and_ungranted_stdio_nowhere() {
             &config,
             format!(
                 "[[plugin]]\nname = \"printer\"\npath = {:?}\nstreams = [\"in\"]\ngrants = {{ stdio = {granted} }}\n",
-                plugin("hostile")
+                plugin(guests::HOSTILE)
             ),
         )
         .unwrap();
@@ -311,7 +312,7 @@ fn runnel_test_reports_each_attempt_and_pins_it_with_expect() {
         ),
     )
     .unwrap();
-    let enricher = plugin("order_enricher");
+    let enricher = plugin(guests::ORDER_ENRICHER);
     let args = [
         "test",
         enricher.to_str().unwrap(),
@@ -374,7 +375,7 @@ fn runnel_test_shows_key_value_writes_and_keeps_them_only_when_asked() {
     .unwrap();
     let seed = dir.join("kv.json");
     std::fs::write(&seed, r#"{"counts": {"count:a": "41"}}"#).unwrap();
-    let counter = plugin("counter");
+    let counter = plugin(guests::COUNTER);
     let report = |extra: &[&str]| {
         let mut args = vec![
             "test",
@@ -428,7 +429,7 @@ fn runnel_test_shows_key_value_writes_and_keeps_them_only_when_asked() {
 fn fetch_report(dir: &Path, events: &[String], extra: &[&str]) -> String {
     let file = dir.join("events.ndjson");
     std::fs::write(&file, events.join("\n") + "\n").unwrap();
-    let fetcher = plugin("fetcher");
+    let fetcher = plugin(guests::FETCHER);
     let mut args = vec![
         "test",
         fetcher.to_str().unwrap(),
@@ -628,7 +629,7 @@ fn runnel_test_runs_a_plugin_as_its_config_does() {
     let root = repo_root();
     let config = root.join("examples/orders/runnel.toml");
     let events = root.join("examples/orders/events.ndjson");
-    let enricher = plugin("order_enricher");
+    let enricher = plugin(guests::ORDER_ENRICHER);
     let out = runnel(&[
         "test",
         enricher.to_str().unwrap(),
@@ -669,7 +670,7 @@ fn runnel_test_runs_a_plugin_as_its_config_does() {
 
 #[test]
 fn the_bench_measures_latency_under_a_steady_load() {
-    let noop = plugin("noop").display().to_string();
+    let noop = plugin(guests::NOOP).display().to_string();
     let out = crate::util::runnel_ok(
         &[
             "bench",

@@ -5,6 +5,7 @@
 //! the delivery scenarios run on the cluster too (`contract.rs`,
 //! `delivery.rs`).
 
+use runnel_tests::guests;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -266,7 +267,7 @@ async fn two_processes_share_six_streams_over_three_masters_exactly_once() {
     let group = unique("g");
     let section = format!(
         "[[plugin]]\nname = \"noop\"\npath = {:?}\ngroup = \"{group}\"\nstreams = {streams:?}\nstart = \"beginning\"\n",
-        plugin("noop").display().to_string()
+        plugin(guests::NOOP).display().to_string()
     );
     let seeds = cluster.toml_seeds();
     let backend = "block_ms = 100\ncount = 64";
@@ -304,7 +305,7 @@ fn workers(
 ) -> (Process, Process) {
     let section = format!(
         "[routes]\n\"worked\" = \"{done}\"\n\n[[plugin]]\nname = \"worker\"\npath = {:?}\ngroup = \"{group}\"\nstreams = {streams:?}\nstart = \"beginning\"\nconcurrency = 2\n",
-        plugin("worker").display().to_string()
+        plugin(guests::WORKER).display().to_string()
     );
     let seeds = cluster.toml_seeds();
     let backend = "block_ms = 100\nclaim_min_idle_ms = 1500\ncount = 16";
@@ -572,7 +573,7 @@ async fn emit_and_dead_letters_work_on_a_cluster_from_the_command_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bench_drains_one_stream_and_one_per_master_on_a_cluster() {
     let seeds = redis_cluster::shared().seeds().join(",");
-    let noop = plugin("noop").display().to_string();
+    let noop = plugin(guests::NOOP).display().to_string();
     let out = tokio::task::spawn_blocking(move || {
         crate::util::runnel_ok(
             &[

@@ -8,6 +8,7 @@
 //! build made against `runnel:plugin@0.1.0` (`tests/fixtures/`) runs too:
 //! components built for an older contract keep working.
 
+use runnel_tests::guests;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,7 +23,7 @@ const LIMIT: Duration = Duration::from_secs(300);
 /// The conformance component of a language.
 fn component(lang: &str) -> PathBuf {
     if lang == "rust" {
-        return plugin("conformance");
+        return plugin(guests::CONFORMANCE);
     }
     if lang == "rust-0.1.0" {
         // Built against the first contract, before it gained key-value:
@@ -353,7 +354,7 @@ fn compiled_order_enrichers_agree_byte_for_byte() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let rust = report(plugin("order_enricher"));
+    let rust = report(plugin(guests::ORDER_ENRICHER));
     assert!(
         rust.contains("totals 18446744073709551614 cents") && rust.contains("dead-lettered"),
         "{rust}"

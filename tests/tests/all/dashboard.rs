@@ -2,6 +2,7 @@
 //! with state and latency, streams with backlog, dead letters listed,
 //! replayed to their group and deleted.
 
+use runnel_tests::guests;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -52,7 +53,7 @@ streams = ["{stream}"]
 #[test]
 fn the_page_is_served_and_its_api_lists_replays_and_deletes_dead_letters() {
     let token = "dash-token";
-    let (process, url, stream) = host(token, &runnel_tests::plugin("rejecter"));
+    let (process, url, stream) = host(token, &runnel_tests::plugin(guests::REJECTER));
     let at = |path: &str| format!("{url}{path}");
 
     // The page itself holds no data and needs no token; its data does.
@@ -165,11 +166,11 @@ fn an_operator_replays_a_dead_letter_from_the_dashboard_in_a_real_browser() {
     let dir = std::env::temp_dir().join(unique("browser"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("refunds.wasm");
-    std::fs::copy(runnel_tests::plugin("rejecter"), &file).unwrap();
+    std::fs::copy(runnel_tests::plugin(guests::REJECTER), &file).unwrap();
     let token = "browser-token";
     let (process, url, stream) = host(token, &file);
     one_dead_letter(&url, token, &stream);
-    std::fs::copy(runnel_tests::plugin("noop"), &file).unwrap();
+    std::fs::copy(runnel_tests::plugin(guests::NOOP), &file).unwrap();
     let (status, body) = call(
         "POST",
         &format!("{url}/plugins/refunds/reload"),
@@ -208,7 +209,7 @@ fn an_operator_replays_a_dead_letter_from_the_dashboard_in_a_real_browser() {
 #[test]
 fn the_cli_lists_plugins_and_dead_letters_as_tables_or_json() {
     let token = "cli-token";
-    let (process, url, stream) = host(token, &runnel_tests::plugin("rejecter"));
+    let (process, url, stream) = host(token, &runnel_tests::plugin(guests::REJECTER));
     one_dead_letter(&url, token, &stream);
     let runnel = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))

@@ -1,5 +1,6 @@
 //! The plugin engine: the compiled-artifact cache and instance reuse.
 
+use runnel_tests::guests;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,9 @@ fn settings(reuse: u32) -> PluginSettings {
 #[test]
 fn a_second_load_of_the_same_file_comes_from_the_disk_cache() {
     let cache = std::env::temp_dir().join(format!("runnel-cache-{}", uuid_suffix()));
-    let first = engine(&cache).compile_file(&plugin("logger")).unwrap();
+    let first = engine(&cache)
+        .compile_file(&plugin(guests::LOGGER))
+        .unwrap();
     assert!(!first.cached);
     let files: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
     assert_eq!(files.len(), 1, "one artifact, named by content hash");
@@ -39,12 +42,14 @@ fn a_second_load_of_the_same_file_comes_from_the_disk_cache() {
     assert!(name.starts_with(&first.sha256), "{name}");
 
     // A new engine, as after a restart.
-    let second = engine(&cache).compile_file(&plugin("logger")).unwrap();
+    let second = engine(&cache)
+        .compile_file(&plugin(guests::LOGGER))
+        .unwrap();
     assert!(second.cached);
     assert_eq!(second.sha256, first.sha256);
 
     // Another file is another artifact.
-    let other = engine(&cache).compile_file(&plugin("noop")).unwrap();
+    let other = engine(&cache).compile_file(&plugin(guests::NOOP)).unwrap();
     assert!(!other.cached);
     assert_ne!(other.sha256, first.sha256);
     std::fs::remove_dir_all(&cache).unwrap();
@@ -53,7 +58,7 @@ fn a_second_load_of_the_same_file_comes_from_the_disk_cache() {
 #[test]
 fn a_damaged_cache_entry_is_recompiled() {
     let cache = std::env::temp_dir().join(format!("runnel-cache-{}", uuid_suffix()));
-    engine(&cache).compile_file(&plugin("noop")).unwrap();
+    engine(&cache).compile_file(&plugin(guests::NOOP)).unwrap();
     let entry = std::fs::read_dir(&cache)
         .unwrap()
         .next()
@@ -61,7 +66,7 @@ fn a_damaged_cache_entry_is_recompiled() {
         .unwrap()
         .path();
     std::fs::write(&entry, b"damaged").unwrap();
-    let again = engine(&cache).compile_file(&plugin("noop")).unwrap();
+    let again = engine(&cache).compile_file(&plugin(guests::NOOP)).unwrap();
     assert!(!again.cached, "a damaged artifact must not be trusted");
     std::fs::remove_dir_all(&cache).unwrap();
 }
@@ -73,7 +78,7 @@ async fn warm_instances_are_reused_up_to_the_limit_and_dropped_after_a_trap() {
     let trapper = WasmPlugin::load(
         &engine,
         "trapper",
-        &plugin("trapper"),
+        &plugin(guests::TRAPPER),
         settings(3),
         runnel::plugin::Links::routes_only(Arc::new(Routes::default())),
     )

@@ -2,6 +2,7 @@
 //! backend: which version handled each event is read off the events the
 //! `versioned` plugin emits.
 
+use runnel_tests::guests;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -16,7 +17,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// The `versioned` plugin's bytes with its version byte set to `v`.
 fn versioned(v: u8) -> Vec<u8> {
-    let mut bytes = std::fs::read(plugin("versioned")).unwrap();
+    let mut bytes = std::fs::read(plugin(guests::VERSIONED)).unwrap();
     let marker = b"RUNNEL-VERSION=";
     let at = bytes
         .windows(marker.len())

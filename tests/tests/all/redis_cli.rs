@@ -1,6 +1,7 @@
 //! The Redis commands of the CLI against the real server: `emit`,
 //! `dlq list`, `dlq replay`, `replay`.
 
+use runnel_tests::guests;
 use std::time::Duration;
 
 use runnel::event::Event;
@@ -128,7 +129,7 @@ async fn replay_runs_a_plugin_over_a_range_without_publishing_or_acking() {
         &["emit", "--redis", &url, "--stream", &stream],
         Some(&lines),
     );
-    let wasm = plugin("order_enricher");
+    let wasm = plugin(guests::ORDER_ENRICHER);
     let out = runnel(
         &[
             "replay",

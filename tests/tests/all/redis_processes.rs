@@ -2,6 +2,7 @@
 //! with SIGKILL mid-run, connections killed and Redis restarted under them,
 //! and a poison event across process restarts. Nothing may be lost.
 
+use runnel_tests::guests;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -68,7 +69,7 @@ async fn fill(broker: &RedisBroker, streams: &[String], per_stream: usize, paylo
 fn worker_plugin(group: &str, streams: &[String], extra: &str) -> String {
     format!(
         "[[plugin]]\nname = \"worker\"\npath = {:?}\ngroup = \"{group}\"\nstreams = {streams:?}\nstart = \"beginning\"\n{extra}\n",
-        plugin("worker").display().to_string()
+        plugin(guests::WORKER).display().to_string()
     )
 }
 
@@ -80,7 +81,7 @@ async fn two_processes_in_one_group_share_every_event_exactly_once() {
     let group = unique("g");
     let section = format!(
         "[[plugin]]\nname = \"noop\"\npath = {:?}\ngroup = \"{group}\"\nstreams = {streams:?}\nstart = \"beginning\"\n",
-        plugin("noop").display().to_string()
+        plugin(guests::NOOP).display().to_string()
     );
     let backend = "block_ms = 100\ncount = 64";
     let mut a = Process::run(&bin(), &setup.config("a", backend, &section), "info");
@@ -236,7 +237,7 @@ async fn a_poison_event_is_dead_lettered_after_max_attempts_across_restarts() {
     let group = unique("g");
     let section = format!(
         "[[plugin]]\nname = \"trapper\"\npath = {:?}\ngroup = \"{group}\"\nstreams = [\"{stream}\"]\nstart = \"beginning\"\nmax_attempts = 3\nbackoff = {{ initial_ms = 60000, max_ms = 60000 }}\n",
-        plugin("trapper").display().to_string()
+        plugin(guests::TRAPPER).display().to_string()
     );
     // Short enough to reclaim quickly from the previous (stopped) process.
     let backend = "block_ms = 100\nclaim_min_idle_ms = 600";

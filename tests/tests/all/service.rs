@@ -1,6 +1,7 @@
 //! `runnel run` as a service: the admin API over HTTP, and SIGTERM under
 //! load on the real Redis.
 
+use runnel_tests::guests;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -35,7 +36,7 @@ fn the_admin_api_answers_checks_its_token_and_reports_plugins_and_metrics() {
             path = {:?}
             streams = ["orders"]
             "#,
-            plugin("order_enricher")
+            plugin(guests::ORDER_ENRICHER)
         ),
     );
     let token = "s3cret-token";
@@ -174,7 +175,7 @@ fn worker_config(stream: &str, out: &str, group: &str, deadline_ms: u64, extra: 
             {extra}
             "#,
             redis_url(),
-            plugin("worker")
+            plugin(guests::WORKER)
         ),
     )
 }

@@ -3,6 +3,7 @@
 //! shutdown while a read is blocked, an admin port that clashes or is exposed,
 //! a config named by a bare file name. (Issue #17.)
 
+use runnel_tests::guests;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -52,7 +53,7 @@ group = "{group}"
 streams = ["{stream}"]
 start = "beginning"
 "#,
-            plugin("worker").display().to_string(),
+            plugin(guests::WORKER).display().to_string(),
             backend = quick_backend(url),
         ),
     )
@@ -76,7 +77,7 @@ fn noop_config(
         &path,
         format!(
             "[backend]\nkind = \"redis\"\nurl = \"{url}\"\n{backend}\n{rest}\n[[plugin]]\nname = \"noop\"\npath = {:?}\nstreams = [\"{stream}\"]\ngroup = \"{group}\"\n{plugin_lines}\n",
-            plugin("noop").display().to_string(),
+            plugin(guests::NOOP).display().to_string(),
         ),
     )
     .unwrap();
@@ -445,7 +446,7 @@ fn an_admin_api_beyond_loopback_needs_a_token() {
     let section = |extra: &str| {
         format!(
             "[admin]\nlisten = \"0.0.0.0:{port}\"\n{extra}\n\n[[plugin]]\nname = \"noop\"\npath = {:?}\nstreams = [\"{}\"]\n",
-            plugin("noop").display().to_string(),
+            plugin(guests::NOOP).display().to_string(),
             unique("exposed")
         )
     };
@@ -473,7 +474,7 @@ fn an_admin_api_beyond_loopback_needs_a_token() {
 #[test]
 fn a_config_named_by_a_bare_file_name_watches_its_plugins() {
     let dir = scratch("bare");
-    std::fs::copy(plugin("noop"), dir.join("p.wasm")).unwrap();
+    std::fs::copy(plugin(guests::NOOP), dir.join("p.wasm")).unwrap();
     std::fs::write(
         dir.join("runnel.toml"),
         format!(
@@ -490,7 +491,7 @@ fn a_config_named_by_a_bare_file_name_watches_its_plugins() {
     let mut process = Process::spawn(command);
     process.wait_for("consuming", LIMIT);
     // Replaced the way build tools do: a new file renamed over the old.
-    std::fs::copy(plugin("logger"), dir.join("p.wasm.new")).unwrap();
+    std::fs::copy(plugin(guests::LOGGER), dir.join("p.wasm.new")).unwrap();
     std::fs::rename(dir.join("p.wasm.new"), dir.join("p.wasm")).unwrap();
     process.wait_for("file changed", LIMIT);
     assert!(process.terminate().0);
@@ -596,8 +597,8 @@ streams = ["{stream}"]
 group = "{bad}"
 max_attempts = 1
 "#,
-            plugin("logger").display().to_string(),
-            plugin("rejecter").display().to_string(),
+            plugin(guests::LOGGER).display().to_string(),
+            plugin(guests::REJECTER).display().to_string(),
             good = unique("good"),
             bad = unique("bad"),
             backend = quick_backend(&url),
@@ -999,7 +1000,7 @@ fn every_failed_attempt_is_logged_until_a_storm_is_cut_short() {
         dir.join("runnel.toml"),
         format!(
             "[[plugin]]\nname = \"hostile\"\npath = {:?}\nstreams = [\"s\"]\nmax_attempts = 3\nbackoff = {{ initial_ms = 1, max_ms = 1 }}\nbreaker_failures = 0\n",
-            plugin("hostile").display().to_string()
+            plugin(guests::HOSTILE).display().to_string()
         ),
     )
     .unwrap();
@@ -1104,7 +1105,7 @@ async fn a_short_fault_campaign_loses_nothing() {
         hosts: 3,
         rate: 100,
         bin: bin(),
-        plugin: plugin("chaos"),
+        plugin: plugin(guests::CHAOS),
         dir: scratch("chaos"),
     };
     let outcome = run(campaign).await.unwrap();

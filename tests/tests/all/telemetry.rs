@@ -3,6 +3,7 @@
 //! gives one trace, B's spans descendants of A's call, with the messaging
 //! attributes.
 
+use runnel_tests::guests;
 use std::time::Duration;
 
 use runnel::broker::Broker as _;
@@ -67,9 +68,9 @@ streams = ["{orders}"]
 start = "beginning"
 "#,
             redis_url(),
-            plugin("order_enricher").display().to_string(),
-            plugin("logger").display().to_string(),
-            plugin("rejecter").display().to_string(),
+            plugin(guests::ORDER_ENRICHER).display().to_string(),
+            plugin(guests::LOGGER).display().to_string(),
+            plugin(guests::REJECTER).display().to_string(),
         ),
     );
     let input = config.with_file_name("events.ndjson");
