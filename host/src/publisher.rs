@@ -28,13 +28,7 @@ impl Publisher {
     pub async fn emit(&self, events: &[Event]) -> anyhow::Result<()> {
         let routed = events
             .iter()
-            .map(|e| {
-                let stream = self.routes.require(&e.name).map_err(anyhow::Error::msg)?;
-                Ok(Routed {
-                    stream: stream.to_string(),
-                    event: e.clone(),
-                })
-            })
+            .map(|e| self.routes.send(e.clone()).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()?;
         self.publish(&routed).await
     }

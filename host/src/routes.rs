@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::event::Event;
+use crate::handler::Routed;
+
 /// Event name patterns → stream. A pattern may end in `*` to match a prefix;
 /// the longest matching pattern wins, so specific routes override general ones.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -28,6 +31,14 @@ impl Routes {
     pub fn require(&self, event_name: &str) -> Result<&str, String> {
         self.route(event_name)
             .ok_or_else(|| format!("no route for event {event_name:?}: add it to [routes]"))
+    }
+
+    /// `event` with the stream its name routes to; the error of
+    /// [`Routes::require`] when none does. The one routing step of emitted
+    /// and injected events alike.
+    pub fn send(&self, event: Event) -> Result<Routed, String> {
+        let stream = self.require(&event.name)?.to_string();
+        Ok(Routed { stream, event })
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {

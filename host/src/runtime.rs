@@ -262,18 +262,16 @@ impl Runtime {
         self.create_groups().await?;
         let mut routed = Vec::with_capacity(events.len());
         for (i, e) in events.into_iter().enumerate() {
-            let stream = match e.stream {
-                Some(s) => s,
+            routed.push(match e.stream {
+                Some(stream) => crate::handler::Routed {
+                    stream,
+                    event: e.event,
+                },
                 None => self
                     .config
                     .routes
-                    .require(&e.event.name)
-                    .map_err(|m| anyhow::anyhow!("event {}: {m}", i + 1))?
-                    .to_string(),
-            };
-            routed.push(crate::handler::Routed {
-                stream,
-                event: e.event,
+                    .send(e.event)
+                    .map_err(|m| anyhow::anyhow!("event {}: {m}", i + 1))?,
             });
         }
         self.publisher.publish(&routed).await

@@ -226,17 +226,12 @@ impl host::Host for HostState {
                     self.max_emitted_payload
                 ));
             }
-            let stream = self.routes.require(&new.name)?;
-            let event = Event::inheriting(
+            routed.push(self.routes.send(Event::inheriting(
                 &self.call.correlation_id,
                 self.call.is_dry_run,
                 new.name,
                 new.payload,
-            );
-            routed.push(Routed {
-                stream: stream.to_string(),
-                event,
-            });
+            ))?);
         }
         self.call.emitted.extend(routed);
         Ok(())
