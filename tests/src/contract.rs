@@ -433,6 +433,75 @@ pub async fn commits_are_all_or_nothing(s: Subject) {
     assert_eq!(keys, vec!["k".to_string()]);
 }
 
+/// A commit acknowledges only entries its consumer holds, however many
+/// that consumer holds besides (Redis checks a whole batch's custody with
+/// one ranged `XPENDING`, which may not list them all), and an entry
+/// committed twice in one batch applies once.
+pub async fn custody_holds_across_a_batch(s: Subject) {
+    use runnel::kv::{Commit, KvEffects, KvWrite, Outcome, Source};
+    let (stream, bucket) = (s.tagged("kv-custody"), s.tagged("kv-custody-bucket"));
+    s.broker
+        .create_group(&stream, "g", StartFrom::Beginning)
+        .await
+        .unwrap();
+    let values: Vec<String> = (0..60).map(|i| i.to_string()).collect();
+    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+    let ids = s.add(&stream, &values).await;
+    assert_eq!(s.read("g", "c1", &stream, 50).await, ids[..50]);
+    assert_eq!(s.read("g", "c2", &stream, 10).await, ids[50..]);
+    let commit = |id: &str, consumer: &str, key: &str| Commit {
+        source: Some(Source {
+            stream: stream.clone(),
+            group: "g".into(),
+            consumer: consumer.into(),
+            id: id.into(),
+        }),
+        effects: KvEffects {
+            reads: vec![],
+            writes: vec![KvWrite {
+                bucket: bucket.clone(),
+                key: key.into(),
+                value: Some(b"1".to_vec()),
+            }],
+            locks: Default::default(),
+        },
+        appends: vec![],
+        mark: None,
+    };
+    // The first and last of c1's 50 (and 48 more held between them), one
+    // of c2's, and c1's first again.
+    let outcomes = s
+        .broker
+        .commit(&[
+            commit(&ids[0], "c1", "first"),
+            commit(&ids[49], "c1", "last"),
+            commit(&ids[55], "c1", "not-c1s"),
+            commit(&ids[0], "c1", "twice"),
+            commit(&ids[55], "c2", "c2s"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Committed,
+            Outcome::Committed,
+            Outcome::NotHeld,
+            Outcome::NotHeld,
+            Outcome::Committed,
+        ]
+    );
+    let keys = ["first", "last", "not-c1s", "twice", "c2s"].map(String::from);
+    let stored = s.broker.kv_get(&bucket, &keys).await.unwrap();
+    let set: Vec<bool> = stored.iter().map(Option::is_some).collect();
+    assert_eq!(set, vec![true, true, false, false, true]);
+    assert_eq!(
+        s.broker.backlog(&stream, "g").await.unwrap(),
+        57,
+        "three acked"
+    );
+}
+
 /// Instantiates every contract check for one backend: `broker_contract!(mod_name, async
 /// fn() -> Arc<dyn Broker>)`.
 #[macro_export]
@@ -463,6 +532,7 @@ macro_rules! broker_contract {
                 deleted_entries_are_gone,
                 a_missing_group_is_said_alike,
                 commits_are_all_or_nothing,
+                custody_holds_across_a_batch,
             );
         }
     };

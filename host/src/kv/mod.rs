@@ -19,7 +19,7 @@
 mod store;
 mod txn;
 
-pub use store::{KeyLock, NotSent, Receipt, Store};
+pub use store::{KeyLock, NotSent, OnOutcome, Receipt, Store};
 pub use txn::{BucketIx, Txn, TxnError};
 
 use std::sync::Arc;

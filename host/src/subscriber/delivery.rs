@@ -17,7 +17,7 @@ use crate::config::Backoff;
 use crate::dead_letter::DeadLetter;
 use crate::event::Event;
 use crate::handler::{Failure, FailureKind, Routed, Verdict};
-use crate::kv::{Commit, KvEffects, Mark, NotSent, Outcome, Receipt, Source};
+use crate::kv::{Commit, KvEffects, Mark, NotSent, Outcome, Source};
 use crate::publisher::{causal_depth, emitted_entries, Lineage};
 use crate::stats::Stats;
 
@@ -64,10 +64,10 @@ enum Step {
     /// what it emitted (with where it comes from), record the event id in
     /// the dedup window.
     Publish(Event, Vec<Routed>, Lineage),
-    /// The call succeeded and used key-value state: its writes, its emits
-    /// and the ack are queued to commit in one step; wait for the outcome
-    /// (attempts made, including this one).
-    Commit(Event, u32, Receipt),
+    /// The call succeeded and used key-value state: queue its writes, its
+    /// emits and the ack to commit in one step (attempts made, including
+    /// this one).
+    Commit(Event, u32, Commit),
     /// Call again after the backoff.
     Retry(Event, u32),
     /// Final: acknowledge (`true`) or leave pending (`false`, shutdown).
@@ -106,11 +106,8 @@ impl Shared {
                         shared.finish(job, published);
                     });
                 }
-                Step::Commit(event, attempts, receipt) => {
-                    let shared = self.clone();
-                    return self.spawn_wait(async move {
-                        shared.settle(job, event, attempts, receipt).await;
-                    });
+                Step::Commit(event, attempts, commit) => {
+                    return self.queue_commit(job, event, attempts, commit);
                 }
                 Step::Retry(event, attempts) => {
                     if self.shutdown.is_cancelled() {
@@ -175,18 +172,31 @@ impl Shared {
         }
     }
 
-    /// Queues the commit of a successful call that used key-value state:
-    /// its writes, its emits and the ack of its entry, in one step. Here on
-    /// the lane, not in the wait: queueing lets go of the call's key locks,
-    /// and the next call on those keys is waiting for them.
-    fn queue_commit(
+    /// Queues the commit of a successful call that used key-value state,
+    /// and settles the job when its outcome comes. Here on the lane, not in
+    /// a wait: queueing lets go of the call's key locks, and the next call
+    /// on those keys is waiting for them.
+    fn queue_commit(self: &Arc<Self>, job: Job, event: Event, attempts: u32, commit: Commit) {
+        let (shared, awaited) = (self.clone(), self.commits.token());
+        self.kv.enqueue_then(
+            commit,
+            Box::new(move |result| {
+                let _awaited = awaited;
+                shared.settled(job, event, attempts, result);
+            }),
+        );
+    }
+
+    /// The commit of a successful call that used key-value state: its
+    /// writes, its emits and the ack of its entry, as one step.
+    fn commit_of(
         &self,
         delivery: &Delivery,
         event: &Event,
         emitted: Vec<Routed>,
         lineage: &Lineage,
         effects: KvEffects,
-    ) -> Receipt {
+    ) -> Commit {
         // The dedup mark commits with the writes: set after them, a crash
         // or a duplicate handled meanwhile could apply the event twice.
         let mark = match (
@@ -196,7 +206,7 @@ impl Shared {
             (Some(key), Some(ttl)) => Some(Mark { key, ttl }),
             _ => None,
         };
-        self.kv.enqueue(Commit {
+        Commit {
             source: Some(Source {
                 stream: delivery.stream.clone(),
                 group: self.sub.group.clone(),
@@ -206,22 +216,71 @@ impl Shared {
             effects,
             appends: emitted_entries(&emitted, lineage),
             mark,
-        })
+        }
     }
 
-    /// Waits for a queued commit's outcome, sending it again while the
+    /// A queued commit's outcome, on the task that sends commits: the
+    /// usual ones (committed, a duplicate, custody lost) end the job here;
+    /// the rest wait (a backend that did not answer, a conflict's pause)
+    /// in a task of their own.
+    fn settled(
+        self: &Arc<Self>,
+        job: Job,
+        event: Event,
+        attempts: u32,
+        result: Result<Outcome, NotSent>,
+    ) {
+        if let Ok(outcome @ (Outcome::Committed | Outcome::Duplicate | Outcome::NotHeld)) = result {
+            return self.concluded(job, &event, outcome);
+        }
+        let shared = self.clone();
+        self.spawn_wait(async move { shared.settle(job, event, attempts, result).await });
+    }
+
+    /// The job ends with its commit's outcome: committed (acknowledged and,
+    /// with a dedup window, marked by the commit itself), a duplicate
+    /// (acknowledged only), or not held (another consumer's now).
+    fn concluded(&self, job: Job, event: &Event, outcome: Outcome) {
+        match outcome {
+            Outcome::Committed => {
+                Stats::bump(&self.stats.kv_commits);
+                Stats::bump(&self.stats.handled);
+                self.finish(job, false);
+            }
+            Outcome::Duplicate => {
+                Stats::bump(&self.stats.deduplicated);
+                tracing::debug!(plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id, "handled already within the dedup window: acknowledged, nothing committed");
+                self.finish(job, false);
+            }
+            Outcome::NotHeld => {
+                tracing::info!(plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id, entry = %job.delivery.entry.id, "not committed: the entry is no longer this consumer's (another consumer took it over, or it is acknowledged already)");
+                self.finish(job, false);
+            }
+            // Callers settle these themselves.
+            Outcome::Conflict { .. } | Outcome::Failed(_) | Outcome::Busy => {
+                unreachable!("not a final outcome: {outcome:?}")
+            }
+        }
+    }
+
+    /// Settles a commit's outcome, sending the commit again while the
     /// backend does not answer (a commit applied whose answer was lost
     /// finds its entry acknowledged). A conflict runs the call again on
     /// fresh state.
-    async fn settle(self: &Arc<Self>, mut job: Job, event: Event, attempts: u32, receipt: Receipt) {
-        let mut receipt = receipt;
+    async fn settle(
+        self: &Arc<Self>,
+        mut job: Job,
+        event: Event,
+        attempts: u32,
+        first: Result<Outcome, NotSent>,
+    ) {
+        let mut result = Ok(first);
         let mut failures = 0;
         let outcome = loop {
             // Not given up at shutdown: a commit on its way is applied or
             // not whatever this task does, and its outcome comes within a
             // round trip (draining waits for it; the shutdown deadline
             // abandons it).
-            let result = (&mut receipt).await;
             let commit = match result {
                 Ok(Ok(outcome)) => break outcome,
                 Ok(Err(NotSent { error, commit })) => {
@@ -240,24 +299,11 @@ impl Shared {
                 _ = self.shutdown.cancelled() => return self.finish(job, false),
                 _ = tokio::time::sleep(BACKEND_RETRY.delay(failures.min(8))) => {}
             }
-            receipt = self.kv.enqueue(*commit);
+            result = self.kv.enqueue(*commit).await;
         };
         match outcome {
-            Outcome::Committed => {
-                Stats::bump(&self.stats.kv_commits);
-                // Acknowledged and marked (with a dedup window) by the
-                // commit itself.
-                Stats::bump(&self.stats.handled);
-                self.finish(job, false);
-            }
-            Outcome::Duplicate => {
-                Stats::bump(&self.stats.deduplicated);
-                tracing::debug!(plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id, "handled already within the dedup window: acknowledged, nothing committed");
-                self.finish(job, false);
-            }
-            Outcome::NotHeld => {
-                tracing::info!(plugin = %self.sub.plugin, event_id = %event.id, correlation_id = %event.meta.correlation_id, entry = %job.delivery.entry.id, "not committed: the entry is no longer this consumer's (another consumer took it over, or it is acknowledged already)");
-                self.finish(job, false);
+            Outcome::Committed | Outcome::Duplicate | Outcome::NotHeld => {
+                self.concluded(job, &event, outcome)
             }
             Outcome::Conflict { bucket, key } => {
                 Stats::bump(&self.stats.kv_conflicts);
@@ -474,9 +520,8 @@ impl Shared {
         };
         // A dry run's writes are never committed (nor checked).
         if !handled.kv.is_empty() && !event.meta.is_dry_run {
-            let receipt =
-                self.queue_commit(delivery, &event, handled.emitted, &lineage, handled.kv);
-            return Step::Commit(event, attempts, receipt);
+            let commit = self.commit_of(delivery, &event, handled.emitted, &lineage, handled.kv);
+            return Step::Commit(event, attempts, commit);
         }
         if handled.emitted.is_empty() && self.sub.dedup_window.is_none() {
             Stats::bump(&stats.handled);

@@ -177,6 +177,8 @@ struct Shared {
     queue: queue::JobQueue<delivery::Job>,
     /// Backoff waits and publish round trips, running beside the lanes.
     waits: TaskTracker,
+    /// Commits queued and not yet settled (each holds a token).
+    commits: TaskTracker,
     shutdown: CancellationToken,
     abandon: CancellationToken,
     health: Arc<ReadHealth>,
@@ -258,6 +260,7 @@ impl Subscriber {
             in_flight: Default::default(),
             queue: queue::JobQueue::new(),
             waits: TaskTracker::new(),
+            commits: TaskTracker::new(),
             shutdown: shutdown.clone(),
             abandon: self.abandon,
             health: self.health,
@@ -441,6 +444,13 @@ impl Subscriber {
                     lanes.abort_all();
                 }
             }
+        }
+        // Commits on their way settle within a round trip (and may leave a
+        // wait behind); the shutdown deadline stops waiting for them.
+        shared.commits.close();
+        tokio::select! {
+            _ = shared.commits.wait() => {}
+            _ = shared.abandon.cancelled() => {}
         }
         shared.waits.close();
         shared.waits.wait().await;

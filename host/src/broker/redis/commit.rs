@@ -21,59 +21,92 @@ use redis::Value;
 use crate::kv::{Commit, Outcome};
 
 /// The script. `ARGV[1]` is the number of calls, `ARGV[2]` `~` or `=` for
-/// `MAXLEN`; then per call: its source stream (index into `KEYS`; 0 for
-/// none: no custody check, no ack), group, consumer, entry id, and its
-/// idempotency mark (index into `KEYS`, 0 for none) with its time to live
-/// in ms; its reads (count, then bucket index, key, `0`/`1`
-/// for absent/present, value); its writes (count, then bucket index, key,
-/// `0`/`1` for delete/set, value); its appends (count, then stream index,
-/// `MAXLEN`, field count, fields and values). One reply per call: `ok`,
-/// `notheld`, `duplicate`, `conflict <read number>`, or `failed <reason>`.
+/// `MAXLEN`, `ARGV[3]` the number of sources (a stream, group and consumer
+/// whose entries the batch acknowledges); then per source: its stream
+/// (index into `KEYS`), group, consumer, and the lowest and highest entry
+/// id the batch acknowledges for it with how many entries that is; then
+/// per call: its source (index among the sources; 0 for none: no custody
+/// check, no ack), entry id, and its idempotency mark (index into `KEYS`, 0
+/// for none) with its time to live in ms; its reads (count, then bucket
+/// index, key, `0`/`1` for absent/present, value); its writes (count, then
+/// bucket index, key, `0`/`1` for delete/set, value); its appends (count,
+/// then stream index, `MAXLEN`, field count, fields and values). One reply
+/// per call: `ok`, `notheld`, `duplicate`, `conflict <read number>`, or
+/// `failed <reason>`.
+///
+/// Where the server's time goes (`INFO commandstats`, 1000-key counter
+/// bench, 55 000 commits): with a custody `XPENDING` and a `TYPE` per read
+/// and write for every call, the script cost 12.4 µs per call, of which
+/// the commands themselves were 2.9 µs: the rest was the script's own work
+/// per `redis.call` and per argument. Hence one `XPENDING` per source for
+/// the whole batch, types looked up once per key, and the group and
+/// consumer sent once per source rather than per call.
 const COMMIT: &str = r#"#!lua
-local n, approx = tonumber(ARGV[1]), ARGV[2]
-local i = 3
+local n, approx, nsources = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local i = 4
 local replies = {}
--- Acks are gathered per stream and group and sent at the end, one XACK
--- each (an XACK per commit cost 2 µs of the server's time). Later checks
--- in this script look only at their own entries, so the order is safe.
-local acks, ackorder, acked = {}, {}, {}
-local function ack(src, group, id)
-  acked[src .. '\0' .. group .. '\0' .. id] = true
-  local k = src .. '\0' .. group
-  if not acks[k] then
-    acks[k] = {src, group}
-    ackorder[#ackorder + 1] = k
+-- Custody for the whole batch: one XPENDING per source over the range of
+-- its entries, filtered to its consumer. Later commands in this script do
+-- not move entries between consumers; an entry acknowledged earlier in the
+-- batch is remembered in `acked`.
+local sources = {}
+for s = 1, nsources do
+  local src = {key = KEYS[tonumber(ARGV[i])], group = ARGV[i + 1], consumer = ARGV[i + 2],
+    held = {}, acked = {}, acks = {}}
+  local count = tonumber(ARGV[i + 5])
+  local p = redis.pcall('XPENDING', src.key, src.group, ARGV[i + 3], ARGV[i + 4], count, src.consumer)
+  if type(p) == 'table' and p['err'] then
+    src.err = p['err']
+  else
+    for _, e in ipairs(p) do src.held[e[1]] = true end
+    -- A full reply may have left some of the batch's entries out: those
+    -- are looked up one by one.
+    src.full = #p >= count
   end
-  local a = acks[k]
-  a[#a + 1] = id
+  sources[s] = src
+  i = i + 6
 end
+local function holds(src, id)
+  if src.acked[id] then return false end
+  if src.held[id] then return true end
+  if not src.full then return false end
+  local p = redis.call('XPENDING', src.key, src.group, id, id, 1)
+  return #p > 0 and p[1][2] == src.consumer
+end
+-- Types looked up once per key, kept up to date as the script writes.
+local types = {}
 local function type_is(key, a)
-  local t = redis.call('TYPE', key)['ok']
+  local t = types[key]
+  if not t then
+    t = redis.call('TYPE', key)['ok']
+    types[key] = t
+  end
   return t == a or t == 'none'
 end
 for c = 1, n do
-  local srcix = tonumber(ARGV[i])
-  local src, group, consumer, id = KEYS[srcix], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local mark, markttl = KEYS[tonumber(ARGV[i + 4])], ARGV[i + 5]
-  i = i + 6
+  local src, id = sources[tonumber(ARGV[i])], ARGV[i + 1]
+  local mark, markttl = KEYS[tonumber(ARGV[i + 2])], ARGV[i + 3]
+  i = i + 4
   local verdict = nil
   if src then
-    local p = redis.pcall('XPENDING', src, group, id, id, 1)
-    if type(p) == 'table' and p['err'] then
+    if src.err then
       -- A vanished group is created again by the subscriber, and the
       -- entry may be delivered again: applying now could apply it twice.
-      if string.find(p['err'], 'NOGROUP', 1, true) then
+      if string.find(src.err, 'NOGROUP', 1, true) then
         verdict = 'notheld'
       else
-        verdict = 'failed ' .. p['err']
+        verdict = 'failed ' .. src.err
       end
-    elseif #p == 0 or p[1][2] ~= consumer or acked[src .. '\0' .. group .. '\0' .. id] then
+    elseif not holds(src, id) then
       verdict = 'notheld'
     end
   end
   if not verdict and mark and redis.call('EXISTS', mark) == 1 then
     -- Handled already (another entry of the same event): acknowledge only.
-    if src then ack(src, group, id) end
+    if src then
+      src.acked[id] = true
+      src.acks[#src.acks + 1] = id
+    end
     verdict = 'duplicate'
   end
   local nreads = tonumber(ARGV[i]); i = i + 1
@@ -115,27 +148,40 @@ for c = 1, n do
       local bucket = KEYS[tonumber(ARGV[w])]
       if ARGV[w + 2] == '1' then
         redis.call('HSET', bucket, ARGV[w + 1], ARGV[w + 3])
+        types[bucket] = 'hash'
       else
         redis.call('HDEL', bucket, ARGV[w + 1])
+        -- The last field deleted deletes the hash.
+        types[bucket] = nil
       end
     end
     local a = appends
     for _ = 1, nappends do
       local nfields = tonumber(ARGV[a + 2])
-      local cmd = {'XADD', KEYS[tonumber(ARGV[a])], 'MAXLEN', approx, ARGV[a + 1], '*'}
+      local stream = KEYS[tonumber(ARGV[a])]
+      local cmd = {'XADD', stream, 'MAXLEN', approx, ARGV[a + 1], '*'}
       for f = a + 3, a + 2 + 2 * nfields do cmd[#cmd + 1] = ARGV[f] end
       redis.call(unpack(cmd))
+      types[stream] = 'stream'
       a = a + 3 + 2 * nfields
     end
-    if src then ack(src, group, id) end
-    if mark then redis.call('SET', mark, '1', 'PX', markttl) end
+    if src then
+      src.acked[id] = true
+      src.acks[#src.acks + 1] = id
+    end
+    if mark then
+      redis.call('SET', mark, '1', 'PX', markttl)
+      types[mark] = 'string'
+    end
     verdict = 'ok'
   end
   replies[c] = verdict
 end
-for _, k in ipairs(ackorder) do
-  local a = acks[k]
-  redis.call('XACK', unpack(a))
+-- One XACK per source at the end (an XACK per commit cost 2 µs of the
+-- server's time). Later checks in this script use `acked`, so the order
+-- is safe.
+for _, src in ipairs(sources) do
+  if #src.acks > 0 then redis.call('XACK', src.key, src.group, unpack(src.acks)) end
 end
 return replies
 "#;
@@ -189,21 +235,23 @@ pub(super) fn invocation(
 ) -> redis::ScriptInvocation<'static> {
     let mut keys = Keys::default();
     let mut inv = script().prepare_invoke();
+    let sources = Sources::of(commits);
     inv.arg(commits.len())
-        .arg(if approximate { "~" } else { "=" });
-    for c in commits {
+        .arg(if approximate { "~" } else { "=" })
+        .arg(sources.list.len());
+    for s in &sources.list {
+        inv.arg(keys.index(s.stream))
+            .arg(s.group)
+            .arg(s.consumer)
+            .arg(s.range.first())
+            .arg(s.range.last())
+            .arg(s.entries * 2 + 16);
+    }
+    for (c, source) in commits.iter().zip(&sources.of_commit) {
         match &c.source {
-            Some(source) => {
-                let src = keys.index(&source.stream);
-                inv.arg(src)
-                    .arg(&source.group)
-                    .arg(&source.consumer)
-                    .arg(&source.id);
-            }
-            None => {
-                inv.arg(0).arg("").arg("").arg("");
-            }
-        }
+            Some(s) => inv.arg(*source).arg(&s.id),
+            None => inv.arg(0).arg(""),
+        };
         match &c.mark {
             Some(mark) => {
                 let ix = keys.index(&mark.key);
@@ -244,6 +292,95 @@ pub(super) fn invocation(
         inv.key(k);
     }
     inv
+}
+
+/// The sources of a batch: each stream, group and consumer whose entries
+/// it acknowledges, once, with the range of those entries (the script
+/// checks custody with one `XPENDING` per source).
+struct Sources<'c> {
+    list: Vec<SourceRange<'c>>,
+    /// Each commit's source, as the script numbers them (1-based; 0: none).
+    of_commit: Vec<usize>,
+}
+
+struct SourceRange<'c> {
+    stream: &'c str,
+    group: &'c str,
+    consumer: &'c str,
+    range: IdRange,
+    entries: usize,
+}
+
+impl<'c> Sources<'c> {
+    fn of(commits: &'c [Commit]) -> Sources<'c> {
+        let mut list: Vec<SourceRange<'c>> = Vec::new();
+        let mut of_commit = Vec::with_capacity(commits.len());
+        for c in commits {
+            let Some(s) = &c.source else {
+                of_commit.push(0);
+                continue;
+            };
+            let at = list.iter().position(|r| {
+                r.stream == s.stream && r.group == s.group && r.consumer == s.consumer
+            });
+            let ix = match at {
+                Some(ix) => ix,
+                None => {
+                    list.push(SourceRange {
+                        stream: &s.stream,
+                        group: &s.group,
+                        consumer: &s.consumer,
+                        range: IdRange::default(),
+                        entries: 0,
+                    });
+                    list.len() - 1
+                }
+            };
+            list[ix].range.include(&s.id);
+            list[ix].entries += 1;
+            of_commit.push(ix + 1);
+        }
+        Sources { list, of_commit }
+    }
+}
+
+/// The lowest and highest of some stream entry ids (`<ms>-<seq>`, compared
+/// as numbers, as Redis orders them); the whole stream (`-` to `+`) once an
+/// id does not parse, so that no entry is left out of the range.
+#[derive(Default)]
+struct IdRange {
+    bounds: Option<((u64, u64), (u64, u64))>,
+    whole: bool,
+}
+
+impl IdRange {
+    fn include(&mut self, id: &str) {
+        let parsed = id
+            .split_once('-')
+            .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)));
+        match (parsed, &mut self.bounds) {
+            (None, _) => self.whole = true,
+            (Some(id), None) => self.bounds = Some((id, id)),
+            (Some(id), Some((low, high))) => {
+                *low = (*low).min(id);
+                *high = (*high).max(id);
+            }
+        }
+    }
+
+    fn first(&self) -> String {
+        match self.bounds {
+            Some(((ms, seq), _)) if !self.whole => format!("{ms}-{seq}"),
+            _ => "-".to_string(),
+        }
+    }
+
+    fn last(&self) -> String {
+        match self.bounds {
+            Some((_, (ms, seq))) if !self.whole => format!("{ms}-{seq}"),
+            _ => "+".to_string(),
+        }
+    }
 }
 
 /// The script's `KEYS`, each name once, in order of first use.
@@ -302,4 +439,26 @@ pub(super) fn outcomes(commits: &[Commit], reply: Value) -> anyhow::Result<Vec<O
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdRange;
+
+    #[test]
+    fn an_id_range_orders_ids_as_numbers_and_widens_to_the_stream_on_a_stranger() {
+        let mut range = IdRange::default();
+        for id in [
+            "1700000000123-9",
+            "1700000000123-10",
+            "999-0",
+            "1700000000124-0",
+        ] {
+            range.include(id);
+        }
+        assert_eq!(range.first(), "999-0");
+        assert_eq!(range.last(), "1700000000124-0");
+        range.include("not-an-id");
+        assert_eq!((range.first().as_str(), range.last().as_str()), ("-", "+"));
+    }
 }
