@@ -7,7 +7,6 @@ use tokio::sync::mpsc;
 
 use super::EntryRef;
 use crate::broker::Broker;
-use crate::config::Backoff;
 
 /// Sends acks in batches: whatever has queued up goes in one call per stream.
 pub(super) async fn ack_loop(
@@ -29,13 +28,15 @@ pub(super) async fn ack_loop(
             while let Err(e) = broker.ack(&group, &stream, &ids).await {
                 failures += 1;
                 tracing::warn!(%group, %stream, "ack failed, retrying: {e:#}");
-                if failures >= 10 {
+                // About a minute of the backend's retry pace (2 s apart
+                // once it has backed off): a restart is ridden out.
+                if failures >= 30 {
                     // The entries stay pending and will be delivered again:
                     // duplicates, never losses.
                     tracing::error!(%group, %stream, count = ids.len(), "giving up acking; entries will be redelivered");
                     break;
                 }
-                tokio::time::sleep(Backoff::default().delay(failures)).await;
+                tokio::time::sleep(super::BACKEND_RETRY.delay(failures)).await;
             }
         }
     }

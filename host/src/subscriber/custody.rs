@@ -1,25 +1,13 @@
 //! Custody of entries on a shared group: keeping this consumer's in-flight
 //! entries fresh, and taking over those a dead consumer left behind.
 
-use std::collections::HashMap;
-
 use super::Shared;
 use crate::broker::Delivery;
 
 impl Shared {
     /// Keeps this consumer's in-flight entries from looking abandoned.
     pub(super) async fn keep_in_flight_alive(&self) {
-        if self.lock_in_flight().is_empty() {
-            return;
-        }
-        let mut by_stream: HashMap<String, Vec<String>> = HashMap::new();
-        for (stream, id) in self.lock_in_flight().iter() {
-            by_stream
-                .entry(stream.clone())
-                .or_default()
-                .push(id.clone());
-        }
-        for (stream, ids) in by_stream {
+        for (stream, ids) in self.in_flight.by_stream() {
             let touched = self
                 .broker
                 .touch(&stream, &self.sub.group, &self.sub.consumer, &ids)
@@ -55,8 +43,7 @@ impl Shared {
                 }
             }
         }
-        let busy = self.lock_in_flight();
-        claimed.retain(|d| !busy.contains(&(d.stream.clone(), d.entry.id.clone())));
+        claimed.retain(|d| !self.in_flight.contains(&d.stream, &d.entry.id));
         if !claimed.is_empty() {
             tracing::info!(plugin = %self.sub.plugin, count = claimed.len(), "reclaimed entries abandoned by another consumer");
         }

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument as _;
 
+use super::in_flight::InFlightEntry;
 use super::throttle::left_out_note;
-use super::{InFlight, Shared, BACKEND_RETRY};
+use super::{backend_pause, Shared};
 use crate::broker::{Delivery, Entry, EVENT_FIELD};
-use crate::config::Backoff;
 use crate::dead_letter::DeadLetter;
 use crate::event::Event;
 use crate::handler::{Failure, FailureKind, Routed, Verdict};
@@ -24,6 +24,9 @@ use crate::stats::Stats;
 /// An entry this consumer took, on its way to its final outcome.
 pub(super) struct Job {
     pub delivery: Delivery,
+    /// Its place in the in-flight ledger, from the read until the job ends
+    /// (kept alive meanwhile, even while it waits for a lane).
+    pub in_flight: InFlightEntry,
     /// Its share of the in-flight budget, given back when the job is dropped.
     pub _slot: OwnedSemaphorePermit,
     /// Set when it comes back to a lane after a wait: what to do next.
@@ -132,15 +135,6 @@ impl Shared {
     /// Hands jobs to the lanes. Once the lanes are closed (shutdown), a job
     /// is left pending, to be delivered again.
     pub(super) fn enqueue(&self, jobs: Vec<Job>) {
-        {
-            // In flight from now on: an entry waiting for a lane must be kept
-            // alive like one being handled.
-            let mut in_flight = self.lock_in_flight();
-            for job in &jobs {
-                let key = (job.delivery.stream.clone(), job.delivery.entry.id.clone());
-                in_flight.insert(key);
-            }
-        }
         if let Err(refused) = self.queue.push_all(jobs) {
             for job in refused {
                 self.finish(job, false);
@@ -165,8 +159,7 @@ impl Shared {
     /// outcome it is acknowledged. Its slot is given back.
     fn finish(&self, job: Job, ack: bool) {
         crate::telemetry::end_delivery(&job.span, ack);
-        let key = (job.delivery.stream, job.delivery.entry.id);
-        self.lock_in_flight().remove(&key);
+        let key = job.in_flight.release();
         if ack {
             let _ = self.acks.send(key);
         }
@@ -295,9 +288,8 @@ impl Shared {
                 return self.finish(job, false);
             };
             failures += 1;
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return self.finish(job, false),
-                _ = tokio::time::sleep(BACKEND_RETRY.delay(failures.min(8))) => {}
+            if !backend_pause(failures, &self.shutdown).await {
+                return self.finish(job, false);
             }
             result = self.kv.enqueue(*commit).await;
         };
@@ -338,20 +330,15 @@ impl Shared {
                 // Backpressure: a stream the call emits to is full. Wait
                 // (pending, in flight) and run the call again; not an
                 // attempt, and not a conflict either.
-                let pause = BACKEND_RETRY.delay(job.busy.min(8));
+                let pauses = job.busy;
                 job.busy += 1;
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => return self.finish(job, false),
-                    _ = tokio::time::sleep(pause) => {}
+                if !backend_pause(pauses, &self.shutdown).await {
+                    return self.finish(job, false);
                 }
                 job.resume = Some(Resume::Call(event, attempts - 1));
                 self.enqueue(vec![job]);
             }
         }
-    }
-
-    pub(super) fn lock_in_flight(&self) -> parking_lot::MutexGuard<'_, InFlight> {
-        self.in_flight.lock()
     }
 
     /// The idempotency key of an event read from `stream`, when this
@@ -618,9 +605,8 @@ impl Shared {
                     tracing::warn!(plugin = %self.sub.plugin, event_id = %cause.id, correlation_id = %cause.meta.correlation_id, "publishing emitted events failed: {e:#}");
                 }
             }
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return false,
-                _ = tokio::time::sleep(Backoff::default().delay(failures.min(8))) => {}
+            if !backend_pause(failures, &self.shutdown).await {
+                return false;
             }
         }
     }
@@ -656,9 +642,8 @@ impl Shared {
                     tracing::warn!(plugin = %self.sub.plugin, "dead-lettering failed: {e:#}");
                 }
             }
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return false,
-                _ = tokio::time::sleep(Backoff::default().delay(failures.min(8))) => {}
+            if !backend_pause(failures, &self.shutdown).await {
+                return false;
             }
         }
         Stats::bump(&self.stats.dead_lettered);

@@ -18,6 +18,7 @@ mod custody;
 mod delivery;
 mod groups;
 mod health;
+mod in_flight;
 mod queue;
 mod throttle;
 
@@ -30,7 +31,7 @@ pub use health::ReadHealth;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -147,18 +148,23 @@ pub(crate) const BACKEND_RETRY: Backoff = Backoff {
     multiplier: 2.0,
 };
 
+/// Waits out the pause after the `failures`-th failure in a row of the
+/// backend ([`BACKEND_RETRY`]), unless `stop` is cancelled first; returns
+/// whether it waited the pause out. The subscriber's retries of the backend
+/// (reads, publishes, dead letters, commits) all pause here, so that they
+/// recover at one pace.
+pub(crate) async fn backend_pause(failures: u32, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(BACKEND_RETRY.delay(failures)) => true,
+    }
+}
+
 /// How often a subscriber looks for replayed dead letters (one read that
 /// does not wait, per plugin).
 const REPLAYS_EVERY: Duration = Duration::from_secs(1);
 
-/// Where an entry lives, for acks and keep-alives.
-type EntryRef = (String, String);
-
-/// The entries taken and not finished. Every entry goes in and out once, so
-/// the hash is the fast one (entry ids come from the backend, not from
-/// anyone who could choose colliding keys); SipHash cost ~1% of the host's
-/// CPU on the Redis path.
-type InFlight = std::collections::HashSet<EntryRef, foldhash::fast::RandomState>;
+use in_flight::{EntryRef, InFlight};
 
 struct Shared {
     broker: Arc<dyn Broker>,
@@ -172,7 +178,7 @@ struct Shared {
     /// Permits to call the handler, taken before an instance is.
     calls: Semaphore,
     acks: mpsc::UnboundedSender<EntryRef>,
-    in_flight: parking_lot::Mutex<InFlight>,
+    in_flight: Arc<InFlight>,
     /// Entries read and waiting for a lane.
     queue: queue::JobQueue<delivery::Job>,
     /// Backoff waits and publish round trips, running beside the lanes.
@@ -261,86 +267,119 @@ impl Subscriber {
             queue: queue::JobQueue::new(),
             waits: TaskTracker::new(),
             commits: TaskTracker::new(),
-            shutdown: shutdown.clone(),
+            shutdown,
             abandon: self.abandon,
             health: self.health,
             log_throttle: Default::default(),
         });
-        let slots = Arc::new(Semaphore::new(shared.sub.max_in_flight()));
+        let lanes = shared.start_lanes();
+        let failures = shared.wait_for_groups().await;
+        let maintenance_every = (shared.sub.claim_min_idle / 3).max(Duration::from_millis(10));
+        let drained = CancellationToken::new();
+        let keep_alive = shared.start_keep_alive(maintenance_every, drained.clone());
+        shared.read_loop(maintenance_every, failures).await;
+        shared.drain(lanes).await;
+        // Keep-alives go on while draining, and stop once the last delivery
+        // has finished.
+        drained.cancel();
+        keep_alive.await?;
+        drop(shared);
+        acker.await?;
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// The lanes: one task per call that may run at once, each taking jobs
+    /// from the queue until it is closed and empty.
+    fn start_lanes(self: &Arc<Self>) -> JoinSet<()> {
         let mut lanes = JoinSet::new();
-        for _ in 0..shared.sub.lanes() {
-            let shared = shared.clone();
+        for _ in 0..self.sub.lanes() {
+            let shared = self.clone();
             lanes.spawn(async move {
                 while let Some(job) = shared.queue.pop().await {
                     shared.run(job).await;
                 }
             });
         }
-        let mut failures = 0u32;
-        // The group may be missing (never created, since Redis did not
-        // answer at start, or gone since): nothing is read before it exists.
-        while !shutdown.is_cancelled() {
-            match shared.ensure_groups().await {
+        lanes
+    }
+
+    /// Waits until the groups exist, creating them: they may be missing
+    /// (never created, since the backend did not answer at start, or gone
+    /// since), and nothing is read before they exist. Returns early at
+    /// shutdown; returns how many times the backend failed meanwhile.
+    async fn wait_for_groups(&self) -> u32 {
+        let mut failures = 0;
+        while !self.shutdown.is_cancelled() {
+            match self.ensure_groups().await {
                 Ok(()) => {
-                    shared.forget_idle_consumers().await;
-                    break;
+                    self.forget_idle_consumers().await;
+                    return failures;
                 }
                 Err(e) => {
                     failures += 1;
-                    let wait = BACKEND_RETRY.delay(failures);
-                    shared.cannot_read(&e, failures, wait);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => {}
-                        _ = tokio::time::sleep(wait) => {}
-                    }
+                    self.cannot_read(&e, failures, BACKEND_RETRY.delay(failures));
+                    backend_pause(failures, &self.shutdown).await;
                 }
             }
         }
-        let mut last_maintenance = Instant::now();
-        let mut last_replay_check = Instant::now();
-        let replays = shared.sub.replay_streams();
-        let maintenance_every = (shared.sub.claim_min_idle / 3).max(Duration::from_millis(10));
-        // Keep-alives run on their own, not in the read loop: when every slot
-        // is taken by long handlers the loop waits for room, and that is
-        // exactly when in-flight entries must not look abandoned. They go on
-        // while draining, and stop once the last delivery has finished.
-        let drained = CancellationToken::new();
-        let keep_alive = tokio::spawn({
-            let (shared, drained) = (shared.clone(), drained.clone());
-            async move {
-                let mut tick = tokio::time::interval(maintenance_every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut trimming = TrimWatch::default();
-                loop {
-                    tokio::select! {
-                        _ = drained.cancelled() => return,
-                        _ = tick.tick() => {
-                            shared.keep_in_flight_alive().await;
-                            // Here, not in the read loop: a group falls
-                            // behind exactly when its slots are full and
-                            // the read loop waits.
-                            shared.watch_trimming(&mut trimming).await;
-                        }
+        failures
+    }
+
+    /// Keep-alives, every `every` until `drained`. They run on their own,
+    /// not in the read loop: when every slot is taken by long handlers the
+    /// loop waits for room, and that is exactly when in-flight entries must
+    /// not look abandoned.
+    fn start_keep_alive(
+        self: &Arc<Self>,
+        every: Duration,
+        drained: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut trimming = TrimWatch::default();
+            loop {
+                tokio::select! {
+                    _ = drained.cancelled() => return,
+                    _ = tick.tick() => {
+                        shared.keep_in_flight_alive().await;
+                        // Here, not in the read loop: a group falls
+                        // behind exactly when its slots are full and
+                        // the read loop waits.
+                        shared.watch_trimming(&mut trimming).await;
                     }
                 }
             }
-        });
+        })
+    }
 
+    /// Reads until shutdown, as much as there is room for in flight: every
+    /// `maintenance_every` the entries dead consumers left behind first,
+    /// then replayed dead letters, then the streams; each read becomes jobs
+    /// for the lanes. `failures`: the backend's failures in a row so far.
+    async fn read_loop(&self, maintenance_every: Duration, mut failures: u32) {
+        let slots = Arc::new(Semaphore::new(self.sub.max_in_flight()));
+        let mut last_maintenance = Instant::now();
+        let mut last_replay_check = Instant::now();
+        let replays = self.sub.replay_streams();
         // How far the group has read: where a group that vanishes is
         // created again (see `recreate_groups`).
         let mut positions = Positions::default();
-        shared.refresh_positions(&mut positions).await;
+        self.refresh_positions(&mut positions).await;
         loop {
-            if shutdown.is_cancelled() {
+            if self.shutdown.is_cancelled() {
                 break;
             }
             // Room for at least one entry, then as much more as is free now.
             // (Waiting for room for a whole batch was measured: slower.)
             let mut room = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = self.shutdown.cancelled() => break,
                 permit = slots.clone().acquire_owned() => permit.expect("never closed"),
             };
-            while room.num_permits() < shared.sub.read_count {
+            while room.num_permits() < self.sub.read_count {
                 match slots.clone().try_acquire_owned() {
                     Ok(p) => room.merge(p),
                     Err(_) => break,
@@ -350,30 +389,30 @@ impl Subscriber {
             let mut deliveries = Vec::new();
             if last_maintenance.elapsed() >= maintenance_every {
                 last_maintenance = Instant::now();
-                shared.refresh_positions(&mut positions).await;
-                deliveries = shared.reclaim(room.num_permits()).await;
+                self.refresh_positions(&mut positions).await;
+                deliveries = self.reclaim(room.num_permits()).await;
             }
             if deliveries.is_empty() && last_replay_check.elapsed() >= REPLAYS_EVERY {
                 last_replay_check = Instant::now();
-                deliveries = shared.read_replays(&replays, room.num_permits()).await;
+                deliveries = self.read_replays(&replays, room.num_permits()).await;
             }
             if deliveries.is_empty() {
-                let block = shared.sub.block.min(maintenance_every);
-                let streams = &shared.sub.streams;
-                match shared.read(streams, room.num_permits(), block).await {
+                let block = self.sub.block.min(maintenance_every);
+                let streams = &self.sub.streams;
+                match self.read(streams, room.num_permits(), block).await {
                     Ok(d) => {
                         if failures > 0 {
-                            tracing::info!(plugin = %shared.sub.plugin, "reading again after {failures} failures");
+                            tracing::info!(plugin = %self.sub.plugin, "reading again after {failures} failures");
                         }
                         failures = 0;
-                        shared.health.reading();
+                        self.health.reading();
                         positions.note_read(&d);
                         deliveries = d;
                     }
                     Err(e) => {
                         failures += 1;
                         let recovered = match MissingGroup::in_error(&e) {
-                            true => match shared.recreate_groups(&positions).await {
+                            true => match self.recreate_groups(&positions).await {
                                 Ok(true) => Ok(()),
                                 // Told the group is missing, found it there:
                                 // wait like any failure rather than spin.
@@ -383,82 +422,93 @@ impl Subscriber {
                             false => Err(e),
                         };
                         if let Err(e) = recovered {
-                            let wait = BACKEND_RETRY.delay(failures);
-                            shared.cannot_read(&e, failures, wait);
-                            tokio::select! {
-                                _ = shutdown.cancelled() => break,
-                                _ = tokio::time::sleep(wait) => {}
+                            self.cannot_read(&e, failures, BACKEND_RETRY.delay(failures));
+                            if !backend_pause(failures, &self.shutdown).await {
+                                break;
                             }
                         }
                         continue;
                     }
                 }
             }
-            let mut jobs = Vec::with_capacity(deliveries.len());
-            for delivery in deliveries {
-                // A backend may hand over more than asked (Redis applies
-                // COUNT per stream): those entries are ours now, so wait for
-                // room rather than drop them, after queueing the rest (their
-                // slots are the room being waited for).
-                let slot = match room.split(1) {
-                    Some(p) => p,
-                    None => {
-                        shared.enqueue(std::mem::take(&mut jobs));
-                        slots.clone().acquire_owned().await.expect("never closed")
-                    }
-                };
-                let span = crate::telemetry::delivery_span(
-                    &delivery,
-                    &shared.sub.group,
-                    &shared.sub.plugin,
-                    shared.broker.system(),
-                );
-                jobs.push(delivery::Job {
-                    delivery,
-                    _slot: slot,
-                    resume: None,
-                    reruns: 0,
-                    busy: 0,
-                    span,
-                });
-            }
-            shared.enqueue(jobs);
+            self.take(deliveries, room, &slots).await;
         }
+    }
 
-        // Drain: the lanes finish what is queued, then what waits beside
-        // them (a backoff wait ends at once: shutdown leaves it pending).
-        shared.queue.close();
+    /// Makes jobs of what a read took, each with a slot of the in-flight
+    /// budget (`room`, then more from `slots` if the read brought more),
+    /// and hands them to the lanes.
+    async fn take(
+        &self,
+        deliveries: Vec<Delivery>,
+        mut room: OwnedSemaphorePermit,
+        slots: &Arc<Semaphore>,
+    ) {
+        let mut jobs = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            // A backend may hand over more than asked (Redis applies
+            // COUNT per stream): those entries are ours now, so wait for
+            // room rather than drop them, after queueing the rest (their
+            // slots are the room being waited for).
+            let slot = match room.split(1) {
+                Some(p) => p,
+                None => {
+                    self.enqueue(std::mem::take(&mut jobs));
+                    slots.clone().acquire_owned().await.expect("never closed")
+                }
+            };
+            let span = crate::telemetry::delivery_span(
+                &delivery,
+                &self.sub.group,
+                &self.sub.plugin,
+                self.broker.system(),
+            );
+            jobs.push(delivery::Job {
+                in_flight: self
+                    .in_flight
+                    .register(&delivery.stream, &delivery.entry.id),
+                delivery,
+                _slot: slot,
+                resume: None,
+                reruns: 0,
+                busy: 0,
+                span,
+            });
+        }
+        self.enqueue(jobs);
+    }
+
+    /// Drain: the lanes finish what is queued, then what waits beside them
+    /// (a backoff wait ends at once: shutdown leaves it pending). Once
+    /// `abandon` is cancelled, calls still running are dropped.
+    async fn drain(&self, mut lanes: JoinSet<()>) {
+        self.queue.close();
         let mut abandoned = false;
         loop {
             tokio::select! {
                 done = lanes.join_next() => match done {
                     None => break,
                     Some(Err(e)) if !e.is_cancelled() => {
-                        tracing::error!(plugin = %shared.sub.plugin, "delivery lane failed: {e}");
+                        tracing::error!(plugin = %self.sub.plugin, "delivery lane failed: {e}");
                     }
                     Some(_) => {}
                 },
-                _ = shared.abandon.cancelled(), if !abandoned => {
+                _ = self.abandon.cancelled(), if !abandoned => {
                     abandoned = true;
-                    tracing::warn!(plugin = %shared.sub.plugin, "shutdown deadline: {} unfinished events stay pending", shared.lock_in_flight().len());
+                    tracing::warn!(plugin = %self.sub.plugin, "shutdown deadline: {} unfinished events stay pending", self.in_flight.len());
                     lanes.abort_all();
                 }
             }
         }
         // Commits on their way settle within a round trip (and may leave a
         // wait behind); the shutdown deadline stops waiting for them.
-        shared.commits.close();
+        self.commits.close();
         tokio::select! {
-            _ = shared.commits.wait() => {}
-            _ = shared.abandon.cancelled() => {}
+            _ = self.commits.wait() => {}
+            _ = self.abandon.cancelled() => {}
         }
-        shared.waits.close();
-        shared.waits.wait().await;
-        drained.cancel();
-        keep_alive.await?;
-        drop(shared);
-        acker.await?;
-        Ok(())
+        self.waits.close();
+        self.waits.wait().await;
     }
 }
 
