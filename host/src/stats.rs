@@ -50,6 +50,9 @@ pub struct Stats {
 /// A copy of [`Stats`] at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
+    /// Calls to `handle` timed, and their total time in ns.
+    pub calls: u64,
+    pub call_nanos: u64,
     pub handled: u64,
     pub retried: u64,
     pub failed: u64,
@@ -114,6 +117,8 @@ impl Stats {
 
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
+            calls: self.calls.load(Relaxed),
+            call_nanos: self.call_nanos.load(Relaxed),
             handled: self.handled.load(Relaxed),
             retried: self.retried.load(Relaxed),
             failed: self.failed.load(Relaxed),

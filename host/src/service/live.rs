@@ -85,10 +85,16 @@ pub struct LivePlugin {
     shadow: ArcSwapOption<Shadow>,
     /// Calls whose version trapped on probation and were made again on the
     /// proven version.
-    pub rescued_calls: AtomicU64,
+    rescued_calls: AtomicU64,
 }
 
 impl LivePlugin {
+    /// Calls whose version trapped on probation and were made again on the
+    /// proven version, since the plugin started.
+    pub fn rescued_calls(&self) -> u64 {
+        self.rescued_calls.load(Relaxed)
+    }
+
     pub fn new(name: impl Into<String>, first: Arc<Version>) -> Arc<LivePlugin> {
         Arc::new(LivePlugin {
             name: name.into(),

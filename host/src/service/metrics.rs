@@ -70,13 +70,10 @@ impl Scrape {
                 latency: p.stats.latency.clone(),
                 instances_alive: p.live.instances_alive(),
                 reloads: p.live.status(),
-                breaker_trips: p.breaker.trips.load(std::sync::atomic::Ordering::Relaxed),
+                breaker_trips: p.breaker.trips(),
                 breaker_open: p.breaker.position() != Position::Closed,
                 reading: p.is_shadow() || p.health.problem().is_none(),
-                rescued_calls: p
-                    .live
-                    .rescued_calls
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                rescued_calls: p.live.rescued_calls(),
                 shadow: p.live.shadow().map(|s| s.stats.agreement()),
             })
             .collect();

@@ -49,10 +49,15 @@ pub struct Breaker {
     pause: Duration,
     state: Mutex<State>,
     /// Times it opened.
-    pub trips: AtomicU64,
+    trips: AtomicU64,
 }
 
 impl Breaker {
+    /// Times it has opened since it was made.
+    pub fn trips(&self) -> u64 {
+        self.trips.load(Relaxed)
+    }
+
     pub fn new(threshold: u32, pause: Duration) -> Breaker {
         Breaker {
             threshold,

@@ -179,7 +179,7 @@ async fn ten_file_replacements_under_load_lose_nothing_and_keep_the_last_good_ve
         steps.len(),
         status.reloads,
         status.refused,
-        slot.rescued_calls.load(Relaxed)
+        slot.rescued_calls()
     );
     assert_eq!(seen.len(), injected.len(), "every event handled");
     for id in &injected {
