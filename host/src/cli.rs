@@ -107,6 +107,7 @@ enum Command {
     Test(TestArgs),
     /// Measures events/s through the dispatcher: native Rust, wasm with warm
     /// instances, wasm with a fresh instance per event.
+    #[cfg(feature = "bench")]
     Bench(crate::bench::BenchArgs),
     /// Publishes events to Redis: one from --name/--payload, or NDJSON on stdin.
     Emit(EmitArgs),
@@ -391,6 +392,7 @@ fn default_workers(command: &Command, config: Option<&crate::config::Config>) ->
                 .collect(),
             crate::config::Backend::Memory { .. } => Vec::new(),
         },
+        #[cfg(feature = "bench")]
         (Command::Bench(args), _) => args
             .redis
             .iter()
@@ -464,6 +466,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::New { lang, name, dir } => cmd_new(lang, name, dir),
         Command::Test(args) => cmd_test(args).await,
+        #[cfg(feature = "bench")]
         Command::Bench(args) => {
             print!("{}", crate::bench::run(args).await?);
             Ok(ExitCode::SUCCESS)
