@@ -222,6 +222,51 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// A new, empty directory named after `name`, under this process's scratch
+/// root (`<temp>/runnel-tests-<pid>`). Scratch space is cleaned up by the
+/// next run rather than by each test: the first call in a process removes
+/// the roots of test processes that are no longer running, so a run that
+/// panicked or was killed leaves nothing behind for long, and a directory a
+/// test hands to a child process (a host, a Redis node) outlives the test
+/// that made it as long as this process runs.
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let root = ROOT.get_or_init(|| {
+        let temp = std::env::temp_dir();
+        remove_dead_roots(&temp);
+        temp.join(format!("{SCRATCH_ROOT}{}", std::process::id()))
+    });
+    let dir = root.join(unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// How the scratch roots of test processes are named, before the pid.
+const SCRATCH_ROOT: &str = "runnel-tests-";
+
+/// Removes the scratch roots in `temp` whose process is gone (Linux: no
+/// `/proc/<pid>`; elsewhere nothing is removed).
+fn remove_dead_roots(temp: &std::path::Path) {
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SCRATCH_ROOT))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
 /// The Redis every test uses (the machine's own), overridable for other setups.
 pub fn redis_url() -> String {
     std::env::var("RUNNEL_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -507,5 +552,23 @@ where
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod scratch_tests {
+    #[test]
+    fn the_roots_of_processes_gone_are_removed_and_live_ones_kept() {
+        let temp = super::scratch("roots");
+        // Above the largest pid Linux hands out (2^22).
+        let gone = temp.join(format!("{}{}", super::SCRATCH_ROOT, 99_999_999));
+        let live = temp.join(format!("{}{}", super::SCRATCH_ROOT, std::process::id()));
+        let other = temp.join("not-a-root");
+        for dir in [&gone, &live, &other] {
+            std::fs::create_dir_all(dir.join("inside")).unwrap();
+        }
+        super::remove_dead_roots(&temp);
+        assert!(!gone.exists(), "a root whose process is gone is removed");
+        assert!(live.exists() && other.exists(), "the rest stays");
     }
 }

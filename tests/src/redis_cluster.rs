@@ -59,8 +59,7 @@ impl RedisCluster {
     /// `die_with_parent`: the nodes are killed when the thread that
     /// started them ends (`setpriv --pdeathsig KILL`).
     fn launch(masters: usize, replicas: usize, die_with_parent: bool) -> RedisCluster {
-        let dir = std::env::temp_dir().join(format!("runnel-cluster-{}", crate::unique("")));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::scratch("cluster");
         let mut cluster = RedisCluster {
             nodes: Vec::new(),
             dir: dir.clone(),

@@ -19,7 +19,7 @@ async fn main() -> std::process::ExitCode {
     let bin = std::env::current_exe()
         .expect("this program's path")
         .with_file_name("runnel-under-test");
-    let dir = std::env::temp_dir().join(runnel_tests::unique("runnel-chaos"));
+    let dir = runnel_tests::scratch("chaos");
     let campaign = Campaign {
         duration: Duration::from_secs(seconds),
         seed,

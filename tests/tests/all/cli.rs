@@ -11,9 +11,7 @@ use runnel_tests::{plugin, repo_root};
 
 /// A scratch directory of this test process.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("runnel-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    runnel_tests::scratch(&format!("cli-{name}"))
 }
 
 /// Asserts a failure printed as exactly one line naming `path` and `reason`.

@@ -84,9 +84,7 @@ fn config(
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique(name));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    runnel_tests::scratch(name)
 }
 
 #[tokio::test]

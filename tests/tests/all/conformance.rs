@@ -195,8 +195,7 @@ fn every_language_behaves_exactly_like_the_spec() {
     // A secret for the plugin's config, from a file (not the environment:
     // this process runs every test at once); it must never reach what the
     // host records (log lines, verdicts).
-    let dir = std::env::temp_dir().join(format!("runnel-conformance-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = runnel_tests::scratch("conformance");
     let token = dir.join("token.txt");
     std::fs::write(&token, "tok-3f9a-secret\n").unwrap();
     // The server the HTTP cases call, on a runtime of its own that outlives
@@ -373,8 +372,7 @@ fn compiled_order_enrichers_agree_byte_for_byte() {
 /// heap must be collected (the instance stays within its memory limit).
 #[test]
 fn go_plugins_survive_allocation_heavy_calls() {
-    let dir = std::env::temp_dir().join(runnel_tests::unique("runnel-go-gc"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = runnel_tests::scratch("go-gc");
     let events = dir.join("big.ndjson");
     let payload = "x".repeat(256 * 1024);
     let line = format!("{{\"name\":\"echo\",\"payload\":\"{payload}\"}}\n");

@@ -163,8 +163,7 @@ fn an_operator_replays_a_dead_letter_from_the_dashboard_in_a_real_browser() {
     // The plugin rejects the event; then a fixed version is deployed (the
     // file replaced and reloaded), and the operator replays the dead letter
     // from the page.
-    let dir = std::env::temp_dir().join(unique("browser"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = runnel_tests::scratch("browser");
     let file = dir.join("refunds.wasm");
     std::fs::copy(runnel_tests::plugin(guests::REJECTER), &file).unwrap();
     let token = "browser-token";

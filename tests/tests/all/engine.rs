@@ -26,7 +26,7 @@ fn settings(reuse: u32) -> PluginSettings {
 
 #[test]
 fn a_second_load_of_the_same_file_comes_from_the_disk_cache() {
-    let cache = std::env::temp_dir().join(format!("runnel-cache-{}", uuid_suffix()));
+    let cache = runnel_tests::scratch("cache");
     let first = engine(&cache)
         .compile_file(&plugin(guests::LOGGER))
         .unwrap();
@@ -57,7 +57,7 @@ fn a_second_load_of_the_same_file_comes_from_the_disk_cache() {
 
 #[test]
 fn a_damaged_cache_entry_is_recompiled() {
-    let cache = std::env::temp_dir().join(format!("runnel-cache-{}", uuid_suffix()));
+    let cache = runnel_tests::scratch("cache");
     engine(&cache).compile_file(&plugin(guests::NOOP)).unwrap();
     let entry = std::fs::read_dir(&cache)
         .unwrap()
@@ -73,7 +73,7 @@ fn a_damaged_cache_entry_is_recompiled() {
 
 #[tokio::test]
 async fn warm_instances_are_reused_up_to_the_limit_and_dropped_after_a_trap() {
-    let cache = std::env::temp_dir().join(format!("runnel-cache-{}", uuid_suffix()));
+    let cache = runnel_tests::scratch("cache");
     let engine = engine(&cache);
     let trapper = WasmPlugin::load(
         &engine,
@@ -110,8 +110,4 @@ async fn warm_instances_are_reused_up_to_the_limit_and_dropped_after_a_trap() {
         "a fresh instance serves the next event"
     );
     std::fs::remove_dir_all(&cache).unwrap();
-}
-
-fn uuid_suffix() -> String {
-    format!("{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], "")
 }

@@ -223,8 +223,7 @@ async fn without_grants_files_environment_and_network_are_denied() {
 
 #[tokio::test]
 async fn grants_open_exactly_what_they_name() {
-    let dir = std::env::temp_dir().join(format!("runnel-grant-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = runnel_tests::scratch("grant");
     std::fs::write(dir.join("hostname"), "granted-host\n").unwrap();
     let run = pair(&format!(
         "grants = {{ env = [\"HOME\"], dirs = [{{ host = {:?}, guest = \"/etc\" }}] }}",
@@ -379,8 +378,7 @@ fuel_per_call = 50000000
 #[tokio::test]
 async fn a_directory_grant_is_read_only_unless_it_says_writable() {
     for writable in [false, true] {
-        let dir = std::env::temp_dir().join(runnel_tests::unique("runnel-dir-grant"));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = runnel_tests::scratch("dir-grant");
         let run = pair(&format!(
             "grants = {{ dirs = [{{ host = {:?}, guest = \"/etc\", writable = {writable} }}] }}",
             dir.display().to_string()

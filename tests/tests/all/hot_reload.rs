@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use runnel::event::Event;
 use runnel::service::live::LivePlugin;
-use runnel_tests::{plugin, start, unique, Running};
+use runnel_tests::{plugin, start, Running};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -28,9 +28,7 @@ fn versioned(v: u8) -> Vec<u8> {
 }
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique(name));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    runnel_tests::scratch(name)
 }
 
 /// Writes a file the way a build tool does: elsewhere, then renamed over.

@@ -397,8 +397,7 @@ fn bin() -> PathBuf {
 async fn counts_are_exact_across_kill_9_and_a_redis_restart() {
     const PER_NAME: usize = 300;
     const NAMES: [&str; 4] = ["n0", "n1", "n2", "n3"];
-    let dir = std::env::temp_dir().join(unique("kv-crash"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = runnel_tests::scratch("kv-crash");
     let mut server = RedisServer::start(&dir, PERSISTENT);
     let url = server.url();
     let (name, stream, out) = (unique("counter"), unique("kv-crash"), unique("counted"));

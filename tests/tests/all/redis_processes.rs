@@ -31,8 +31,7 @@ struct Setup {
 
 impl Setup {
     fn new(name: &str, url: &str) -> Setup {
-        let dir = std::env::temp_dir().join(unique(name));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = runnel_tests::scratch(name);
         Setup {
             dir,
             url: url.to_string(),

@@ -8,12 +8,10 @@ use std::process::Command;
 
 use crate::util::{runnel, text};
 
-use runnel_tests::{repo_root, unique};
+use runnel_tests::repo_root;
 
 fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(unique("runnel-new"));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    runnel_tests::scratch("new")
 }
 
 /// Where `scripts/build-guests.sh` installs the toolchains.

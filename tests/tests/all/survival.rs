@@ -22,9 +22,7 @@ fn bin() -> PathBuf {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique(name));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    runnel_tests::scratch(name)
 }
 
 /// A `[backend]` section for the Redis at `url` that reads in short blocks

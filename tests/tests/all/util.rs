@@ -72,8 +72,7 @@ pub fn poll(what: &str, mut done: impl FnMut() -> bool) {
 /// Writes `text` as `runnel.toml` in a scratch directory of its own
 /// (named after `name`), and returns its path.
 pub fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(runnel_tests::unique(name));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = runnel_tests::scratch(name);
     let path = dir.join("runnel.toml");
     std::fs::write(&path, text).unwrap();
     path
