@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The library's docs: every intra-doc link resolves.
+RUSTDOCFLAGS="-D warnings" cargo doc -p runnel --no-deps --quiet
 scripts/build-plugins.sh
 # Python, JavaScript and C guests for the conformance test (installs their
 # pinned toolchains on first use).

@@ -2,10 +2,10 @@
 //! with the event that caused it.
 //!
 //! A call never writes to the store. Its reads go to the committed state
-//! (through the [`Broker`]) and are remembered with the value they saw; its
+//! (through the [`Broker`](crate::broker::Broker)) and are remembered with the value they saw; its
 //! writes are buffered in a [`Txn`]. When the call succeeds, the subscriber
 //! hands the reads, the writes, the emitted events and the acknowledgement
-//! of the source entry to [`Broker::commit`] as one [`Commit`], which the
+//! of the source entry to [`Broker::commit`](crate::broker::Broker::commit) as one [`Commit`], which the
 //! backend applies in one atomic step (one Lua script on Redis, one critical
 //! section in memory) only if this consumer still holds the entry and every
 //! value read is unchanged. A call that fails, traps or times out drops its
@@ -20,7 +20,7 @@ mod store;
 mod txn;
 
 pub use store::{KeyLock, NotSent, OnOutcome, Receipt, Store};
-pub use txn::{BucketIx, Txn, TxnError};
+pub use txn::{BucketIx, Txn, TxnError, HOLDING_WAIT};
 
 use std::sync::Arc;
 

@@ -18,6 +18,8 @@ use std::collections::HashMap;
 
 use redis::Value;
 
+use super::{slots, RedisBroker};
+use crate::broker::{Append, Broker as _};
 use crate::kv::{Commit, Outcome};
 
 /// The script. `ARGV[1]` is the number of calls, `ARGV[2]` `~` or `=` for
@@ -439,6 +441,96 @@ pub(super) fn outcomes(commits: &[Commit], reply: Value) -> anyhow::Result<Vec<O
             })
         })
         .collect()
+}
+
+impl RedisBroker {
+    /// [`crate::broker::Broker::commit`] on Redis: one script for a server; on a cluster,
+    /// one script per slot, each commit whose keys span slots refused.
+    pub(super) async fn commit_batch(
+        &self,
+        commits: &[crate::kv::Commit],
+    ) -> anyhow::Result<Vec<crate::kv::Outcome>> {
+        if commits.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.is_cluster() {
+            return self.commit_in_one_slot(commits).await;
+        }
+        // A script runs on one master, on keys of one slot: one batch per
+        // slot, in order within it (a later commit sees an earlier one's
+        // writes: they share keys, hence the slot). A commit whose keys
+        // span slots cannot be one atomic step there.
+        let mut outcomes: Vec<Option<crate::kv::Outcome>> = vec![None; commits.len()];
+        let mut batches: Vec<(u16, Vec<usize>)> = Vec::new();
+        let mut in_slot: Vec<crate::kv::Commit> = commits.to_vec();
+        let mut elsewhere: Vec<Append> = Vec::new();
+        for (i, c) in in_slot.iter_mut().enumerate() {
+            // Emits to streams outside the commit's slot (that of its
+            // source, marks and buckets) cannot be in its script: they are
+            // appended first, at least once, as a plugin without state
+            // emits (a rerun after a conflict, or a crash before the
+            // commit, may append them again).
+            if let Some(home) = home_key(c).map(slots::slot_of) {
+                let (here, away): (Vec<Append>, Vec<Append>) = std::mem::take(&mut c.appends)
+                    .into_iter()
+                    .partition(|a| slots::slot_of(&a.stream) == home);
+                c.appends = here;
+                elsewhere.extend(away);
+            }
+            let keys = keys(c);
+            let mut slots_used: Vec<u16> = keys.iter().map(|k| slots::slot_of(k)).collect();
+            slots_used.sort_unstable();
+            slots_used.dedup();
+            match slots_used.as_slice() {
+                [] => outcomes[i] = Some(crate::kv::Outcome::Committed),
+                [slot] => match batches.iter_mut().find(|(s, _)| s == slot) {
+                    Some((_, batch)) => batch.push(i),
+                    None => batches.push((*slot, vec![i])),
+                },
+                _ => {
+                    outcomes[i] = Some(crate::kv::Outcome::Failed(format!(
+                        "on a Redis Cluster a commit's keys must share a hash slot, and these do not: {}; give the streams one hash tag (e.g. {{orders}} and {{orders}}.enriched) and see \"Running on Redis Cluster\" in the README",
+                        keys.iter()
+                            .map(|k| format!("{k} (slot {})", slots::slot_of(k)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            }
+        }
+        if !elsewhere.is_empty() {
+            self.append(elsewhere).await?;
+        }
+        let in_slot = &in_slot;
+        let sent = batches.iter().map(|(_, batch)| async move {
+            let part: Vec<crate::kv::Commit> = batch.iter().map(|&i| in_slot[i].clone()).collect();
+            let done = self.commit_in_one_slot(&part).await?;
+            anyhow::Ok(batch.iter().copied().zip(done))
+        });
+        for done in futures_util::future::try_join_all(sent).await? {
+            for (i, outcome) in done {
+                outcomes[i] = Some(outcome);
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.expect("every commit has an outcome"))
+            .collect())
+    }
+
+    /// Commits whose keys are all in one slot (on a server, any), in one
+    /// script.
+    pub(super) async fn commit_in_one_slot(
+        &self,
+        commits: &[crate::kv::Commit],
+    ) -> anyhow::Result<Vec<crate::kv::Outcome>> {
+        let invocation = invocation(commits, self.trimming.approximate, |s| self.max_len(s));
+        let reply: Value = invocation
+            .invoke_async(&mut self.commands())
+            .await
+            .map_err(|e| self.error(e, "committing key-value writes".into(), None))?;
+        outcomes(commits, reply)
+    }
 }
 
 #[cfg(test)]

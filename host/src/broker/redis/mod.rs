@@ -5,12 +5,13 @@
 //! the final outcome, and `XAUTOCLAIM` takes over what a dead consumer left
 //! pending. Commands go through a [`ConnectionManager`], which reconnects after
 //! Redis restarts or drops the connection; each blocking `XREADGROUP` gets a
-//! connection of its own ([`reader`]), because a blocked connection serves
+//! connection of its own (`reader.rs`), because a blocked connection serves
 //! nobody else, with a response timeout longer than its `BLOCK`.
 
 mod commit;
 mod connection;
 mod reader;
+mod replies;
 pub mod slots;
 mod tls;
 
@@ -29,14 +30,14 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::streams::{StreamInfoConsumersReply, StreamInfoGroup, StreamInfoGroupsReply};
 use redis::{Client, ConnectionAddr, IntoConnectionInfo as _, Value};
-use redis_protocol::resp2::types::RangeFrame;
 use tokio::sync::Mutex;
 
 use super::{
-    parse_entry_id, Append, Broker, Delivery, Entry, Field, GroupCreated, GroupProgress,
-    MissingGroup, StartFrom,
+    parse_entry_id, Append, Broker, Delivery, Entry, GroupCreated, GroupProgress, MissingGroup,
+    StartFrom,
 };
-use reader::{bytes, describe, Reader};
+use reader::Reader;
+use replies::{array, entries, int, read_group_reply, stream_entries, text};
 use slots::{Node, SlotMap};
 use tls::TlsMaterial;
 
@@ -627,21 +628,6 @@ impl RedisBroker {
         }
     }
 
-    /// Commits whose keys are all in one slot (on a server, any), in one
-    /// script.
-    async fn commit_in_one_slot(
-        &self,
-        commits: &[crate::kv::Commit],
-    ) -> anyhow::Result<Vec<crate::kv::Outcome>> {
-        let invocation =
-            commit::invocation(commits, self.trimming.approximate, |s| self.max_len(s));
-        let reply: Value = invocation
-            .invoke_async(&mut self.commands())
-            .await
-            .map_err(|e| self.error(e, "committing key-value writes".into(), None))?;
-        commit::outcomes(commits, reply)
-    }
-
     /// The delivery counters of entries pending for `consumer`.
     async fn delivery_counts(
         &self,
@@ -1059,72 +1045,7 @@ impl Broker for RedisBroker {
         &self,
         commits: &[crate::kv::Commit],
     ) -> anyhow::Result<Vec<crate::kv::Outcome>> {
-        if commits.is_empty() {
-            return Ok(Vec::new());
-        }
-        if !self.is_cluster() {
-            return self.commit_in_one_slot(commits).await;
-        }
-        // A script runs on one master, on keys of one slot: one batch per
-        // slot, in order within it (a later commit sees an earlier one's
-        // writes: they share keys, hence the slot). A commit whose keys
-        // span slots cannot be one atomic step there.
-        let mut outcomes: Vec<Option<crate::kv::Outcome>> = vec![None; commits.len()];
-        let mut batches: Vec<(u16, Vec<usize>)> = Vec::new();
-        let mut in_slot: Vec<crate::kv::Commit> = commits.to_vec();
-        let mut elsewhere: Vec<Append> = Vec::new();
-        for (i, c) in in_slot.iter_mut().enumerate() {
-            // Emits to streams outside the commit's slot (that of its
-            // source, marks and buckets) cannot be in its script: they are
-            // appended first, at least once, as a plugin without state
-            // emits (a rerun after a conflict, or a crash before the
-            // commit, may append them again).
-            if let Some(home) = commit::home_key(c).map(slots::slot_of) {
-                let (here, away): (Vec<Append>, Vec<Append>) = std::mem::take(&mut c.appends)
-                    .into_iter()
-                    .partition(|a| slots::slot_of(&a.stream) == home);
-                c.appends = here;
-                elsewhere.extend(away);
-            }
-            let keys = commit::keys(c);
-            let mut slots_used: Vec<u16> = keys.iter().map(|k| slots::slot_of(k)).collect();
-            slots_used.sort_unstable();
-            slots_used.dedup();
-            match slots_used.as_slice() {
-                [] => outcomes[i] = Some(crate::kv::Outcome::Committed),
-                [slot] => match batches.iter_mut().find(|(s, _)| s == slot) {
-                    Some((_, batch)) => batch.push(i),
-                    None => batches.push((*slot, vec![i])),
-                },
-                _ => {
-                    outcomes[i] = Some(crate::kv::Outcome::Failed(format!(
-                        "on a Redis Cluster a commit's keys must share a hash slot, and these do not: {}; give the streams one hash tag (e.g. {{orders}} and {{orders}}.enriched) and see \"Running on Redis Cluster\" in the README",
-                        keys.iter()
-                            .map(|k| format!("{k} (slot {})", slots::slot_of(k)))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )))
-                }
-            }
-        }
-        if !elsewhere.is_empty() {
-            self.append(elsewhere).await?;
-        }
-        let in_slot = &in_slot;
-        let sent = batches.iter().map(|(_, batch)| async move {
-            let part: Vec<crate::kv::Commit> = batch.iter().map(|&i| in_slot[i].clone()).collect();
-            let done = self.commit_in_one_slot(&part).await?;
-            anyhow::Ok(batch.iter().copied().zip(done))
-        });
-        for done in futures_util::future::try_join_all(sent).await? {
-            for (i, outcome) in done {
-                outcomes[i] = Some(outcome);
-            }
-        }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.expect("every commit has an outcome"))
-            .collect())
+        self.commit_batch(commits).await
     }
 
     async fn ping(&self) -> anyhow::Result<()> {
@@ -1328,141 +1249,6 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn array(v: Value) -> Vec<Value> {
-    match v {
-        Value::Array(items) | Value::Set(items) => items,
-        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
-}
-
-fn int(v: &Value) -> Option<i64> {
-    match v {
-        Value::Int(i) => Some(*i),
-        other => text(other)?.parse().ok(),
-    }
-}
-
-/// `[[id, [field, value, ...]], ...]`, keeping field order (the first field
-/// is the event). Entries deleted while pending come back with no fields and
-/// are skipped.
-fn entries(v: Value) -> Vec<Entry> {
-    array(v)
-        .into_iter()
-        .filter_map(|item| {
-            let mut parts = array(item).into_iter();
-            let id = text(&parts.next()?)?;
-            let raw = array(parts.next()?);
-            if raw.is_empty() {
-                return None;
-            }
-            let mut fields: Vec<Field> = Vec::with_capacity(raw.len() / 2);
-            let mut raw = raw.into_iter();
-            while let (Some(k), Some(v)) = (raw.next(), raw.next()) {
-                let value = match v {
-                    Value::BulkString(b) => b,
-                    other => text(&other).unwrap_or_default().into_bytes(),
-                };
-                fields.push((text(&k).unwrap_or_default(), value));
-            }
-            Some(Entry {
-                id,
-                fields: Arc::new(fields),
-            })
-        })
-        .collect()
-}
-
-/// An `XREADGROUP` reply as redis-rs decodes it: per stream `[name,
-/// entries]` (a map in RESP3), nil when nothing was read.
-fn stream_entries(reply: Value) -> Vec<Delivery> {
-    let mut deliveries = Vec::new();
-    let mut items = match reply {
-        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-        other => array(other)
-            .into_iter()
-            .flat_map(|s| {
-                let mut parts = array(s).into_iter();
-                [parts.next(), parts.next()]
-            })
-            .map(|v| v.unwrap_or(Value::Nil))
-            .collect::<Vec<_>>(),
-    }
-    .into_iter();
-    while let (Some(name), Some(found)) = (items.next(), items.next()) {
-        let stream = text(&name).unwrap_or_default();
-        deliveries.extend(entries(found).into_iter().map(|entry| Delivery {
-            stream: stream.clone(),
-            entry,
-            deliveries: 1,
-        }));
-    }
-    deliveries
-}
-
-/// An `XREADGROUP` reply (RESP2): nil when BLOCK ran out, else per stream
-/// `[name, [[id, [field, value, ...]], ...]]`. An error reply (say,
-/// `NOGROUP`) comes back as `Err` with Redis's words.
-fn read_group_reply(buf: &[u8], frame: RangeFrame) -> Result<Vec<Delivery>, String> {
-    let text = |r: &(usize, usize)| String::from_utf8_lossy(bytes(buf, r)).into_owned();
-    let streams = match frame {
-        RangeFrame::Null => return Ok(Vec::new()),
-        RangeFrame::Array(streams) => streams,
-        other => return Err(describe(buf, &other)),
-    };
-    let mut deliveries = Vec::new();
-    for stream in streams {
-        let (name, entries) = match stream {
-            RangeFrame::Array(parts) => match <[RangeFrame; 2]>::try_from(parts) {
-                Ok([RangeFrame::BulkString(name), RangeFrame::Array(entries)]) => {
-                    (text(&name), entries)
-                }
-                _ => return Err("a stream in the reply is not [name, entries]".into()),
-            },
-            other => return Err(format!("unexpected {}", describe(buf, &other))),
-        };
-        deliveries.reserve(entries.len());
-        for entry in entries {
-            let RangeFrame::Array(parts) = entry else {
-                return Err("an entry in the reply is not [id, fields]".into());
-            };
-            let mut parts = parts.into_iter();
-            let (Some(RangeFrame::BulkString(id)), Some(raw)) = (parts.next(), parts.next()) else {
-                return Err("an entry in the reply is not [id, fields]".into());
-            };
-            // Entries deleted while pending come back with nil fields.
-            let RangeFrame::Array(raw) = raw else {
-                continue;
-            };
-            let mut fields: Vec<Field> = Vec::with_capacity(raw.len() / 2);
-            let mut raw = raw.into_iter();
-            while let (Some(RangeFrame::BulkString(k)), Some(RangeFrame::BulkString(v))) =
-                (raw.next(), raw.next())
-            {
-                fields.push((text(&k), bytes(buf, &v).to_vec()));
-            }
-            deliveries.push(Delivery {
-                stream: name.clone(),
-                entry: Entry {
-                    id: text(&id),
-                    fields: Arc::new(fields),
-                },
-                deliveries: 1,
-            });
-        }
-    }
-    Ok(deliveries)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1474,57 +1260,5 @@ mod tests {
             "redis://u:***@h:6379/0"
         );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-    }
-
-    #[test]
-    fn entries_keep_their_field_order() {
-        let reply = Value::Array(vec![Value::Array(vec![
-            Value::BulkString(b"1-1".to_vec()),
-            Value::Array(vec![
-                Value::BulkString(b"zeta".to_vec()),
-                Value::BulkString(b"first".to_vec()),
-                Value::BulkString(b"alpha".to_vec()),
-                Value::BulkString(b"second".to_vec()),
-            ]),
-        ])]);
-        let e = entries(reply);
-        assert_eq!(e[0].fields[0], ("zeta".to_string(), b"first".to_vec()));
-        assert_eq!(e[0].fields[1].0, "alpha");
-    }
-
-    #[test]
-    fn read_group_replies_decode_from_resp_bytes() {
-        let reply = b"*1\r\n*2\r\n$1\r\ns\r\n*2\r\n\
-            *2\r\n$3\r\n1-1\r\n*4\r\n$4\r\nzeta\r\n$5\r\nfirst\r\n$5\r\nalpha\r\n$6\r\nsecond\r\n\
-            *2\r\n$3\r\n1-2\r\n*-1\r\n";
-        let (frame, used) = redis_protocol::resp2::decode::decode_range(reply)
-            .unwrap()
-            .unwrap();
-        assert_eq!(used, reply.len());
-        let deliveries = read_group_reply(reply, frame).unwrap();
-        // The deleted entry (nil fields) is skipped; field order is kept.
-        assert_eq!(deliveries.len(), 1);
-        assert_eq!(deliveries[0].stream, "s");
-        assert_eq!(deliveries[0].entry.id, "1-1");
-        assert_eq!(
-            *deliveries[0].entry.fields,
-            vec![
-                ("zeta".to_string(), b"first".to_vec()),
-                ("alpha".to_string(), b"second".to_vec())
-            ]
-        );
-        let nil = redis_protocol::resp2::decode::decode_range(b"*-1\r\n")
-            .unwrap()
-            .unwrap()
-            .0;
-        assert!(read_group_reply(b"*-1\r\n", nil).unwrap().is_empty());
-        let error = b"-NOGROUP No such key\r\n";
-        let frame = redis_protocol::resp2::decode::decode_range(error)
-            .unwrap()
-            .unwrap()
-            .0;
-        assert!(read_group_reply(error, frame)
-            .unwrap_err()
-            .contains("NOGROUP"));
     }
 }

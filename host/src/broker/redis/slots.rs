@@ -2,7 +2,7 @@
 //! master serves a slot.
 //!
 //! Commands that name keys are routed by redis-rs's cluster connection; the
-//! blocking readers ([`super::reader`]) are our own connections and route
+//! blocking readers (`reader.rs`) are our own connections and route
 //! themselves, with the slot map kept here. The rules come from the Redis
 //! Cluster specification: a key's slot is CRC16 (XMODEM) of the key, or of
 //! its hash tag (the text between the first `{` and the next `}`, when not
