@@ -28,7 +28,8 @@
 //! - [`errors`] prints an error as one line, each cause once.
 //! - [`workers`] picks the async runtime's default worker threads.
 //! - [`cli`] is the `runnel` command, a thin dispatcher: one function per
-//!   subcommand; `bench` is `runnel bench`, behind the `bench` feature (on
+//!   subcommand, grouped as the admin client (`runnel plugins`), the plugin
+//!   author's (`new`, `test`, `check`) and the operator's (`emit`, `dlq`); `bench` is `runnel bench`, behind the `bench` feature (on
 //!   by default) since a program embedding the library does not need it.
 //! - [`commands`] holds the commands beside the service:
 //!   [`commands::harness`] is `runnel test` and [`commands::scaffold`] is

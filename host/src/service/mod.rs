@@ -6,7 +6,7 @@
 //! [`Service::run`] serves until its shutdown future resolves (or, when asked,
 //! until every event is handled), then stops reading, drains in-flight events
 //! within `service.shutdown_deadline_ms` and returns the counters. Signals are
-//! the binary's business (`cli.rs`): it turns SIGINT/SIGTERM into that future.
+//! the binary's business (`cli/`): it turns SIGINT/SIGTERM into that future.
 
 pub mod admin;
 pub mod live;

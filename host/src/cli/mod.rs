@@ -1,23 +1,21 @@
 //! The `runnel` command line, in the library so that tests can run the very
 //! same binary logic (see `tests/src/bin`).
 
-use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::redis::{Endpoint, RedisBroker, TlsFiles, Trimming};
-use crate::commands::input::InputEvent;
-use crate::config::EngineConfig;
-use crate::event::Event;
-use crate::plugin::{self, PluginEngine};
 use crate::service::{Service, ServiceOptions};
 use crate::stats::summary_table;
+
+mod admin;
+mod authoring;
+mod operate;
 
 /// `runnel --version`: the release and the plugin contracts it serves
 /// (a literal, as clap wants; a test checks it against
@@ -449,8 +447,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             token_env,
             output,
             command,
-        } => cmd_plugins(admin, token_env, output, command).await,
-        Command::Check { plugin, config } => check(plugin, config),
+        } => admin::cmd_plugins(admin, token_env, output, command).await,
+        Command::Check { plugin, config } => authoring::check(plugin, config),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut command = Cli::command();
@@ -464,15 +462,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .context("writing the man page")?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::New { lang, name, dir } => cmd_new(lang, name, dir),
-        Command::Test(args) => cmd_test(args).await,
+        Command::New { lang, name, dir } => authoring::cmd_new(lang, name, dir),
+        Command::Test(args) => authoring::cmd_test(args).await,
         #[cfg(feature = "bench")]
         Command::Bench(args) => {
             print!("{}", crate::bench::run(args).await?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Emit(args) => cmd_emit(args).await,
-        Command::Dlq { command } => cmd_dlq(command).await,
+        Command::Emit(args) => operate::cmd_emit(args).await,
+        Command::Dlq { command } => operate::cmd_dlq(command).await,
         Command::Replay {
             redis,
             stream,
@@ -519,380 +517,6 @@ async fn cmd_run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `runnel plugins ...`: one request to a running host's admin API.
-async fn cmd_plugins(
-    admin: String,
-    token_env: String,
-    output: Output,
-    command: PluginsCommand,
-) -> anyhow::Result<ExitCode> {
-    let listing = matches!(command, PluginsCommand::List);
-    let (method, path) = match &command {
-        PluginsCommand::List => ("GET", "/plugins".to_string()),
-        PluginsCommand::Reload { name } => ("POST", format!("/plugins/{name}/reload")),
-        PluginsCommand::Promote { name } => ("POST", format!("/plugins/{name}/promote")),
-        PluginsCommand::ReloadConfig => ("POST", "/config/reload".to_string()),
-    };
-    let token = std::env::var(&token_env).ok();
-    let url = format!("{}{path}", admin.trim_end_matches('/'));
-    let (ok, body) = tokio::task::spawn_blocking(move || call_admin(method, &url, token))
-        .await
-        .context("the admin client thread failed")??;
-    match (
-        ok && listing && output == Output::Table,
-        serde_json::from_str(&body),
-    ) {
-        (true, Ok(plugins)) => print!("{}", plugins_table(&plugins)),
-        _ => println!("{body}"),
-    }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// `GET /plugins` as a table: name, short version, state, handled /
-/// failed / dead-lettered, reloads, last error.
-fn plugins_table(plugins: &serde_json::Value) -> String {
-    let rows: Vec<[String; 6]> = plugins
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|p| {
-            let text = |v: &serde_json::Value| match v {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Null => String::new(),
-                other => other.to_string(),
-            };
-            let c = &p["counters"];
-            let version = text(&p["version"]);
-            [
-                text(&p["name"]),
-                version.chars().take(12).collect(),
-                text(&p["state"]),
-                format!(
-                    "{} / {} / {}",
-                    text(&c["handled"]),
-                    text(&c["failed"]),
-                    text(&c["dead_lettered"])
-                ),
-                text(&p["reloads"]),
-                text(&p["last_error"])
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_string(),
-            ]
-        })
-        .collect();
-    let head = [
-        "PLUGIN",
-        "VERSION",
-        "STATE",
-        "HANDLED / FAILED / DEAD",
-        "RELOADS",
-        "LAST ERROR",
-    ];
-    let mut widths = head.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; 6]| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            match i {
-                5 => out.push_str(cell),
-                _ => out.push_str(&format!("{cell:<w$}  ")),
-            }
-        }
-        out.trim_end().to_string() + "\n"
-    };
-    let mut out = line(head);
-    for row in &rows {
-        out.push_str(&line(row.each_ref().map(String::as_str)));
-    }
-    out
-}
-
-/// `runnel new`: a plugin project from the scaffold.
-fn cmd_new(
-    lang: crate::commands::scaffold::Lang,
-    name: String,
-    dir: PathBuf,
-) -> anyhow::Result<ExitCode> {
-    let project = crate::commands::scaffold::create(lang, &name, &dir)?;
-    println!("created {}", project.display());
-    println!(
-        "next: cd {} && ./build.sh && runnel test {name}.wasm --events events.ndjson",
-        project.display()
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The `[[plugin]]`s of `config` that load the component file `wasm`
-/// (compared as canonical paths: the config's are relative to it).
-fn plugins_loading<'a>(
-    config: &'a crate::config::Config,
-    wasm: &std::path::Path,
-) -> Vec<&'a crate::config::PluginConfig> {
-    let target = std::fs::canonicalize(wasm).unwrap_or(wasm.to_path_buf());
-    config
-        .plugins
-        .iter()
-        .filter(|p| std::fs::canonicalize(&p.path).is_ok_and(|p| p == target))
-        .collect()
-}
-
-/// The `[[plugin]]` of the config at `path` that `runnel test` takes the
-/// settings of: the one named, or the only one that loads `wasm`; with the
-/// config's `max_payload_bytes`.
-fn plugin_of_config(
-    path: &std::path::Path,
-    wasm: &std::path::Path,
-    name: Option<&str>,
-) -> anyhow::Result<(crate::config::PluginConfig, usize)> {
-    let config = crate::config::Config::load(path)?;
-    let chosen: Vec<_> = match name {
-        Some(n) => config.plugins.iter().filter(|p| p.name == n).collect(),
-        None => plugins_loading(&config, wasm),
-    };
-    match (chosen.as_slice(), name) {
-        ([p], _) => Ok(((*p).clone(), config.max_payload_bytes)),
-        ([], Some(n)) => anyhow::bail!("{}: no [[plugin]] is named {n:?}", path.display()),
-        ([], None) => anyhow::bail!(
-            "{}: no [[plugin]] loads {}: name one with --plugin",
-            path.display(),
-            wasm.display()
-        ),
-        (_, _) => anyhow::bail!(
-            "{}: several [[plugin]] load {}: name one with --plugin",
-            path.display(),
-            wasm.display()
-        ),
-    }
-}
-
-/// `runnel test`: a plugin over a file of events, in process; compared with
-/// an expected report when one is given.
-async fn cmd_test(args: TestArgs) -> anyhow::Result<ExitCode> {
-    let events = &args.events;
-    let text = std::fs::read_to_string(events)
-        .with_context(|| format!("{}: cannot read", events.display()))?;
-    let events_parsed =
-        crate::commands::input::parse(&text).with_context(|| events.display().to_string())?;
-    let http_canned = match &args.http {
-        None => None,
-        Some(path) => Some(Arc::new(crate::outbound::CannedResponses::load(path)?)),
-    };
-    let from_config = match &args.config {
-        None => None,
-        Some(path) => Some(plugin_of_config(
-            path,
-            &args.plugin,
-            args.plugin_name.as_deref(),
-        )?),
-    };
-    let (name, base, max_attempts) = match from_config {
-        Some((p, max_payload_bytes)) => {
-            let settings = plugin::PluginSettings::of(&p, max_payload_bytes);
-            (p.name.clone(), settings, p.max_attempts)
-        }
-        None => {
-            let five_seconds = Duration::from_millis(5000);
-            let settings =
-                plugin::PluginSettings::for_tool("test", five_seconds, Default::default(), None)?;
-            ("test".to_string(), settings, 1)
-        }
-    };
-    // The flags add to what the config grants, or override its numbers.
-    let mut grants = base.grants.clone();
-    grants.stdio |= args.grant_stdio;
-    grants.kv.extend(args.grant_kv.iter().cloned());
-    grants.http.extend(args.grant_http.iter().cloned());
-    let timeout = args.timeout_ms.map_or(base.timeout, Duration::from_millis);
-    let tool = plugin::PluginSettings::for_tool(&name, timeout, grants, http_canned)?;
-    let settings = plugin::PluginSettings {
-        config: base.config,
-        kv_limits: base.kv_limits,
-        http_limits: base.http_limits,
-        fuel: base.fuel,
-        max_emitted_payload: base.max_emitted_payload,
-        memory_bytes: base.memory_bytes.max(tool.memory_bytes),
-        ..tool
-    };
-    let options = crate::commands::harness::HarnessOptions {
-        max_attempts: args.max_attempts.unwrap_or(max_attempts),
-        name,
-        settings,
-        kv_seed: match &args.kv {
-            None => Default::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("{}: cannot read", path.display()))?;
-                serde_json::from_str(&text).with_context(|| {
-                    format!(
-                        "{}: not a JSON object of buckets of string values",
-                        path.display()
-                    )
-                })?
-            }
-        },
-        kv_commit: args.kv_commit,
-    };
-    let report = crate::commands::harness::run(&args.plugin, events_parsed, &options).await?;
-    print!("{report}");
-    let Some(path) = args.expect else {
-        return Ok(ExitCode::SUCCESS);
-    };
-    let expected = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    match crate::commands::harness::difference(&report, &expected) {
-        None => Ok(ExitCode::SUCCESS),
-        Some(d) => {
-            eprintln!("differs from {}: {d}", path.display());
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
-
-/// `runnel emit`: one event from flags, or NDJSON from stdin, to Redis.
-async fn cmd_emit(args: EmitArgs) -> anyhow::Result<ExitCode> {
-    let events = match args.name {
-        Some(name) => {
-            let bytes = match (args.payload, args.payload_file) {
-                (Some(json), _) => {
-                    serde_json::from_str::<serde_json::Value>(&json)
-                        .context("--payload is not JSON")?;
-                    json.into_bytes()
-                }
-                (None, Some(file)) => std::fs::read(&file)
-                    .with_context(|| format!("{}: cannot read", file.display()))?,
-                (None, None) => Vec::new(),
-            };
-            let mut event = Event::new(name, bytes);
-            event.meta.correlation_id = args.correlation_id;
-            event.meta.is_dry_run = args.dry_run;
-            vec![InputEvent {
-                stream: None,
-                event,
-                is_envelope: false,
-            }]
-        }
-        None => {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("reading NDJSON events from stdin")?;
-            crate::commands::input::parse(&text).context("stdin")?
-        }
-    };
-    let broker = args.redis.connect().await?;
-    let bar = progress_bar(events.len() as u64, "emitting");
-    let n = crate::commands::tools::emit(&*broker, args.stream.as_deref(), events, &|done| {
-        if let Some(bar) = &bar {
-            bar.inc(done as u64);
-        }
-    })
-    .await?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    println!("emitted {n} events");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// A progress bar on stderr for a long command, only when stderr is a
-/// terminal (logs, pipes and CI get the plain summary line alone); hidden
-/// for work too small to need one.
-fn progress_bar(len: u64, what: &str) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal as _;
-    if !std::io::stderr().is_terminal() || (len > 0 && len < 1000) {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    let style = indicatif::ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} {per_sec}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_message(what.to_string());
-    Some(bar)
-}
-
-/// `runnel dlq ...`: list or replay dead letters.
-async fn cmd_dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        DlqCommand::List {
-            redis,
-            stream,
-            count,
-            output,
-        } => {
-            let broker = redis.connect().await?;
-            match output {
-                Output::Table => print!(
-                    "{}",
-                    crate::commands::tools::dlq_list(&*broker, &stream, count).await?
-                ),
-                Output::Json => {
-                    use crate::broker::Broker as _;
-                    let letters: Vec<serde_json::Value> = broker
-                        .range(&stream, None, None, count)
-                        .await?
-                        .iter()
-                        .map(crate::dead_letter::describe)
-                        .collect();
-                    println!("{}", serde_json::Value::Array(letters));
-                }
-            }
-        }
-        DlqCommand::Replay {
-            redis,
-            stream,
-            ids,
-            group,
-        } => {
-            let broker = redis.connect().await?;
-            let bar = progress_bar(0, "replaying");
-            let n = crate::commands::tools::dlq_replay(
-                &*broker,
-                &stream,
-                &ids,
-                group.as_deref(),
-                &|done, of| {
-                    if let Some(bar) = &bar {
-                        bar.set_length(of as u64);
-                        bar.set_position(done as u64);
-                    }
-                },
-            )
-            .await?;
-            if let Some(bar) = bar {
-                bar.finish_and_clear();
-            }
-            println!("replayed {n} dead letters from {stream}");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// One request to the admin API; returns whether it succeeded and the body.
-fn call_admin(method: &str, url: &str, token: Option<String>) -> anyhow::Result<(bool, String)> {
-    let mut request = ureq::request(method, url).timeout(std::time::Duration::from_secs(120));
-    if let Some(token) = token {
-        request = request.set("Authorization", &format!("Bearer {token}"));
-    }
-    let response = match request.call() {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => return Err(anyhow::anyhow!("{url}: {e}")),
-    };
-    let ok = response.status() < 300;
-    Ok((ok, response.into_string().context("reading the answer")?))
-}
-
 /// Listens for SIGINT and SIGTERM. The handlers are installed here, before
 /// the service starts, so that a signal arriving early is never the default
 /// "terminate at once".
@@ -919,65 +543,4 @@ fn install_signal_handlers(shutdown: CancellationToken) -> anyhow::Result<()> {
         }
     });
     Ok(())
-}
-
-fn check(path: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let engine = PluginEngine::new(&EngineConfig::for_one_plugin())?;
-    let interface = plugin::check(&engine, &path)?;
-    println!("{}: ok, implements runnel:plugin/handler", path.display());
-    println!("  exports: {}", interface.exports.join(", "));
-    println!("  imports: {}", interface.imports.join(", "));
-    let Some(config_path) = config else {
-        let closed = plugin::ungranted(&interface.imports, &Default::default());
-        if !closed.is_empty() {
-            println!("  capabilities denied unless granted in its [[plugin]] section:");
-            for u in closed {
-                println!("    {:<14} {}", u.capability, u.grant);
-            }
-        }
-        return Ok(ExitCode::SUCCESS);
-    };
-    let config = crate::config::Config::load(&config_path)?;
-    let loading = plugins_loading(&config, &path);
-    if loading.is_empty() {
-        anyhow::bail!(
-            "{}: no [[plugin]] loads {}",
-            config_path.display(),
-            path.display()
-        );
-    }
-    for p in loading {
-        println!(
-            "  capabilities of plugin {:?} in {}:",
-            p.name,
-            config_path.display()
-        );
-        let capabilities = plugin::capabilities(&interface.imports, &p.grants);
-        if capabilities.is_empty() {
-            println!("    none beyond the contract");
-        }
-        for c in capabilities {
-            let state = if c.granted {
-                "granted"
-            } else {
-                "denied (to allow: "
-            };
-            let end = if c.granted { "" } else { ")" };
-            let detail = match (c.capability, c.granted) {
-                ("outbound HTTP", true) => format!(": {}", p.grants.http.join(", ")),
-                ("key-value", true) => {
-                    let mut b = p.grants.kv.clone();
-                    b.extend(p.grants.kv_shared.iter().map(|s| format!("{s} (shared)")));
-                    format!(": {}", b.join(", "))
-                }
-                (_, true) => String::new(),
-                (_, false) => c.grant.to_string(),
-            };
-            println!("    {:<14} {state}{detail}{end}", c.capability);
-        }
-    }
-    for warning in config.cluster_warnings() {
-        println!("  warning: {warning}");
-    }
-    Ok(ExitCode::SUCCESS)
 }
