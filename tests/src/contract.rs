@@ -502,6 +502,89 @@ pub async fn custody_holds_across_a_batch(s: Subject) {
     );
 }
 
+/// A batch's writes land as the calls left them, in order: many keys from
+/// one call (more than one Lua `unpack` takes, should a backend gather
+/// them), a key set by one call and deleted by the next (which read it),
+/// and a third call that read the deletion.
+pub async fn a_batch_applies_many_writes_and_deletes_in_order(s: Subject) {
+    use runnel::kv::{Commit, KvEffects, KvRead, KvWrite, Outcome, Source};
+    let (stream, bucket) = (s.tagged("kv-many"), s.tagged("kv-many-bucket"));
+    s.broker
+        .create_group(&stream, "g", StartFrom::Beginning)
+        .await
+        .unwrap();
+    let ids = s.add(&stream, &["a", "b", "c"]).await;
+    assert_eq!(s.read("g", "c1", &stream, 3).await, ids);
+    let write = |key: &str, value: Option<&str>| KvWrite {
+        bucket: bucket.clone(),
+        key: key.into(),
+        value: value.map(|v| v.as_bytes().to_vec()),
+    };
+    let read = |key: &str, value: Option<&str>| KvRead {
+        bucket: bucket.clone(),
+        key: key.into(),
+        value: value.map(|v| v.as_bytes().to_vec()),
+    };
+    let commit = |id: &str, reads: Vec<KvRead>, writes: Vec<KvWrite>| Commit {
+        source: Some(Source {
+            stream: stream.clone(),
+            group: "g".into(),
+            consumer: "c1".into(),
+            id: id.into(),
+        }),
+        effects: KvEffects {
+            reads,
+            writes,
+            locks: Default::default(),
+        },
+        appends: vec![],
+        mark: None,
+    };
+    let many: Vec<KvWrite> = (0..5000)
+        .map(|i| write(&format!("k{i}"), Some(&i.to_string())))
+        .chain([write("gone", Some("soon")), write("empty", Some(""))])
+        .collect();
+    let outcomes = s
+        .broker
+        .commit(&[
+            commit(&ids[0], vec![], many),
+            commit(
+                &ids[1],
+                vec![read("gone", Some("soon"))],
+                vec![write("gone", None)],
+            ),
+            commit(
+                &ids[2],
+                vec![read("gone", None)],
+                vec![write("after", Some("x"))],
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, vec![Outcome::Committed; 3]);
+    let keys: Vec<String> = ["k0", "k777", "k4999", "gone", "empty", "after"]
+        .map(String::from)
+        .to_vec();
+    let values = s.broker.kv_get(&bucket, &keys).await.unwrap();
+    let values: Vec<Option<String>> = values
+        .into_iter()
+        .map(|v| v.map(|v| String::from_utf8(v).unwrap()))
+        .collect();
+    assert_eq!(
+        values,
+        [
+            Some("0"),
+            Some("777"),
+            Some("4999"),
+            None,
+            Some(""),
+            Some("x")
+        ]
+        .map(|v| v.map(String::from))
+        .to_vec()
+    );
+}
+
 /// Instantiates every contract check for one backend: `broker_contract!(mod_name, async
 /// fn() -> Arc<dyn Broker>)`.
 #[macro_export]
@@ -533,6 +616,7 @@ macro_rules! broker_contract {
                 a_missing_group_is_said_alike,
                 commits_are_all_or_nothing,
                 custody_holds_across_a_batch,
+                a_batch_applies_many_writes_and_deletes_in_order,
             );
         }
     };
