@@ -32,6 +32,10 @@ pub struct MemoryBroker {
     /// re-check their own condition.
     changed: Notify,
     capacity: usize,
+    /// Times each group's consumer was asked to end its blocking read
+    /// ([`Broker::wake_reader`]): a read ends when the count moves while it
+    /// waits.
+    wakes: Mutex<HashMap<String, HashMap<String, u64>>>,
 }
 
 #[derive(Default)]
@@ -72,7 +76,18 @@ impl MemoryBroker {
             kv: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             capacity: capacity.max(1),
+            wakes: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// How many times `consumer` of `group` was woken.
+    fn wakes_of(&self, group: &str, consumer: &str) -> u64 {
+        let wakes = self.wakes.lock();
+        wakes
+            .get(group)
+            .and_then(|g| g.get(consumer))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Stream>> {
@@ -310,6 +325,7 @@ impl Broker for MemoryBroker {
         block: Duration,
     ) -> anyhow::Result<Vec<Delivery>> {
         let deadline = Instant::now() + block;
+        let woken = self.wakes_of(group, consumer);
         loop {
             let arrived = self.changed.notified();
             tokio::pin!(arrived);
@@ -360,6 +376,11 @@ impl Broker for MemoryBroker {
             if !out.is_empty() {
                 return Ok(out);
             }
+            // Woken since the read began (a shutdown): end as if `block` ran
+            // out. A wake before it began has no effect on it.
+            if self.wakes_of(group, consumer) != woken {
+                return Ok(Vec::new());
+            }
             if tokio::time::timeout_at(deadline.into(), arrived)
                 .await
                 .is_err()
@@ -367,6 +388,19 @@ impl Broker for MemoryBroker {
                 return Ok(Vec::new());
             }
         }
+    }
+
+    async fn wake_reader(&self, group: &str, consumer: &str) {
+        {
+            let mut wakes = self.wakes.lock();
+            let count = wakes
+                .entry(group.to_string())
+                .or_default()
+                .entry(consumer.to_string())
+                .or_default();
+            *count += 1;
+        }
+        self.changed.notify_waiters();
     }
 
     async fn ack(&self, group: &str, stream: &str, ids: &[String]) -> anyhow::Result<()> {
@@ -727,6 +761,34 @@ mod tests {
         b.append(vec![append("s", "late")]).await.unwrap();
         let got = reader.await.unwrap().unwrap();
         assert_eq!(got.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_woken_read_ends_at_once_and_an_earlier_wake_is_forgotten() {
+        let b = MemoryBroker::new(10);
+        b.create_group("s", "g", StartFrom::New).await.unwrap();
+        let read = |b: Arc<MemoryBroker>| {
+            tokio::spawn(async move {
+                b.read("g", "c", &["s".to_string()], 10, Duration::from_secs(3600))
+                    .await
+            })
+        };
+        // On this single-threaded runtime, a yield lets the reader run
+        // until it waits.
+        let reader = read(b.clone());
+        tokio::task::yield_now().await;
+        b.wake_reader("g", "c").await;
+        let ended = tokio::time::timeout(Duration::from_secs(60), reader).await;
+        assert!(ended
+            .expect("the woken read ended")
+            .unwrap()
+            .unwrap()
+            .is_empty());
+        // That wake is over: the next read waits for its entry.
+        let reader = read(b.clone());
+        tokio::task::yield_now().await;
+        b.append(vec![append("s", "late")]).await.unwrap();
+        assert_eq!(reader.await.unwrap().unwrap().len(), 1);
     }
 
     #[tokio::test]
