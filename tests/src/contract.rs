@@ -433,12 +433,38 @@ pub async fn commits_are_all_or_nothing(s: Subject) {
     assert_eq!(keys, vec!["k".to_string()]);
 }
 
+/// A commit that acknowledges entry `id` of `stream` for `consumer` of
+/// group `g`, having read `reads` and leaving `writes`, emitting nothing.
+fn kv_commit(
+    stream: &str,
+    consumer: &str,
+    id: &str,
+    reads: Vec<runnel::kv::KvRead>,
+    writes: Vec<runnel::kv::KvWrite>,
+) -> runnel::kv::Commit {
+    runnel::kv::Commit {
+        source: Some(runnel::kv::Source {
+            stream: stream.into(),
+            group: "g".into(),
+            consumer: consumer.into(),
+            id: id.into(),
+        }),
+        effects: runnel::kv::KvEffects {
+            reads,
+            writes,
+            locks: Default::default(),
+        },
+        appends: vec![],
+        mark: None,
+    }
+}
+
 /// A commit acknowledges only entries its consumer holds, however many
 /// that consumer holds besides (Redis checks a whole batch's custody with
 /// one ranged `XPENDING`, which may not list them all), and an entry
 /// committed twice in one batch applies once.
 pub async fn custody_holds_across_a_batch(s: Subject) {
-    use runnel::kv::{Commit, KvEffects, KvWrite, Outcome, Source};
+    use runnel::kv::{KvWrite, Outcome};
     let (stream, bucket) = (s.tagged("kv-custody"), s.tagged("kv-custody-bucket"));
     s.broker
         .create_group(&stream, "g", StartFrom::Beginning)
@@ -449,24 +475,13 @@ pub async fn custody_holds_across_a_batch(s: Subject) {
     let ids = s.add(&stream, &values).await;
     assert_eq!(s.read("g", "c1", &stream, 50).await, ids[..50]);
     assert_eq!(s.read("g", "c2", &stream, 10).await, ids[50..]);
-    let commit = |id: &str, consumer: &str, key: &str| Commit {
-        source: Some(Source {
-            stream: stream.clone(),
-            group: "g".into(),
-            consumer: consumer.into(),
-            id: id.into(),
-        }),
-        effects: KvEffects {
-            reads: vec![],
-            writes: vec![KvWrite {
-                bucket: bucket.clone(),
-                key: key.into(),
-                value: Some(b"1".to_vec()),
-            }],
-            locks: Default::default(),
-        },
-        appends: vec![],
-        mark: None,
+    let commit = |id: &str, consumer: &str, key: &str| {
+        let write = KvWrite {
+            bucket: bucket.clone(),
+            key: key.into(),
+            value: Some(b"1".to_vec()),
+        };
+        kv_commit(&stream, consumer, id, vec![], vec![write])
     };
     // The first and last of c1's 50 (and 48 more held between them), one
     // of c2's, and c1's first again.
@@ -507,7 +522,7 @@ pub async fn custody_holds_across_a_batch(s: Subject) {
 /// them), a key set by one call and deleted by the next (which read it),
 /// and a third call that read the deletion.
 pub async fn a_batch_applies_many_writes_and_deletes_in_order(s: Subject) {
-    use runnel::kv::{Commit, KvEffects, KvRead, KvWrite, Outcome, Source};
+    use runnel::kv::{KvRead, KvWrite, Outcome};
     let (stream, bucket) = (s.tagged("kv-many"), s.tagged("kv-many-bucket"));
     s.broker
         .create_group(&stream, "g", StartFrom::Beginning)
@@ -525,20 +540,8 @@ pub async fn a_batch_applies_many_writes_and_deletes_in_order(s: Subject) {
         key: key.into(),
         value: value.map(|v| v.as_bytes().to_vec()),
     };
-    let commit = |id: &str, reads: Vec<KvRead>, writes: Vec<KvWrite>| Commit {
-        source: Some(Source {
-            stream: stream.clone(),
-            group: "g".into(),
-            consumer: "c1".into(),
-            id: id.into(),
-        }),
-        effects: KvEffects {
-            reads,
-            writes,
-            locks: Default::default(),
-        },
-        appends: vec![],
-        mark: None,
+    let commit = |id: &str, reads: Vec<KvRead>, writes: Vec<KvWrite>| {
+        kv_commit(&stream, "c1", id, reads, writes)
     };
     let many: Vec<KvWrite> = (0..5000)
         .map(|i| write(&format!("k{i}"), Some(&i.to_string())))
