@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::config::EngineConfig;
 
@@ -24,6 +24,12 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The largest linear memory any plugin may be configured with.
 pub const MAX_MEMORY_BYTES: usize = 4 << 30;
+
+/// Bytes of a linear memory or table that a pooled slot keeps resident and
+/// resets by copying when its instance ends (see [`PluginEngine::new`]).
+/// A Rust no-op touches a few pages; a Python plugin far more, and the
+/// part above this is decommitted as before.
+const KEEP_RESIDENT_BYTES: usize = 1 << 20;
 
 /// The shared engine, its epoch ticker and the artifact cache.
 pub struct PluginEngine {
@@ -71,6 +77,20 @@ impl PluginEngine {
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(4 << 20)
             .max_memory_size(MAX_MEMORY_BYTES);
+        // Where the kernel can say which pages an instance dirtied (Linux's
+        // PAGEMAP_SCAN, 6.7 and later), a slot is reset for its next
+        // instance by copying back just those, up to a size, instead of
+        // `madvise`-ing it all away: that unmaps pages other cores may have
+        // cached, and the TLB shootdown it sends them made a fresh instance
+        // per event cost ~4x with two worker threads what it cost with one
+        // (BENCHMARKS.md, session 11). A working set above the size is still
+        // decommitted beyond it. Without the scan, keeping pages resident
+        // would mean zeroing the whole size each time, so it stays off.
+        if PoolingAllocationConfig::is_pagemap_scan_available() {
+            pool.pagemap_scan(Enabled::Yes)
+                .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+                .table_keep_resident(KEEP_RESIDENT_BYTES);
+        }
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm)
             .map_err(anyhow::Error::from)
