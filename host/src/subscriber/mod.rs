@@ -314,6 +314,10 @@ impl Shared {
         while !self.shutdown.is_cancelled() {
             match self.ensure_groups().await {
                 Ok(()) => {
+                    // Ready now, not once the first read returns: on a quiet
+                    // stream that read waits out its whole BLOCK (2 s by
+                    // default), and `/readyz` said 503 all that while.
+                    self.health.reading();
                     self.forget_idle_consumers().await;
                     return failures;
                 }

@@ -21,6 +21,95 @@ fn bin() -> PathBuf {
 }
 
 #[test]
+fn a_host_on_a_quiet_stream_is_ready_before_its_first_read_returns() {
+    // The first read of an empty stream blocks for five minutes: ready
+    // must not wait for it, only for the group.
+    let config = write_config(
+        "quiet",
+        &format!(
+            r#"
+            [backend]
+            kind = "redis"
+            url = {:?}
+            block_ms = 300000
+            claim_min_idle_ms = 900000
+            [admin]
+            listen = "127.0.0.1:0"
+            [[plugin]]
+            name = "noop"
+            path = {:?}
+            streams = [{:?}]
+            "#,
+            redis_url(),
+            plugin(guests::NOOP),
+            unique("quiet")
+        ),
+    );
+    let mut process = Process::run(&bin(), &config, "info");
+    let base = admin_url(&mut process);
+    poll("/readyz to say ready", || {
+        call("GET", &format!("{base}/readyz"), None, None).0 == 200
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_that_name_one_group_on_different_streams_do_not_wait_on_each_other() {
+    // A group is per stream in Redis, so two plugins may name the same one
+    // on streams of their own. Each read blocks for five minutes when its
+    // stream is quiet: an event on either stream must not wait behind the
+    // other plugin's read.
+    let (first, second) = (unique("shared-a"), unique("shared-b"));
+    let config = write_config(
+        "shared-group",
+        &format!(
+            r#"
+            [backend]
+            kind = "redis"
+            url = {url:?}
+            block_ms = 300000
+            claim_min_idle_ms = 900000
+            [admin]
+            listen = "127.0.0.1:0"
+            [[plugin]]
+            name = "first"
+            path = {noop:?}
+            streams = [{first:?}]
+            group = "shared"
+            [[plugin]]
+            name = "second"
+            path = {noop:?}
+            streams = [{second:?}]
+            group = "shared"
+            "#,
+            url = redis_url(),
+            noop = plugin(guests::NOOP),
+        ),
+    );
+    let mut process = Process::run(&bin(), &config, "info");
+    let base = admin_url(&mut process);
+    poll("/readyz to say ready", || {
+        call("GET", &format!("{base}/readyz"), None, None).0 == 200
+    });
+    let redis = RedisBroker::connect(&redis_url(), Trimming::default())
+        .await
+        .unwrap();
+    // Events on one stream at a time, twice each: with one connection for
+    // both readers, the second event on a stream at the latest would queue
+    // behind the other plugin's blocked read.
+    let deadline = Instant::now() + LIMIT;
+    for stream in [&second, &second, &first, &first] {
+        fill(&redis, stream, &["one"]).await;
+        while redis.backlog(stream, "shared").await.unwrap() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the event on {stream} is still waiting"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[test]
 fn the_admin_api_answers_checks_its_token_and_reports_plugins_and_metrics() {
     let config = write_config(
         "admin",

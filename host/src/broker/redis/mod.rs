@@ -109,9 +109,19 @@ enum Target {
     },
 }
 
-/// A blocking reader: group, consumer, and the slot of the streams it
-/// reads (0 on one server, where every key is in one place).
-type ReaderKey = (String, String, u16);
+/// A blocking reader: one per group, consumer, streams read and slot of
+/// those streams (0 on one server, where every key is in one place). The
+/// streams are part of it because plugins may name one group on different
+/// streams (a group is per stream in Redis): with a reader per group and
+/// consumer, each plugin's read queued behind the others' `BLOCK`, and 100
+/// such plugins drained at a fourteenth of one plugin's rate.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ReaderKey {
+    group: String,
+    consumer: String,
+    streams: Vec<String>,
+    slot: u16,
+}
 
 /// A blocking reader's connection and the node it is connected to (`None`
 /// on one server), shared by the reads of one consumer.
@@ -529,15 +539,21 @@ impl RedisBroker {
         for _ in streams {
             cmd.arg(">");
         }
-        if block.is_zero() && self.is_cluster() {
-            // Nothing to wait for: the routed, multiplexed connection serves,
-            // rather than a connection of its own per slot.
+        if block.is_zero() {
+            // Nothing to wait for: the multiplexed connection (routed, on a
+            // cluster) serves, rather than a connection of its own per
+            // slot and set of streams (the replay streams' read, say).
             let reply: Value = self
                 .query(&cmd, || "XREADGROUP".into(), Some((&streams[0], group)))
                 .await?;
             return Ok(stream_entries(reply));
         }
-        let key = (group.to_string(), consumer.to_string(), slot);
+        let key = ReaderKey {
+            group: group.to_string(),
+            consumer: consumer.to_string(),
+            streams: streams.to_vec(),
+            slot,
+        };
         let slot_conn = self.reader(&key);
         let mut slot_conn = slot_conn.lock().await;
         let mut redirections = 0;
@@ -1123,7 +1139,7 @@ impl Broker for RedisBroker {
             .reader_ids
             .lock()
             .iter()
-            .filter(|((g, c, _), _)| g == group && c == consumer)
+            .filter(|(key, _)| key.group == group && key.consumer == consumer)
             .map(|(_, at)| at.clone())
             .collect();
         for (node, id) in blocked {
