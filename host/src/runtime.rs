@@ -250,6 +250,7 @@ impl Runtime {
             dedup_window: p.dedup_window_ms.map(Duration::from_millis),
             // Base64 grows a payload by 4/3; the rest of the envelope is small.
             max_envelope_bytes: self.config.max_payload_bytes / 3 * 4 + 64 * 1024,
+            max_in_flight_bytes: crate::subscriber::DEFAULT_IN_FLIGHT_BYTES,
         }
     }
 

@@ -7,7 +7,13 @@ use std::time::Duration;
 /// User plus system time of this process so far (10 ms resolution, which is
 /// below 1% of a benchmark round).
 pub fn process() -> Duration {
-    let ticks = std::fs::read_to_string("/proc/self/stat")
+    of_process("self")
+}
+
+/// User plus system time of process `pid` (or `self`) so far, 0 if it
+/// cannot be read.
+pub fn of_process(pid: &str) -> Duration {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
             // Fields after the command name, which is in parentheses and may

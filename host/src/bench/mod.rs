@@ -26,6 +26,8 @@ mod calls;
 mod cpu;
 mod latency;
 mod progress;
+mod rss;
+mod scale;
 mod swap;
 
 /// Options of `runnel bench`.
@@ -63,6 +65,17 @@ pub struct BenchArgs {
     /// call starting, in an HDR histogram.
     #[arg(long)]
     pub latency: bool,
+    /// Payload of every pre-filled event, in bytes (default: a 62-byte
+    /// order). With it, the Redis ceiling is `redis-benchmark`'s SET of
+    /// values this size (the XADD command line cannot carry a large value),
+    /// and the Redis table adds MiB/s.
+    #[arg(long)]
+    pub payload_bytes: Option<usize>,
+    /// Also measure a host process with this many no-op plugins, each on a
+    /// stream of its own, beside one with a single plugin (needs --redis):
+    /// time to ready, events/s and resident memory.
+    #[arg(long)]
+    pub plugins: Option<usize>,
     /// Seconds each latency rate runs.
     #[arg(long, default_value_t = 3.0)]
     pub latency_secs: f64,
@@ -70,6 +83,24 @@ pub struct BenchArgs {
     /// (0: skip that measurement).
     #[arg(long, default_value_t = 10)]
     pub swaps: usize,
+}
+
+/// The usual payload: a small order, as the examples send.
+const ORDER: &[u8] = br#"{"order_id":"o-1","sku":"A-1","quantity":2,"unit_cents":1999}"#;
+
+/// The payload the cases' events carry: [`ORDER`], or `--payload-bytes` of
+/// JSON (`{"blob":"xxx…"}`, so that a plugin that parses it can).
+fn payload(args: &BenchArgs) -> Vec<u8> {
+    match args.payload_bytes {
+        None => ORDER.to_vec(),
+        Some(n) => {
+            let frame = br#"{"blob":""}"#;
+            let mut out = frame[..9].to_vec();
+            out.resize(n.max(frame.len()) - 2, b'x');
+            out.extend_from_slice(b"\"}");
+            out
+        }
+    }
 }
 
 /// The baseline: the same no-op, compiled into the host.
@@ -230,7 +261,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     }
 
     if let Some(url) = &args.redis {
-        let rss_before = rss_kib();
+        let rss_before = rss::current_kib();
         let redis_cases = select(
             &args,
             vec![
@@ -244,8 +275,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         out.push_str(&format!(
             "\nRedis Streams at {url}: consume, handle and ack a pre-filled stream, same events and rounds;\n\
              the XADD ceiling is measured again in every round, ratios are medians of per-round ratios\n\
-             (CPU per event: this process, and the Redis server)\n\n{:<34} {:>12} {:>10} {:>10} {:>12} {:>12}\n",
-            "case", "events/s", "vs XADD", "vs native", "host µs/ev", "redis µs/ev"
+             (CPU per event: this process, and the Redis server; peak: this process's resident memory while draining)\n\n{:<34} {:>12} {:>10} {:>10} {:>12} {:>12} {:>9}{}\n",
+            "case", "events/s", "vs ceiling", "vs native", "host µs/ev", "redis µs/ev", "peak MiB",
+            match args.payload_bytes {
+                Some(_) => format!(" {:>10}", "MiB/s"),
+                None => String::new(),
+            }
         ));
         let blank = |x: f64| {
             if x.is_nan() {
@@ -256,19 +291,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         };
         for (name, round) in &rows {
             out.push_str(&format!(
-                "{name:<34} {:>12.0} {:>10} {:>10} {:>12} {:>12}\n",
+                "{name:<34} {:>12.0} {:>10} {:>10} {:>12} {:>12} {:>9}{}\n",
                 round.rate,
                 blank(round.vs_xadd.unwrap_or(f64::NAN)),
                 blank(round.vs_native),
                 blank(round.host_us),
-                blank(round.redis_us.unwrap_or(f64::NAN))
+                blank(round.redis_us.unwrap_or(f64::NAN)),
+                blank(round.peak_mib),
+                match args.payload_bytes {
+                    Some(n) => format!(" {:>10.1}", round.rate * n as f64 / (1 << 20) as f64),
+                    None => String::new(),
+                }
             ));
         }
         out.push_str(&format!(
             "\nresident memory of this process: {} MiB before the Redis cases, {} MiB after\n",
             rss_before / 1024,
-            rss_kib() / 1024
+            rss::current_kib() / 1024
         ));
+    }
+    if let Some(plugins) = args.plugins {
+        let url = args
+            .redis
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("--plugins measures hosts on Redis: give --redis"))?;
+        out.push_str(&scale::report(&args, url, plugins).await?);
     }
     if !args.redis_cluster.is_empty() {
         out.push_str(&cluster_report(&args, &native, wasm(1000)?).await?);
@@ -321,15 +368,17 @@ async fn cluster_report(
     );
     let one = Backend::Cluster(seeds.clone(), Spread::OneStream);
     let spread = Backend::Cluster(seeds, Spread::OnePerMaster);
+    let payload = payload(args);
+    let warm = args.events / 10 + 1;
     for case in &cases {
-        measure(case, &one, args.events / 10 + 1, args.concurrency).await?;
-        measure(case, &spread, args.events / 10 + 1, args.concurrency).await?;
+        measure(case, &one, warm, args.concurrency, &payload).await?;
+        measure(case, &spread, warm, args.concurrency, &payload).await?;
     }
     for case in &cases {
         let (mut singles, mut spreads) = (Vec::new(), Vec::new());
         for _ in 0..args.rounds.max(1) {
-            let single = measure(case, &one, args.events, args.concurrency).await?;
-            let mut wide = measure(case, &spread, args.events, args.concurrency).await?;
+            let single = measure(case, &one, args.events, args.concurrency, &payload).await?;
+            let mut wide = measure(case, &spread, args.events, args.concurrency, &payload).await?;
             wide.vs_native = wide.rate / single.rate;
             singles.push(single);
             spreads.push(wide);
@@ -372,28 +421,37 @@ async fn measure_cases(
     backend: &Backend,
     cases: &[Case],
 ) -> anyhow::Result<Vec<(String, Round)>> {
+    let payload = payload(args);
     for case in cases {
-        measure(case, backend, args.events / 10 + 1, args.concurrency).await?;
+        measure(
+            case,
+            backend,
+            args.events / 10 + 1,
+            args.concurrency,
+            &payload,
+        )
+        .await?;
     }
     let mut rounds = vec![Vec::new(); cases.len()];
     let mut ceilings = Vec::new();
     for _ in 0..args.rounds.max(1) {
         let ceiling = match backend {
             Backend::Redis(url) => {
-                let (rate, redis_us) = redis_benchmark_xadd(url).await?;
+                let (rate, redis_us) = redis_benchmark(url, args.payload_bytes).await?;
                 ceilings.push(Round {
                     rate,
                     host_us: f64::NAN,
                     redis_us: Some(redis_us),
                     vs_xadd: Some(1.0),
                     vs_native: f64::NAN,
+                    peak_mib: f64::NAN,
                 });
                 Some(rate)
             }
             Backend::Memory | Backend::Cluster(..) => None,
         };
         for (i, case) in cases.iter().enumerate() {
-            let mut round = measure(case, backend, args.events, args.concurrency).await?;
+            let mut round = measure(case, backend, args.events, args.concurrency, &payload).await?;
             round.vs_xadd = ceiling.map(|c| round.rate / c);
             if i > 0 {
                 // The native case ran first in this round.
@@ -411,10 +469,7 @@ async fn measure_cases(
     if !ceilings.is_empty() {
         rows.insert(
             0,
-            (
-                "redis-benchmark -P 16 XADD".into(),
-                Round::median(&ceilings),
-            ),
+            (ceiling_name(args.payload_bytes), Round::median(&ceilings)),
         );
     }
     Ok(rows)
@@ -431,6 +486,9 @@ struct Round {
     vs_xadd: Option<f64>,
     /// Against the native handler in the same round.
     vs_native: f64,
+    /// This process's peak resident memory while draining, in MiB (NaN
+    /// where the kernel does not let it be reset).
+    peak_mib: f64,
 }
 
 impl Round {
@@ -453,6 +511,7 @@ impl Round {
             redis_us: optional(|r| r.redis_us),
             vs_xadd: optional(|r| r.vs_xadd),
             vs_native: median(&|r| r.vs_native),
+            peak_mib: median(&|r| r.peak_mib),
         }
     }
 }
@@ -463,6 +522,7 @@ async fn measure(
     backend: &Backend,
     events: usize,
     concurrency: usize,
+    payload: &[u8],
 ) -> anyhow::Result<Round> {
     let place = match backend {
         Backend::Memory => "memory",
@@ -505,17 +565,19 @@ async fn measure(
             .create_group(stream, "bench", StartFrom::Beginning)
             .await?;
     }
-    let payload = br#"{"order_id":"o-1","sku":"A-1","quantity":2,"unit_cents":1999}"#.to_vec();
+    // Appends of at most ~8 MiB, so that big payloads do not make the
+    // fill itself the peak of the process's memory.
+    let per_append = (8 << 20) / payload.len().max(1);
     let mut left = events;
     while left > 0 {
-        let n = left.min(1000);
+        let n = left.min(per_append.clamp(1, 1000));
         left -= n;
         let appends = (0..n)
             .map(|i| Append {
                 stream: streams[(left + i) % streams.len()].clone(),
                 fields: event_fields(&Event::new(
                     event_name(case.names, left + i),
-                    payload.clone(),
+                    payload.to_vec(),
                 )),
             })
             .collect();
@@ -555,6 +617,7 @@ async fn measure(
         true => None,
         false => Some(cpu::redis_all(&mut redis_conns).await?),
     };
+    let rss_reset = rss::reset_peak();
     let host_before = cpu::process();
     let started = Instant::now();
     let task = tokio::spawn(subscriber.consume(handler, shutdown.clone()));
@@ -569,6 +632,10 @@ async fn measure(
     }
     let elapsed = started.elapsed();
     let host_cpu = cpu::process().saturating_sub(host_before);
+    let peak_mib = match rss_reset {
+        Ok(()) => rss::peak_kib() as f64 / 1024.0,
+        Err(_) => f64::NAN,
+    };
     shutdown.cancel();
     task.await??;
     let mut redis_us = None;
@@ -606,6 +673,7 @@ async fn measure(
         redis_us,
         vs_xadd: None,
         vs_native: 1.0,
+        peak_mib,
     })
 }
 
@@ -635,6 +703,7 @@ fn subscription(
         forget_consumers_after: None,
         dedup_window: None,
         max_envelope_bytes: usize::MAX,
+        max_in_flight_bytes: crate::subscriber::DEFAULT_IN_FLIGHT_BYTES,
     }
 }
 
@@ -654,11 +723,25 @@ fn read_count(backend: &Backend) -> usize {
     }
 }
 
-/// XADD requests per second that `redis-benchmark` reaches with 16-deep
-/// pipelining on the same server (the publish ceiling), and the server's CPU
-/// per XADD meanwhile.
-async fn redis_benchmark_xadd(url: &str) -> anyhow::Result<(f64, f64)> {
-    const REQUESTS: usize = 200_000;
+/// The ceiling's row name in the Redis table.
+fn ceiling_name(payload_bytes: Option<usize>) -> String {
+    match payload_bytes {
+        None => "redis-benchmark -P 16 XADD".into(),
+        Some(n) => format!("redis-benchmark -P 16 SET -d {n}"),
+    }
+}
+
+/// Requests per second that `redis-benchmark` reaches with 16-deep
+/// pipelining on the same server, and the server's CPU per request
+/// meanwhile: XADDs of the usual event (the publish ceiling), or with
+/// `payload_bytes`, SETs of values that size (a command line cannot carry a
+/// large XADD; `-d` makes the value), as many as make 512 MiB (at least
+/// 1000).
+async fn redis_benchmark(url: &str, payload_bytes: Option<usize>) -> anyhow::Result<(f64, f64)> {
+    let requests = match payload_bytes {
+        None => 200_000,
+        Some(n) => ((512usize << 20) / n.max(1)).clamp(1_000, 200_000),
+    };
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let info = client.get_connection_info().clone();
@@ -667,13 +750,15 @@ async fn redis_benchmark_xadd(url: &str) -> anyhow::Result<(f64, f64)> {
         other => anyhow::bail!("redis-benchmark needs a TCP address, not {other:?}"),
     };
     let key = format!("runnel-bench-xadd-{}", uuid::Uuid::new_v4().simple());
-    let envelope = String::from_utf8(
-        Event::new(
-            "order.created",
-            br#"{"order_id":"o-1","sku":"A-1","quantity":2,"unit_cents":1999}"#.to_vec(),
-        )
-        .to_json(),
-    )?;
+    let envelope = String::from_utf8(Event::new("order.created", ORDER.to_vec()).to_json())?;
+    let command: Vec<String> = match payload_bytes {
+        None => [
+            "XADD", &key, "MAXLEN", "~", "1000000", "*", "event", &envelope,
+        ]
+        .map(String::from)
+        .to_vec(),
+        Some(n) => vec!["-t".into(), "set".into(), "-d".into(), n.to_string()],
+    };
     let redis_before = cpu::redis(&mut conn).await?;
     let out = std::process::Command::new("redis-benchmark")
         .args([
@@ -684,20 +769,19 @@ async fn redis_benchmark_xadd(url: &str) -> anyhow::Result<(f64, f64)> {
             "-P",
             "16",
             "-n",
-            &REQUESTS.to_string(),
+            &requests.to_string(),
             "-q",
         ])
-        .args([
-            "XADD", &key, "MAXLEN", "~", "1000000", "*", "event", &envelope,
-        ])
+        .args(&command)
         .output()
         .map_err(|e| anyhow::anyhow!("running redis-benchmark: {e}"))?;
     let redis_us = cpu::micros_each(
         cpu::redis(&mut conn).await?.saturating_sub(redis_before),
-        REQUESTS,
+        requests,
     );
     let _ = std::process::Command::new("redis-cli")
         .args(["-h", &host, "-p", &port.to_string(), "DEL", &key])
+        .args(["key:__rand_int__", "key:000000000000"])
         .output();
     let text = String::from_utf8_lossy(&out.stdout);
     // "XADD ...: 840336.12 requests per second, p50=..."
@@ -714,17 +798,4 @@ async fn redis_benchmark_xadd(url: &str) -> anyhow::Result<(f64, f64)> {
         })
         .ok_or_else(|| anyhow::anyhow!("cannot read redis-benchmark's output: {text}"))?;
     Ok((rate, redis_us))
-}
-
-/// Resident set size of this process, in KiB.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
 }

@@ -139,6 +139,7 @@ pub(super) async fn pause_report(
         &Backend::Memory,
         EVENTS,
         args.concurrency,
+        super::ORDER,
     )
     .await?
     .rate;

@@ -14,6 +14,7 @@
 
 mod acks;
 pub mod breaker;
+mod budget;
 mod custody;
 mod delivery;
 mod groups;
@@ -23,6 +24,7 @@ mod queue;
 mod throttle;
 
 pub use breaker::Breaker;
+use budget::Budget;
 pub use delivery::decode;
 pub use groups::ensure_group;
 use groups::{Positions, TrimWatch};
@@ -43,6 +45,14 @@ use crate::handler::Handler;
 use crate::publisher::Publisher;
 use crate::routes::name_matches;
 use crate::stats::Stats;
+
+/// What a subscriber may hold of entries taken and not finished, in bytes:
+/// 16 MiB, about 15 events of 1 MiB, while small events stay bounded by
+/// count ([`Subscription::max_in_flight_bytes`]). With 1 MiB events on
+/// Redis, 4, 8 and 16 MiB drained equally fast (550-610 MiB/s on the
+/// project's machine), 64 MiB 20% slower for twice the memory, no bound
+/// 2.8x slower for 15x the memory (BENCHMARKS.md, session 11).
+pub const DEFAULT_IN_FLIGHT_BYTES: usize = 16 << 20;
 
 /// What one subscriber consumes and how it treats failures.
 #[derive(Clone, Debug)]
@@ -76,6 +86,11 @@ pub struct Subscription {
     pub max_chain_depth: u32,
     /// Entries whose envelope is larger than this many bytes are not decoded.
     pub max_envelope_bytes: usize,
+    /// Bytes of entries taken and not finished, at most (beyond the few a
+    /// read brings at once): large events take more of the in-flight room
+    /// than small ones, so that their read-ahead cannot fill the memory
+    /// ([`DEFAULT_IN_FLIGHT_BYTES`] unless a caller knows better).
+    pub max_in_flight_bytes: usize,
     /// Consumers of the group idle longer than this and holding nothing are
     /// removed when the subscriber starts. `None`: never.
     pub forget_consumers_after: Option<Duration>,
@@ -365,7 +380,7 @@ impl Shared {
     /// then replayed dead letters, then the streams; each read becomes jobs
     /// for the lanes. `failures`: the backend's failures in a row so far.
     async fn read_loop(&self, maintenance_every: Duration, mut failures: u32) {
-        let slots = Arc::new(Semaphore::new(self.sub.max_in_flight()));
+        let mut budget = Budget::new(self.sub.max_in_flight(), self.sub.max_in_flight_bytes);
         let mut last_maintenance = Instant::now();
         let mut last_replay_check = Instant::now();
         let replays = self.sub.replay_streams();
@@ -379,31 +394,26 @@ impl Shared {
             }
             // Room for at least one entry, then as much more as is free now.
             // (Waiting for room for a whole batch was measured: slower.)
-            let mut room = tokio::select! {
+            let room = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+                room = budget.room(self.sub.read_count) => room,
             };
-            while room.num_permits() < self.sub.read_count {
-                match slots.clone().try_acquire_owned() {
-                    Ok(p) => room.merge(p),
-                    Err(_) => break,
-                }
-            }
+            let count = budget.count(&room);
 
             let mut deliveries = Vec::new();
             if last_maintenance.elapsed() >= maintenance_every {
                 last_maintenance = Instant::now();
                 self.refresh_positions(&mut positions).await;
-                deliveries = self.reclaim(room.num_permits()).await;
+                deliveries = self.reclaim(count).await;
             }
             if deliveries.is_empty() && last_replay_check.elapsed() >= REPLAYS_EVERY {
                 last_replay_check = Instant::now();
-                deliveries = self.read_replays(&replays, room.num_permits()).await;
+                deliveries = self.read_replays(&replays, count).await;
             }
             if deliveries.is_empty() {
                 let block = self.sub.block.min(maintenance_every);
                 let streams = &self.sub.streams;
-                match self.read(streams, room.num_permits(), block).await {
+                match self.read(streams, count, block).await {
                     Ok(d) => {
                         if failures > 0 {
                             tracing::info!(plugin = %self.sub.plugin, "reading again after {failures} failures");
@@ -435,32 +445,32 @@ impl Shared {
                     }
                 }
             }
-            self.take(deliveries, room, &slots).await;
+            budget.note(&deliveries);
+            self.take(deliveries, room, &budget).await;
         }
     }
 
-    /// Makes jobs of what a read took, each with a slot of the in-flight
-    /// budget (`room`, then more from `slots` if the read brought more),
-    /// and hands them to the lanes.
+    /// Makes jobs of what a read took, each with its slots of the in-flight
+    /// budget (from `room`, then more as others finish if the read brought
+    /// more), and hands them to the lanes.
     async fn take(
         &self,
         deliveries: Vec<Delivery>,
         mut room: OwnedSemaphorePermit,
-        slots: &Arc<Semaphore>,
+        budget: &Budget,
     ) {
         let mut jobs = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             // A backend may hand over more than asked (Redis applies
-            // COUNT per stream): those entries are ours now, so wait for
-            // room rather than drop them, after queueing the rest (their
-            // slots are the room being waited for).
-            let slot = match room.split(1) {
-                Some(p) => p,
-                None => {
-                    self.enqueue(std::mem::take(&mut jobs));
-                    slots.clone().acquire_owned().await.expect("never closed")
-                }
-            };
+            // COUNT per stream), or larger entries than the last read's:
+            // those entries are ours now, so wait for room rather than drop
+            // them, after queueing the rest (their slots are the room being
+            // waited for).
+            let slot = budget
+                .slot_for(&delivery, &mut room, || {
+                    self.enqueue(std::mem::take(&mut jobs))
+                })
+                .await;
             let span = crate::telemetry::delivery_span(
                 &delivery,
                 &self.sub.group,

@@ -712,3 +712,73 @@ fn the_bench_measures_latency_under_a_steady_load() {
         }
     }
 }
+
+#[test]
+fn the_bench_measures_big_payloads_and_many_plugins_on_redis() {
+    let noop = plugin(guests::NOOP).display().to_string();
+    let url = runnel_tests::redis_url();
+    let out = crate::util::runnel_ok(
+        &[
+            "bench",
+            "--redis",
+            &url,
+            "--redis-only",
+            "--events",
+            "300",
+            "--rounds",
+            "1",
+            "--swaps",
+            "0",
+            "--only",
+            "reuse 1000",
+            "--payload-bytes",
+            "100000",
+            "--plugins",
+            "3",
+            "--plugin",
+            &noop,
+        ],
+        None,
+    );
+    let report = text(&out.stdout);
+    let figures = |row: &str, after: &str| -> Vec<f64> {
+        row[row.find(after).unwrap() + after.len()..]
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(f64::NAN))
+            .collect()
+    };
+    // The ceiling is SET of values the payload's size; each case's row
+    // ends with its peak memory and MiB/s, which is events/s × 100 000 B.
+    assert!(
+        report.contains("redis-benchmark -P 16 SET -d 100000"),
+        "{report}"
+    );
+    let case = "wasm, reuse 1000 (default)";
+    let row = report.lines().find(|l| l.starts_with(case)).expect(&report);
+    let f = figures(row, case);
+    assert_eq!(f.len(), 7, "{row}");
+    let (rate, peak, mib_s) = (f[0], f[5], f[6]);
+    assert!(rate > 0.0 && peak > 0.0, "{row}");
+    assert!(
+        (mib_s - rate * 100_000.0 / 1048576.0).abs() < 0.1 + mib_s * 0.01,
+        "{row}"
+    );
+    // Hosts with 1 and 3 plugins: time to ready, events/s, the ratio (1 for
+    // the one plugin), CPU, peak and final memory.
+    let table = &report[report.find("Many plugins").expect(&report)..];
+    for n in ["1", "3"] {
+        let row = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(n))
+            .expect(table);
+        let f = figures(row, n);
+        assert_eq!(f.len(), 6, "{row}");
+        assert!(
+            f[0] > 0.0 && f[1] > 0.0 && f[4] > 0.0 && f[5] > 0.0,
+            "{row}"
+        );
+        if n == "1" {
+            assert_eq!(f[2], 1.0, "{row}");
+        }
+    }
+}
