@@ -267,16 +267,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             vec![
                 native.clone(),
                 Case::new("wasm, reuse 1000 (default)", wasm(1000)?),
-                counter(RedisBroker::connect(url, Trimming::default()).await?, 1)?,
-                counter(RedisBroker::connect(url, Trimming::default()).await?, 1000)?,
+                counter(RedisBroker::connect(url, room_for(args.events)).await?, 1)?,
+                counter(
+                    RedisBroker::connect(url, room_for(args.events)).await?,
+                    1000,
+                )?,
             ],
         );
         let rows = measure_cases(&args, &Backend::Redis(url.clone()), &redis_cases).await?;
         out.push_str(&format!(
             "\nRedis Streams at {url}: consume, handle and ack a pre-filled stream, same events and rounds;\n\
              the XADD ceiling is measured again in every round, ratios are medians of per-round ratios\n\
-             (CPU per event: this process, and the Redis server; peak: this process's resident memory while draining)\n\n{:<34} {:>12} {:>10} {:>10} {:>12} {:>12} {:>9}{}\n",
-            "case", "events/s", "vs ceiling", "vs native", "host µs/ev", "redis µs/ev", "peak MiB",
+             (CPU per event: this process, and the Redis server; MiB: this process's resident memory as the drain\n\
+             starts, its peak while draining, and as the drain ends)\n\n{:<34} {:>12} {:>10} {:>10} {:>12} {:>12} {:>9} {:>9} {:>9}{}\n",
+            "case", "events/s", "vs ceiling", "vs native", "host µs/ev", "redis µs/ev", "start MiB", "peak MiB", "end MiB",
             match args.payload_bytes {
                 Some(_) => format!(" {:>10}", "MiB/s"),
                 None => String::new(),
@@ -291,13 +295,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         };
         for (name, round) in &rows {
             out.push_str(&format!(
-                "{name:<34} {:>12.0} {:>10} {:>10} {:>12} {:>12} {:>9}{}\n",
+                "{name:<34} {:>12.0} {:>10} {:>10} {:>12} {:>12} {:>9} {:>9} {:>9}{}\n",
                 round.rate,
                 blank(round.vs_xadd.unwrap_or(f64::NAN)),
                 blank(round.vs_native),
                 blank(round.host_us),
                 blank(round.redis_us.unwrap_or(f64::NAN)),
-                blank(round.peak_mib),
+                blank(round.memory.start),
+                blank(round.memory.peak),
+                blank(round.memory.end),
                 match args.payload_bytes {
                     Some(n) => format!(" {:>10.1}", round.rate * n as f64 / (1 << 20) as f64),
                     None => String::new(),
@@ -444,7 +450,7 @@ async fn measure_cases(
                     redis_us: Some(redis_us),
                     vs_xadd: Some(1.0),
                     vs_native: f64::NAN,
-                    peak_mib: f64::NAN,
+                    memory: Memory::default(),
                 });
                 Some(rate)
             }
@@ -475,6 +481,27 @@ async fn measure_cases(
     Ok(rows)
 }
 
+/// This process's resident memory over a drain, in MiB: as it starts, its
+/// peak (NaN where the kernel does not let the peak be reset), and as it
+/// ends.
+#[derive(Clone, Copy, Debug)]
+struct Memory {
+    start: f64,
+    peak: f64,
+    end: f64,
+}
+
+impl Default for Memory {
+    /// Not measured.
+    fn default() -> Self {
+        Memory {
+            start: f64::NAN,
+            peak: f64::NAN,
+            end: f64::NAN,
+        }
+    }
+}
+
 /// One timed drain: its rate, and the CPU each event cost this process and
 /// (on Redis) the server.
 #[derive(Clone, Copy, Debug, Default)]
@@ -486,9 +513,8 @@ struct Round {
     vs_xadd: Option<f64>,
     /// Against the native handler in the same round.
     vs_native: f64,
-    /// This process's peak resident memory while draining, in MiB (NaN
-    /// where the kernel does not let it be reset).
-    peak_mib: f64,
+    /// This process's resident memory over the drain.
+    memory: Memory,
 }
 
 impl Round {
@@ -511,7 +537,11 @@ impl Round {
             redis_us: optional(|r| r.redis_us),
             vs_xadd: optional(|r| r.vs_xadd),
             vs_native: median(&|r| r.vs_native),
-            peak_mib: median(&|r| r.peak_mib),
+            memory: Memory {
+                start: median(&|r| r.memory.start),
+                peak: median(&|r| r.memory.peak),
+                end: median(&|r| r.memory.end),
+            },
         }
     }
 }
@@ -538,7 +568,7 @@ async fn measure(
         (Backend::Cluster(seeds, spread), _) => {
             let cluster = RedisBroker::open(
                 &Endpoint::Cluster(seeds.clone()),
-                Trimming::default(),
+                room_for(events),
                 &Default::default(),
             )
             .await?;
@@ -554,7 +584,7 @@ async fn measure(
         ),
         (Backend::Memory, None) => (MemoryBroker::new(events), 256, Duration::from_millis(100)),
         (Backend::Redis(url), None) => (
-            RedisBroker::connect(url, Trimming::default()).await?,
+            RedisBroker::connect(url, room_for(events)).await?,
             512,
             Duration::from_millis(100),
         ),
@@ -597,7 +627,7 @@ async fn measure(
         Backend::Cluster(seeds, _) => {
             let cluster = RedisBroker::open(
                 &Endpoint::Cluster(seeds.clone()),
-                Trimming::default(),
+                room_for(events),
                 &Default::default(),
             )
             .await?;
@@ -618,6 +648,7 @@ async fn measure(
         false => Some(cpu::redis_all(&mut redis_conns).await?),
     };
     let rss_reset = rss::reset_peak();
+    let start_mib = rss::current_kib() as f64 / 1024.0;
     let host_before = cpu::process();
     let started = Instant::now();
     let task = tokio::spawn(subscriber.consume(handler, shutdown.clone()));
@@ -632,9 +663,13 @@ async fn measure(
     }
     let elapsed = started.elapsed();
     let host_cpu = cpu::process().saturating_sub(host_before);
-    let peak_mib = match rss_reset {
-        Ok(()) => rss::peak_kib() as f64 / 1024.0,
-        Err(_) => f64::NAN,
+    let memory = Memory {
+        start: start_mib,
+        peak: match rss_reset {
+            Ok(()) => rss::peak_kib() as f64 / 1024.0,
+            Err(_) => f64::NAN,
+        },
+        end: rss::current_kib() as f64 / 1024.0,
     };
     shutdown.cancel();
     task.await??;
@@ -654,7 +689,7 @@ async fn measure(
         Backend::Memory => None,
     };
     if let Some(endpoint) = endpoint {
-        let redis = RedisBroker::open(&endpoint, Trimming::default(), &Default::default()).await?;
+        let redis = RedisBroker::open(&endpoint, room_for(events), &Default::default()).await?;
         for stream in &streams {
             let _: () = redis::cmd("DEL")
                 .arg(stream)
@@ -673,8 +708,18 @@ async fn measure(
         redis_us,
         vs_xadd: None,
         vs_native: 1.0,
-        peak_mib,
+        memory,
     })
+}
+
+/// Trimming that keeps a case's whole pre-fill: streams are trimmed to
+/// 1 000 000 entries by default, and a longer backlog would lose its
+/// oldest entries before they were read.
+fn room_for(events: usize) -> Trimming {
+    Trimming {
+        max_len: (events as u64 + 1).max(crate::broker::redis::DEFAULT_MAX_LEN),
+        ..Trimming::default()
+    }
 }
 
 /// The bench's subscription of `streams`: group and consumer `bench`,

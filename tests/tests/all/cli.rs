@@ -748,7 +748,8 @@ fn the_bench_measures_big_payloads_and_many_plugins_on_redis() {
             .collect()
     };
     // The ceiling is SET of values the payload's size; each case's row
-    // ends with its peak memory and MiB/s, which is events/s × 100 000 B.
+    // ends with its memory (start, peak, end) and MiB/s, which is
+    // events/s × 100 000 B.
     assert!(
         report.contains("redis-benchmark -P 16 SET -d 100000"),
         "{report}"
@@ -756,8 +757,12 @@ fn the_bench_measures_big_payloads_and_many_plugins_on_redis() {
     let case = "wasm, reuse 1000 (default)";
     let row = report.lines().find(|l| l.starts_with(case)).expect(&report);
     let f = figures(row, case);
-    assert_eq!(f.len(), 7, "{row}");
-    let (rate, peak, mib_s) = (f[0], f[5], f[6]);
+    assert_eq!(f.len(), 9, "{row}");
+    let (rate, start, peak, end, mib_s) = (f[0], f[5], f[6], f[7], f[8]);
+    assert!(
+        start > 0.0 && end > 0.0 && peak >= start && peak >= end,
+        "{row}"
+    );
     assert!(rate > 0.0 && peak > 0.0, "{row}");
     assert!(
         (mib_s - rate * 100_000.0 / 1048576.0).abs() < 0.1 + mib_s * 0.01,
