@@ -166,7 +166,7 @@ fn settings(reuse: u32) -> PluginSettings {
 /// Runs every case and returns the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let engine = Arc::new(PluginEngine::new(&EngineConfig {
-        max_instances: 64,
+        max_instances: Some(64),
         ..EngineConfig::default()
     })?);
     let wasm = |reuse: u32| -> anyhow::Result<Arc<dyn Handler>> {

@@ -261,14 +261,11 @@ impl Drop for Host {
 }
 
 /// A host's config: one plugin `noop-<i>` per stream, each in its own group
-/// (the default: its name) from the start of its stream, with the default
-/// concurrency (4), and an
-/// instance pool that holds them all (the default, 256, holds 64).
+/// (the default: its name) from the start of its stream, everything else
+/// as a config that leaves it unsaid has it (concurrency 4, the instance
+/// pool sized to fit).
 fn config_text(url: &str, wasm: &Path, streams: &[String]) -> String {
-    let mut text = format!(
-        "[engine]\nmax_instances = {}\n\n[backend]\nkind = \"redis\"\nurl = {url:?}\n",
-        (streams.len() * 4).max(256)
-    );
+    let mut text = format!("[backend]\nkind = \"redis\"\nurl = {url:?}\n");
     for (i, stream) in streams.iter().enumerate() {
         text.push_str(&format!(
             "\n[[plugin]]\nname = \"noop-{i}\"\npath = {:?}\nstreams = [{stream:?}]\nstart = \"beginning\"\n",

@@ -245,16 +245,25 @@ impl Default for Backend {
     }
 }
 
+/// The smallest instance pool a service gets when `[engine] max_instances`
+/// is not set: room for hot swaps and for plugins that raise their
+/// concurrency in a reload. Slots cost address space, not memory, until
+/// used.
+pub const DEFAULT_MAX_INSTANCES: u32 = 256;
+
 /// Settings shared by every plugin of the process.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     /// Where compiled plugins are cached by content hash. Defaults to
     /// `$XDG_CACHE_HOME/runnel` or `~/.cache/runnel`.
     pub cache_dir: Option<PathBuf>,
     /// Instances alive at once across all plugins (the pooling allocator's
-    /// size). Events wait for a slot rather than fail.
-    pub max_instances: u32,
+    /// size). Events wait for a slot rather than fail. Unset, it is the
+    /// plugins' `concurrency` added up, and at least
+    /// [`DEFAULT_MAX_INSTANCES`]: a config always fits its pool, however
+    /// many plugins it has; [`Config::parse`] fills it in.
+    pub max_instances: Option<u32>,
     /// Count executed instructions (fuel) so that plugins may set
     /// `fuel_per_call`: a deterministic limit, unlike wall time. Costs every
     /// plugin of the process some speed, hence off by default.
@@ -266,18 +275,8 @@ impl EngineConfig {
     /// `test`, `replay`): room for a few instances, not a service's pool.
     pub fn for_one_plugin() -> EngineConfig {
         EngineConfig {
-            max_instances: 4,
+            max_instances: Some(4),
             ..EngineConfig::default()
-        }
-    }
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            cache_dir: None,
-            max_instances: 256,
-            fuel: false,
         }
     }
 }
@@ -599,6 +598,15 @@ impl Config {
             key,
             reason,
         })?;
+        if config.engine.max_instances.is_none() {
+            let wanted: u64 = config
+                .plugins
+                .iter()
+                .map(|p| u64::from(p.concurrency))
+                .sum();
+            let wanted = u32::try_from(wanted).unwrap_or(u32::MAX);
+            config.engine.max_instances = Some(wanted.max(DEFAULT_MAX_INSTANCES));
+        }
         Ok(config)
     }
 
@@ -731,6 +739,20 @@ streams = ["s"]
         ))
         .unwrap();
         assert_eq!(c.plugins[0].kv_namespace(), "p");
+    }
+
+    #[test]
+    fn an_unset_instance_pool_fits_every_plugins_concurrency() {
+        let plugin = |i: usize| MINIMAL.replace("\"p\"", &format!("\"p{i}\""));
+        let few = parse(&format!("{MINIMAL}concurrency = 4\n")).unwrap();
+        assert_eq!(few.engine.max_instances, Some(DEFAULT_MAX_INSTANCES));
+        // 100 plugins of concurrency 4: more than the default holds.
+        let many: String = (0..100)
+            .map(|i| format!("{}concurrency = 4\n", plugin(i)))
+            .collect();
+        let many = parse(&many).unwrap();
+        assert_eq!(many.plugins.len(), 100);
+        assert_eq!(many.engine.max_instances, Some(400));
     }
 
     #[test]

@@ -96,27 +96,28 @@ impl Config {
                 ));
             }
         }
-        if self.engine.max_instances == 0 {
-            return Err(("engine.max_instances".into(), "must be at least 1".into()));
+        // A plugin holds at most `concurrency` instances (calls take a permit
+        // before an instance), so this bound makes the pool impossible to
+        // exhaust: a busy plugin's events wait for its permits, never fail
+        // for want of an instance slot. Unset, the pool is sized to fit.
+        if let Some(max) = self.engine.max_instances {
+            if max == 0 {
+                return Err(("engine.max_instances".into(), "must be at least 1".into()));
+            }
+            let wanted: u64 = self.plugins.iter().map(|p| u64::from(p.concurrency)).sum();
+            if wanted > u64::from(max) {
+                return Err((
+                    "engine.max_instances".into(),
+                    format!(
+                        "is {max}, but the plugins' concurrency adds up to {wanted}: raise it, leave it unset (it then fits them), or lower a plugin's concurrency"
+                    ),
+                ));
+            }
         }
         if !self.dead_letter.contains("{stream}") {
             return Err((
                 "dead_letter".into(),
                 "must contain {stream}, or every stream's failures would mix".into(),
-            ));
-        }
-        // A plugin holds at most `concurrency` instances (calls take a permit
-        // before an instance), so this bound makes the pool impossible to
-        // exhaust: a busy plugin's events wait for its permits, never fail
-        // for want of an instance slot.
-        let wanted: u64 = self.plugins.iter().map(|p| u64::from(p.concurrency)).sum();
-        if wanted > u64::from(self.engine.max_instances) {
-            return Err((
-                "engine.max_instances".into(),
-                format!(
-                    "is {}, but the plugins' concurrency adds up to {wanted}: raise it or lower a plugin's concurrency",
-                    self.engine.max_instances
-                ),
             ));
         }
         for (name, stream) in self.routes.iter() {

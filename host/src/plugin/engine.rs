@@ -60,7 +60,9 @@ impl PluginEngine {
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
             .consume_fuel(config.fuel);
-        let n = config.max_instances;
+        let n = config
+            .max_instances
+            .unwrap_or(crate::config::DEFAULT_MAX_INSTANCES);
         let mut pool = PoolingAllocationConfig::default();
         // Components built by language toolchains are made of several core
         // instances, memories and tables (a Python one has dozens), so the

@@ -14,7 +14,7 @@ use runnel_tests::plugin;
 fn engine(cache: &std::path::Path) -> PluginEngine {
     PluginEngine::new(&EngineConfig {
         cache_dir: Some(cache.to_path_buf()),
-        max_instances: 8,
+        max_instances: Some(8),
         ..EngineConfig::default()
     })
     .unwrap()
