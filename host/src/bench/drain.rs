@@ -132,24 +132,7 @@ pub(super) async fn measure(
             .create_group(stream, "bench", StartFrom::Beginning)
             .await?;
     }
-    // Appends of at most ~8 MiB, so that big payloads do not make the
-    // fill itself the peak of the process's memory.
-    let per_append = (8 << 20) / payload.len().max(1);
-    let mut left = events;
-    while left > 0 {
-        let n = left.min(per_append.clamp(1, 1000));
-        left -= n;
-        let appends = (0..n)
-            .map(|i| Append {
-                stream: streams[(left + i) % streams.len()].clone(),
-                fields: event_fields(&Event::new(
-                    event_name(case.names, left + i),
-                    payload.to_vec(),
-                )),
-            })
-            .collect();
-        broker.append(appends).await?;
-    }
+    fill(broker.as_ref(), &streams, events, payload, case.names).await?;
     let subscription = subscription(streams.clone(), concurrency, read_count, block);
     let stats = Arc::new(Stats::default());
     let publisher = Publisher::new(broker.clone(), Arc::new(Routes::default()));
@@ -247,6 +230,33 @@ pub(super) async fn measure(
         vs_native: 1.0,
         memory,
     })
+}
+
+/// Appends `events` of `payload`, spread evenly over `streams`, named as
+/// [`event_name`] says for `names` names; appends of at most ~8 MiB (and
+/// 1000 events), so that big payloads do not make the fill itself the peak
+/// of the process's memory.
+pub(super) async fn fill(
+    broker: &dyn Broker,
+    streams: &[String],
+    events: usize,
+    payload: &[u8],
+    names: usize,
+) -> anyhow::Result<()> {
+    let per_append = (8 << 20) / payload.len().max(1);
+    let mut left = events;
+    while left > 0 {
+        let n = left.min(per_append.clamp(1, 1000));
+        left -= n;
+        let appends = (0..n)
+            .map(|i| Append {
+                stream: streams[(left + i) % streams.len()].clone(),
+                fields: event_fields(&Event::new(event_name(names, left + i), payload.to_vec())),
+            })
+            .collect();
+        broker.append(appends).await?;
+    }
+    Ok(())
 }
 
 /// Trimming that keeps a case's whole pre-fill: streams are trimmed to

@@ -13,10 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use super::{progress, BenchArgs};
-use crate::broker::redis::{RedisBroker, Trimming};
-use crate::broker::{Append, Broker};
-use crate::event::Event;
-use crate::publisher::event_fields;
+use crate::broker::redis::RedisBroker;
+use crate::broker::Broker;
 
 /// How long a host may take to be ready or to drain before the bench gives
 /// up on it.
@@ -128,7 +126,7 @@ async fn run_host(
 ) -> anyhow::Result<HostRun> {
     let prefix = format!("runnel-bench-scale-{}", uuid::Uuid::new_v4().simple());
     let streams: Vec<String> = (0..plugins).map(|i| format!("{prefix}-{i}")).collect();
-    let broker = RedisBroker::connect(url, Trimming::default()).await?;
+    let broker = RedisBroker::connect(url, super::drain::room_for(events)).await?;
     let config = dir.join(format!("{prefix}.toml"));
     std::fs::write(&config, config_text(url, wasm, &streams))?;
 
@@ -137,7 +135,7 @@ async fn run_host(
     let ready = idle.started.elapsed();
     drop(idle);
 
-    fill(&broker, &streams, events).await?;
+    super::drain::fill(broker.as_ref(), &streams, events, super::ORDER, 1).await?;
     let mut host = Host::start(exe, &config, &dir.join(format!("{prefix}.log")))?;
     for (i, stream) in streams.iter().enumerate() {
         while broker.backlog(stream, &format!("noop-{i}")).await? > 0 {
@@ -168,23 +166,6 @@ async fn run_host(
         peak_mib: super::rss::field_kib(&status, "VmHWM:") as f64 / 1024.0,
         end_mib: super::rss::field_kib(&status, "VmRSS:") as f64 / 1024.0,
     })
-}
-
-/// Appends `events` spread evenly over `streams`, 1000 at a time.
-async fn fill(broker: &RedisBroker, streams: &[String], events: usize) -> anyhow::Result<()> {
-    let mut left = events;
-    while left > 0 {
-        let n = left.min(1000);
-        left -= n;
-        let appends = (0..n)
-            .map(|i| Append {
-                stream: streams[(left + i) % streams.len()].clone(),
-                fields: event_fields(&Event::new("order.created", super::ORDER.to_vec())),
-            })
-            .collect();
-        broker.append(appends).await?;
-    }
-    Ok(())
 }
 
 /// A host process, killed when the measurement ends however it ends.
