@@ -5,11 +5,14 @@
 //! the final outcome, and `XAUTOCLAIM` takes over what a dead consumer left
 //! pending. Commands go through a [`ConnectionManager`], which reconnects after
 //! Redis restarts or drops the connection; each blocking `XREADGROUP` gets a
-//! connection of its own (`reader.rs`), because a blocked connection serves
+//! connection of its own (`read.rs`, `reader.rs`), because a blocked connection serves
 //! nobody else, with a response timeout longer than its `BLOCK`.
 
+mod cluster;
 mod commit;
 mod connection;
+mod open;
+mod read;
 mod reader;
 mod replies;
 pub mod slots;
@@ -25,21 +28,19 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::streams::{StreamInfoConsumersReply, StreamInfoGroup, StreamInfoGroupsReply};
-use redis::{Client, ConnectionAddr, IntoConnectionInfo as _, Value};
-use tokio::sync::Mutex;
+use redis::{Client, Value};
 
 use super::{
     parse_entry_id, Append, Broker, Delivery, Entry, GroupCreated, GroupProgress, MissingGroup,
     StartFrom,
 };
-use reader::Reader;
-use replies::{array, entries, int, read_group_reply, stream_entries, text};
+use open::manager;
+use read::{ReaderKey, ReaderSlot};
+use replies::{array, entries, int, text};
 use slots::{Node, SlotMap};
-use tls::TlsMaterial;
 
 /// How streams are trimmed on append.
 #[derive(Clone, Debug)]
@@ -109,207 +110,12 @@ enum Target {
     },
 }
 
-/// A blocking reader: one per group, consumer, streams read and slot of
-/// those streams (0 on one server, where every key is in one place). The
-/// streams are part of it because plugins may name one group on different
-/// streams (a group is per stream in Redis): with a reader per group and
-/// consumer, each plugin's read queued behind the others' `BLOCK`, and 100
-/// such plugins drained at a fourteenth of one plugin's rate.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct ReaderKey {
-    group: String,
-    consumer: String,
-    streams: Vec<String>,
-    slot: u16,
-}
-
-/// A blocking reader's connection and the node it is connected to (`None`
-/// on one server), shared by the reads of one consumer.
-type ReaderSlot = Arc<Mutex<Option<(Option<Node>, Reader)>>>;
-
 /// Time for a connection attempt before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time for a non-blocking command's answer.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A read that met `ASK` (its slot is moving between masters) waits this
-/// long before it returns empty, for the next read to find the slot moved.
-const MIGRATING_PAUSE: Duration = Duration::from_millis(50);
 
 impl RedisBroker {
-    /// A broker for `url` (`redis://[user:pass@]host:port[/db]`, or
-    /// `rediss://` for TLS, verified against the system's roots). Only a
-    /// malformed URL fails here: the connection is made by the first command
-    /// and made again after Redis restarts or drops it, so that a service can
-    /// start while Redis is down and consume once it answers.
-    pub async fn connect(url: &str, trimming: Trimming) -> anyhow::Result<Arc<Self>> {
-        RedisBroker::open(
-            &Endpoint::Server(url.to_string()),
-            trimming,
-            &TlsFiles::default(),
-        )
-        .await
-    }
-
-    /// [`RedisBroker::connect`] for one server or a cluster, with the TLS
-    /// settings of `rediss://` URLs (a CA, a client certificate, or no
-    /// verification). Fails at once on a malformed URL, on a file that
-    /// cannot be read or used, and on TLS settings for URLs that are not
-    /// `rediss://`. A cluster is connected in the background, like a
-    /// server: its seeds need not answer yet.
-    pub async fn open(
-        endpoint: &Endpoint,
-        trimming: Trimming,
-        tls: &TlsFiles,
-    ) -> anyhow::Result<Arc<Self>> {
-        let urls = endpoint.urls();
-        let address = match endpoint {
-            Endpoint::Server(url) => redact(url),
-            Endpoint::Cluster(seeds) => format!(
-                "cluster {}",
-                seeds
-                    .iter()
-                    .map(|s| redact(s))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-        };
-        anyhow::ensure!(
-            !urls.is_empty(),
-            "a Redis Cluster needs at least one seed node"
-        );
-        let mut infos = Vec::with_capacity(urls.len());
-        for url in urls {
-            infos.push(
-                url.as_str()
-                    .into_connection_info()
-                    .map_err(|e| anyhow!("redis URL {}: {e}", redact(url)))?,
-            );
-        }
-        let tls_urls = infos
-            .iter()
-            .filter(|i| matches!(i.addr(), ConnectionAddr::TcpTls { .. }))
-            .count();
-        anyhow::ensure!(
-            tls_urls == 0 || tls_urls == infos.len(),
-            "redis at {address}: either every seed is rediss:// or none"
-        );
-        let material = match tls_urls {
-            0 if *tls != TlsFiles::default() => anyhow::bail!(
-                "redis at {address}: TLS settings are given, but the URL is not rediss://"
-            ),
-            0 => None,
-            _ => {
-                tls::install_crypto_provider();
-                let mut material = TlsMaterial::load(tls)?;
-                // `rediss://...#insecure` asks the same as the config.
-                material.insecure |= infos
-                    .iter()
-                    .any(|i| matches!(i.addr(), ConnectionAddr::TcpTls { insecure: true, .. }));
-                if material.insecure {
-                    tracing::warn!("TLS to redis at {address} does not verify the server's certificate (insecure_skip_verify): anyone on the path can read and change the traffic");
-                }
-                Some(material)
-            }
-        };
-        let reader_tls = material.as_ref().map(|m| m.connector()).transpose()?;
-        let target = match endpoint {
-            Endpoint::Server(_) => {
-                let info = infos.remove(0);
-                let client = match (&material, info.addr().clone()) {
-                    (Some(material), ConnectionAddr::TcpTls { host, port, .. }) => {
-                        let info = info.set_addr(ConnectionAddr::TcpTls {
-                            host,
-                            port,
-                            insecure: material.insecure,
-                            tls_params: None,
-                        });
-                        Client::build_with_tls(info, material.redis_certificates())
-                            .map_err(|e| anyhow!("redis at {address}: TLS: {e}"))?
-                    }
-                    _ => Client::open(info).map_err(|e| anyhow!("redis URL {address}: {e}"))?,
-                };
-                let commands = manager(&client).map_err(|e| anyhow!("redis at {address}: {e}"))?;
-                Target::Server {
-                    client,
-                    commands: arc_swap::ArcSwap::from_pointee(commands),
-                }
-            }
-            Endpoint::Cluster(_) => {
-                let seed = infos[0].clone();
-                let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
-                    .connection_timeout(CONNECT_TIMEOUT)
-                    .response_timeout(RESPONSE_TIMEOUT)
-                    .retries(4);
-                if let Some(material) = &material {
-                    builder = builder
-                        .certs(material.redis_certificates())
-                        .danger_accept_invalid_hostnames(material.insecure);
-                }
-                let client = builder
-                    .build()
-                    .map_err(|e| anyhow!("redis at {address}: {e}"))?;
-                let config = redis::cluster::ClusterConfig::new()
-                    .set_connection_timeout(CONNECT_TIMEOUT)
-                    .set_response_timeout(RESPONSE_TIMEOUT);
-                Target::Cluster {
-                    commands: client.get_pending_async_connection_with_config(config),
-                    seed,
-                    slots: Default::default(),
-                    stale: std::sync::atomic::AtomicBool::new(true),
-                }
-            }
-        };
-        Ok(Arc::new(RedisBroker {
-            target,
-            reader_tls,
-            address,
-            readers: Default::default(),
-            reader_ids: Default::default(),
-            deferred: Default::default(),
-            trimming,
-            reconnects: AtomicU64::new(0),
-        }))
-    }
-
-    /// The URL of every master (one: the server), with the seed's
-    /// credentials: where a tool measures what the backend costs.
-    pub async fn masters(&self) -> anyhow::Result<Vec<String>> {
-        let Target::Cluster { slots, seed, .. } = &self.target else {
-            let Target::Server { client, .. } = &self.target else {
-                unreachable!()
-            };
-            return Ok(vec![url_of(client.get_connection_info(), None)]);
-        };
-        self.node_for(0).await?;
-        let masters = slots.lock().masters();
-        Ok(masters.iter().map(|n| url_of(seed, Some(n))).collect())
-    }
-
-    /// `<prefix>-<n>` names, one served by each master (one name on a
-    /// server), for spreading work over a cluster.
-    pub async fn one_key_per_master(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
-        let wanted = self.masters().await?.len();
-        let mut names = Vec::new();
-        let mut served = Vec::new();
-        for i in 0..100_000 {
-            let name = format!("{prefix}-{i}");
-            let node = self.node_for(slots::slot_of(&name)).await?;
-            if !served.contains(&node) {
-                served.push(node);
-                names.push(name);
-            }
-            if names.len() == wanted {
-                break;
-            }
-        }
-        Ok(names)
-    }
-
-    /// Whether this is a Redis Cluster.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self.target, Target::Cluster { .. })
-    }
-
     /// Runs one command on the shared connection. Errors read as one line,
     /// "`what` on redis at `address`: Redis's words", each cause once (a
     /// redis-rs error repeats its I/O source in its own text); `NOGROUP`
@@ -438,210 +244,6 @@ impl RedisBroker {
             .get(stream)
             .copied()
             .unwrap_or(self.trimming.max_len)
-    }
-
-    /// The connection slot of one blocking reader.
-    fn reader(&self, key: &ReaderKey) -> ReaderSlot {
-        self.readers.lock().entry(key.clone()).or_default().clone()
-    }
-
-    /// `keys` grouped by hash slot, each group in the order given and the
-    /// groups in order of first appearance; one group (slot 0) on a server.
-    fn by_slot<'k>(&self, keys: impl Iterator<Item = &'k str>) -> Vec<(u16, Vec<String>)> {
-        let mut groups: Vec<(u16, Vec<String>)> = Vec::new();
-        for key in keys {
-            let slot = match self.target {
-                Target::Server { .. } => 0,
-                Target::Cluster { .. } => slots::slot_of(key),
-            };
-            match groups.iter_mut().find(|(s, _)| *s == slot) {
-                Some((_, keys)) => keys.push(key.to_string()),
-                None => groups.push((slot, vec![key.to_string()])),
-            }
-        }
-        groups
-    }
-
-    /// The master serving `slot`, from the slot map (loaded again first
-    /// when a reader found it out of date); `None` on a server.
-    async fn node_for(&self, slot: u16) -> anyhow::Result<Option<Node>> {
-        let Target::Cluster {
-            commands,
-            slots,
-            stale,
-            seed,
-        } = &self.target
-        else {
-            return Ok(None);
-        };
-        let known = || slots.lock().node(slot).cloned();
-        if !stale.load(Relaxed) {
-            if let Some(node) = known() {
-                return Ok(Some(node));
-            }
-        }
-        let seed_host = match seed.addr() {
-            ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.clone(),
-            _ => String::new(),
-        };
-        let reply: Value = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query_async(&mut commands.clone())
-            .await
-            .map_err(|e| anyhow!("CLUSTER SLOTS on redis at {}: {e}", self.address))?;
-        let map = SlotMap::from_reply(&reply, &seed_host)?;
-        *slots.lock() = map;
-        stale.store(false, Relaxed);
-        known().map(Some).ok_or_else(|| {
-            anyhow!(
-                "redis at {}: no master serves slot {slot} (is the cluster down?)",
-                self.address
-            )
-        })
-    }
-
-    /// The slot map is out of date: `MOVED` says where `slot` went now,
-    /// and the whole map is loaded again before the next read.
-    fn slot_moved(&self, slot: u16, node: Option<Node>) {
-        if let Target::Cluster { slots, stale, .. } = &self.target {
-            if let Some(node) = node {
-                slots.lock().moved(slot, node);
-            }
-            stale.store(true, Relaxed);
-        }
-    }
-
-    /// One `XREADGROUP` of streams in one slot, on the blocking reader of
-    /// `group`, `consumer` and that slot, connected to the slot's master.
-    /// A `MOVED` reply updates the slot map and reads again where the
-    /// slot went; an `ASK` (the slot is being moved) returns nothing after
-    /// a short pause, the entries staying on the stream for the next read.
-    async fn read_slot(
-        &self,
-        group: &str,
-        consumer: &str,
-        slot: u16,
-        streams: &[String],
-        per_stream: usize,
-        block: Duration,
-    ) -> anyhow::Result<Vec<Delivery>> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(group)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(per_stream);
-        // BLOCK 0 would wait forever: a read that must not wait has none.
-        if !block.is_zero() {
-            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
-        }
-        cmd.arg("STREAMS").arg(streams);
-        for _ in streams {
-            cmd.arg(">");
-        }
-        if block.is_zero() {
-            // Nothing to wait for: the multiplexed connection (routed, on a
-            // cluster) serves, rather than a connection of its own per
-            // slot and set of streams (the replay streams' read, say).
-            let reply: Value = self
-                .query(&cmd, || "XREADGROUP".into(), Some((&streams[0], group)))
-                .await?;
-            return Ok(stream_entries(reply));
-        }
-        let key = ReaderKey {
-            group: group.to_string(),
-            consumer: consumer.to_string(),
-            streams: streams.to_vec(),
-            slot,
-        };
-        let slot_conn = self.reader(&key);
-        let mut slot_conn = slot_conn.lock().await;
-        let mut redirections = 0;
-        loop {
-            let node = self.node_for(slot).await?;
-            // Taken out for the call and put back only after a whole answer:
-            // a failed or abandoned call may leave half an answer on the
-            // socket, so that connection is dropped and the next read opens
-            // a new one. A connection to a node that no longer serves the
-            // slot is dropped too.
-            let mut conn = match slot_conn.take() {
-                Some((at, conn)) if at == node => conn,
-                _ => {
-                    let info = match (&self.target, &node) {
-                        (Target::Cluster { seed, .. }, Some(node)) => {
-                            seed.clone().set_addr(match seed.addr() {
-                                ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
-                                    host: node.host.clone(),
-                                    port: node.port,
-                                    insecure: *insecure,
-                                    tls_params: None,
-                                },
-                                _ => ConnectionAddr::Tcp(node.host.clone(), node.port),
-                            })
-                        }
-                        (Target::Server { client, .. }, _) => client.get_connection_info().clone(),
-                        (Target::Cluster { .. }, None) => unreachable!("a cluster slot has a node"),
-                    };
-                    let where_ = node
-                        .as_ref()
-                        .map_or(self.address.clone(), |n| n.to_string());
-                    let conn = Reader::connect(&info, self.reader_tls.as_ref(), CONNECT_TIMEOUT)
-                        .await
-                        .map_err(|e| {
-                            self.slot_moved(slot, None);
-                            anyhow!("cannot connect to redis at {where_}: {e:#}")
-                        })?;
-                    if let Some(id) = conn.client_id() {
-                        self.reader_ids
-                            .lock()
-                            .insert(key.clone(), (node.clone(), id));
-                    }
-                    conn
-                }
-            };
-            let reply = conn
-                .call(&cmd, block + RESPONSE_TIMEOUT, read_group_reply)
-                .await;
-            let words = match reply {
-                Ok(Ok(deliveries)) => {
-                    *slot_conn = Some((node, conn));
-                    return Ok(deliveries);
-                }
-                Ok(Err(words)) => {
-                    *slot_conn = Some((node, conn));
-                    words
-                }
-                Err(e) => {
-                    self.reconnects.fetch_add(1, Relaxed);
-                    self.slot_moved(slot, None);
-                    // That connection is gone: its id may name another client
-                    // after a restart, which a shutdown must not unblock.
-                    self.reader_ids.lock().remove(&key);
-                    return Err(anyhow!("XREADGROUP on redis at {}: {e:#}", self.address));
-                }
-            };
-            match slots::redirection(&words) {
-                Some((false, moved, to)) if redirections < 3 => {
-                    redirections += 1;
-                    self.slot_moved(moved, Some(to));
-                    continue;
-                }
-                Some((true, _, _)) => {
-                    tokio::time::sleep(MIGRATING_PAUSE.min(block)).await;
-                    return Ok(Vec::new());
-                }
-                _ => {}
-            }
-            let line = format!("XREADGROUP on redis at {}: {words}", self.address);
-            return Err(match words.strip_prefix("NOGROUP") {
-                Some(rest) => anyhow::Error::new(MissingGroup {
-                    stream: quoted_key(rest).unwrap_or_else(|| streams.join(", ")),
-                    group: group.to_string(),
-                })
-                .context(line),
-                None => anyhow!(line),
-            });
-        }
     }
 
     /// The delivery counters of entries pending for `consumer`.
@@ -1135,40 +737,7 @@ impl Broker for RedisBroker {
     }
 
     async fn wake_reader(&self, group: &str, consumer: &str) {
-        let blocked: Vec<(Option<Node>, i64)> = self
-            .reader_ids
-            .lock()
-            .iter()
-            .filter(|(key, _)| key.group == group && key.consumer == consumer)
-            .map(|(_, at)| at.clone())
-            .collect();
-        for (node, id) in blocked {
-            // The default mode (TIMEOUT) answers the blocked XREADGROUP as if
-            // its BLOCK had run out: an empty reply, whole. A client id is
-            // the node's own, so the command goes to that node.
-            let unblock = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).to_owned();
-            let unblocked = match (&self.target, node) {
-                (Target::Cluster { commands, .. }, Some(node)) => {
-                    let at = SingleNodeRoutingInfo::ByAddress {
-                        host: node.host,
-                        port: node.port,
-                    };
-                    commands
-                        .clone()
-                        .route_command(unblock, RoutingInfo::SingleNode(at))
-                        .await
-                        .map(drop)
-                        .map_err(|e| anyhow!("{e}"))
-                }
-                _ => self
-                    .query::<u64>(&unblock, || "CLIENT UNBLOCK".into(), None)
-                    .await
-                    .map(drop),
-            };
-            if let Err(e) = unblocked {
-                tracing::debug!("waking the reader of {group}: {e:#}");
-            }
-        }
+        self.unblock_readers(group, consumer).await
     }
 }
 
@@ -1205,76 +774,4 @@ return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 /// either way nothing was applied.
 fn one_at_a_time(e: &redis::RedisError) -> bool {
     e.is_cluster_error() || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ExecAbort)
-}
-
-/// The first `'quoted'` word of a Redis error: the key `NOGROUP` names.
-fn quoted_key(words: &str) -> Option<String> {
-    let start = words.find('\'')? + 1;
-    let len = words[start..].find('\'')?;
-    Some(words[start..start + len].to_string())
-}
-
-/// `redis://[user:password@]host:port` for `info`, at `node` instead of its
-/// own address when given.
-fn url_of(info: &redis::ConnectionInfo, node: Option<&Node>) -> String {
-    let (host, port) = match (node, info.addr()) {
-        (Some(n), _) => (n.host.clone(), n.port),
-        (
-            None,
-            ConnectionAddr::Tcp(h, p)
-            | ConnectionAddr::TcpTls {
-                host: h, port: p, ..
-            },
-        ) => (h.clone(), *p),
-        (None, _) => ("127.0.0.1".to_string(), 6379),
-    };
-    let settings = info.redis_settings();
-    let auth = match (settings.username(), settings.password()) {
-        (Some(user), Some(password)) => format!("{user}:{password}@"),
-        (None, Some(password)) => format!(":{password}@"),
-        _ => String::new(),
-    };
-    let scheme = match info.addr() {
-        ConnectionAddr::TcpTls { .. } => "rediss",
-        _ => "redis",
-    };
-    format!("{scheme}://{auth}{host}:{port}")
-}
-
-/// The command connection of `client`, connected by its first command.
-fn manager(client: &Client) -> redis::RedisResult<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_lazy_with_config(client.clone(), config)
-}
-
-/// `redis://user:secret@host` → `redis://user:***@host`.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let auth = &url[scheme + 3..at];
-            match auth.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_reach_messages() {
-        assert_eq!(
-            redact("redis://u:secret@h:6379/0"),
-            "redis://u:***@h:6379/0"
-        );
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-    }
 }
