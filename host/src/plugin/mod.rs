@@ -11,9 +11,13 @@ pub mod engine;
 mod http;
 mod keyvalue;
 mod limits;
+mod link;
 mod sandbox;
+mod settings;
+mod standalone;
 mod state;
 mod stdio;
+mod traps;
 mod wasi_config;
 
 use parking_lot::Mutex;
@@ -24,18 +28,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::component::ResourceTable;
 use wasmtime::{Store, UpdateDeadline};
 
-use crate::config::Grants;
 use crate::event::Event;
 use crate::handler::{ErrorHandled, Failure, FailureKind, Handled, Handler, Verdict};
-use crate::kv::{KvAccess, KvEffects, KvLimits, Txn};
-use crate::outbound::{Allowlist, CannedResponses, HttpLimits};
+use crate::kv::{KvAccess, KvEffects, Txn};
 use crate::routes::Routes;
 use bindings::{wit, HandlerPre};
 pub use engine::PluginEngine;
+pub use link::{check, inspect};
+use link::{link, Linked};
+pub use sandbox::{capabilities, ungranted, Capability, Ungranted};
+pub use settings::{Links, PluginSettings};
+pub use standalone::Standalone;
 use state::{empty_view, fill_view, to_wit, HostState};
+use traps::{describe_trap, trap_verdict};
 
 /// The contract this host serves (`wit/world.wit`'s package), and the
 /// older one it still serves side by side.
@@ -45,130 +53,6 @@ pub const CONTRACTS_ALSO_SERVED: &[&str] = &["runnel:plugin@0.1.0"];
 /// Added to twice a call's time limit before a call stuck in a host wait
 /// is given up on ([`WasmPlugin::backstop`]).
 const BACKSTOP_GRACE: Duration = Duration::from_secs(1);
-
-/// How a plugin runs: limits and grants from its config.
-#[derive(Clone, Debug)]
-pub struct PluginSettings {
-    pub reuse_instance: u32,
-    pub timeout: Duration,
-    pub memory_bytes: usize,
-    pub grants: Grants,
-    /// Refuse at load a component importing a capability it was not granted
-    /// (rather than deny its calls at run time).
-    pub strict_grants: bool,
-    /// Fuel one call may burn (the engine must count fuel).
-    pub fuel: Option<u64>,
-    /// Largest payload of an emitted event, in bytes: what consumers of the
-    /// same config accept (`max_payload_bytes`), so that a plugin cannot
-    /// publish what nobody can read.
-    pub max_emitted_payload: usize,
-    /// Granted key-value buckets: the name the guest opens, and the
-    /// storage name ([`crate::kv::bucket_storage`]).
-    pub kv_buckets: Vec<(String, String)>,
-    pub kv_limits: KvLimits,
-    /// What `wasi:config/store` serves (`[plugin.config]`), secrets not yet
-    /// read: they are read when the plugin loads.
-    pub config: std::collections::BTreeMap<String, crate::config::ConfigValue>,
-    /// Where its requests may go (`grants.http`, parsed).
-    pub http_allow: Arc<Allowlist>,
-    pub http_limits: HttpLimits,
-    /// Answers to its requests instead of the network (`runnel test
-    /// --http FILE`).
-    pub http_canned: Option<Arc<CannedResponses>>,
-}
-
-impl PluginSettings {
-    /// Settings for a plugin the tools run on its own (`runnel test`,
-    /// `runnel replay`) under `name`, with these grants (`grants.http`
-    /// parsed here: the error names the bad one) and 256 MiB of memory.
-    pub fn for_tool(
-        name: &str,
-        timeout: Duration,
-        grants: Grants,
-        http_canned: Option<Arc<CannedResponses>>,
-    ) -> anyhow::Result<PluginSettings> {
-        let http_allow =
-            Allowlist::parse(&grants.http).map_err(|e| anyhow::anyhow!("--grant-http {e}"))?;
-        Ok(PluginSettings {
-            memory_bytes: 256 << 20,
-            kv_buckets: kv_buckets(name, &grants),
-            grants,
-            http_allow: Arc::new(http_allow),
-            http_canned,
-            ..PluginSettings::ungranted(1000, timeout)
-        })
-    }
-
-    /// Settings for a plugin run outside a config (the tools, the bench,
-    /// tests): no grants, the default limits, 64 MiB of memory.
-    pub fn ungranted(reuse_instance: u32, timeout: Duration) -> PluginSettings {
-        PluginSettings {
-            reuse_instance,
-            timeout,
-            memory_bytes: 64 << 20,
-            grants: Grants::default(),
-            strict_grants: false,
-            fuel: None,
-            max_emitted_payload: crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
-            kv_buckets: Vec::new(),
-            kv_limits: KvLimits::default(),
-            config: Default::default(),
-            http_allow: Default::default(),
-            http_limits: HttpLimits::default(),
-            http_canned: None,
-        }
-    }
-
-    /// How a plugin's config maps to how its instances run: the one place
-    /// a runtime setting is derived from `[[plugin]]` (and the top-level
-    /// `max_payload_bytes` its emits must respect).
-    pub fn of(p: &crate::config::PluginConfig, max_payload_bytes: usize) -> PluginSettings {
-        PluginSettings {
-            reuse_instance: p.reuse_instance,
-            timeout: Duration::from_millis(p.timeout_ms),
-            memory_bytes: (p.memory_mb as usize) << 20,
-            grants: p.grants.clone(),
-            strict_grants: p.strict_grants,
-            fuel: p.fuel_per_call,
-            max_emitted_payload: max_payload_bytes,
-            kv_buckets: kv_buckets(p.kv_namespace(), &p.grants),
-            kv_limits: p.kv_limits,
-            config: p.config.clone(),
-            // Validation refused a config with a grant that does not parse.
-            http_allow: Arc::new(Allowlist::parse(&p.grants.http).unwrap_or_default()),
-            http_limits: p.http_limits,
-            http_canned: None,
-        }
-    }
-}
-
-/// Granted buckets with their storage names, under `namespace` (the
-/// plugin's name, or that of the plugin a shadow shadows).
-fn kv_buckets(namespace: &str, grants: &Grants) -> Vec<(String, String)> {
-    crate::kv::granted_buckets(namespace, grants)
-        .map(|(name, _, storage)| (name.to_string(), storage))
-        .collect()
-}
-
-/// What a plugin's imports reach outside it: the routes its emitted events
-/// follow, and the store its key-value buckets live in (the broker, so that
-/// writes commit with the event's ack).
-#[derive(Clone)]
-pub struct Links {
-    pub routes: Arc<Routes>,
-    /// `None`: no store; every bucket is denied whatever the grants.
-    pub store: Option<Arc<crate::kv::Store>>,
-}
-
-impl Links {
-    /// Links for a plugin that may emit along `routes` and has no store.
-    pub fn routes_only(routes: Arc<Routes>) -> Links {
-        Links {
-            routes,
-            store: None,
-        }
-    }
-}
 
 /// What a component imports and exports, as `runnel check` prints it.
 #[derive(Clone, Debug)]
@@ -530,219 +414,6 @@ impl Handler for WasmPlugin {
     fn version(&self) -> Option<String> {
         Some(self.sha256()[..12].to_string())
     }
-}
-
-/// A plugin loaded on its own, outside a runtime, for the tools that run one
-/// plugin over some events (`runnel test`, `runnel replay`).
-pub struct Standalone {
-    pub plugin: WasmPlugin,
-    /// Its key-value state, in memory, for this run only.
-    kv: Arc<crate::kv::Store>,
-    /// Kept alive after the plugin (fields drop in order): its epoch ticker
-    /// is what enforces the time limit.
-    _engine: PluginEngine,
-}
-
-impl Standalone {
-    /// Loads `path` with room for a few instances; every event name routes
-    /// to `sink`, so that what the plugin emits is captured, never refused.
-    /// `settings` come from [`PluginSettings::for_tool`] or, to run it as a
-    /// config does, [`PluginSettings::of`].
-    pub fn load(
-        path: &Path,
-        name: &str,
-        sink: &str,
-        settings: PluginSettings,
-    ) -> anyhow::Result<Standalone> {
-        let engine = PluginEngine::new(&crate::config::EngineConfig::for_one_plugin())?;
-        let routes = Arc::new(Routes::new([("*".to_string(), sink.to_string())]));
-        let kv = crate::kv::Store::new(crate::broker::memory::MemoryBroker::new(1 << 16));
-        let links = Links {
-            routes,
-            store: Some(kv.clone()),
-        };
-        let plugin = WasmPlugin::load(&engine, name, path, settings, links)?;
-        Ok(Standalone {
-            plugin,
-            kv,
-            _engine: engine,
-        })
-    }
-}
-
-impl Standalone {
-    /// The name the plugin opens a bucket by, from its storage name.
-    pub fn bucket_name<'a>(&'a self, storage: &'a str) -> &'a str {
-        self.plugin
-            .settings
-            .kv_buckets
-            .iter()
-            .find(|(_, s)| s == storage)
-            .map_or(storage, |(name, _)| name)
-    }
-
-    /// Writes keys of a granted bucket (`None` deletes), outside any call:
-    /// state to start from, or a call's writes to keep.
-    pub async fn write(
-        &self,
-        bucket: &str,
-        writes: Vec<(String, Option<Vec<u8>>)>,
-    ) -> anyhow::Result<()> {
-        let Some((_, storage)) = self
-            .plugin
-            .settings
-            .kv_buckets
-            .iter()
-            .find(|(n, _)| n == bucket)
-        else {
-            anyhow::bail!("bucket {bucket:?} is not granted: add --grant-kv {bucket}");
-        };
-        let commit = crate::kv::Commit {
-            // No stream holds the event: nothing to check or acknowledge.
-            source: None,
-            effects: KvEffects {
-                writes: writes
-                    .into_iter()
-                    .map(|(key, value)| crate::kv::KvWrite {
-                        bucket: storage.clone(),
-                        key,
-                        value,
-                    })
-                    .collect(),
-                ..Default::default()
-            },
-            appends: Vec::new(),
-            mark: None,
-        };
-        match self.kv.commit(commit).await {
-            Ok(crate::kv::Outcome::Committed) => Ok(()),
-            Ok(other) => anyhow::bail!("writing bucket {bucket:?}: {other:?}"),
-            Err(e) => Err(e.error.context(format!("writing bucket {bucket:?}"))),
-        }
-    }
-}
-
-/// A component with its imports resolved, and which of the optional ones
-/// it needed.
-struct Linked {
-    pre: HandlerPre<HostState>,
-    uses_wasi: bool,
-    uses_http: bool,
-}
-
-/// Resolves a component's imports (WASI and `wasi:http` only if it asks for
-/// them) and checks its exports against the `handler` world.
-fn link(
-    engine: &PluginEngine,
-    component: &wasmtime::component::Component,
-) -> anyhow::Result<Linked> {
-    let mut linker: Linker<HostState> = Linker::new(engine.engine());
-    bindings::add_contract_to_linker(&mut linker)?;
-    // What components built against the 0.1.0 contract import.
-    bindings::v0_1::Handler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
-        &mut linker,
-        |s| s,
-    )?;
-    let imports = inspect(engine, component).imports;
-    let uses_wasi = imports.iter().any(|name| name.starts_with("wasi:"));
-    let uses_http = imports.iter().any(|name| name.starts_with("wasi:http/"));
-    if uses_wasi {
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    }
-    if uses_http {
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    }
-    let pre = linker
-        .instantiate_pre(component)
-        .map_err(|e| anyhow::anyhow!("imports something the host does not provide: {e}"))?;
-    let pre = HandlerPre::new(pre)
-        .map_err(|e| anyhow::anyhow!("does not implement the runnel:plugin/handler world: {e}"))?;
-    Ok(Linked {
-        pre,
-        uses_wasi,
-        uses_http,
-    })
-}
-
-/// Lists a component's imports and exports by name.
-pub fn inspect(engine: &PluginEngine, component: &wasmtime::component::Component) -> Interface {
-    let ty = component.component_type();
-    Interface {
-        imports: ty
-            .imports(engine.engine())
-            .map(|(name, _)| name.to_string())
-            .collect(),
-        exports: ty
-            .exports(engine.engine())
-            .map(|(name, _)| name.to_string())
-            .collect(),
-    }
-}
-
-/// Loads a component and checks it the way `runnel run` would, returning
-/// what it imports and exports.
-pub use sandbox::{capabilities, ungranted, Capability, Ungranted};
-
-pub fn check(engine: &PluginEngine, path: &Path) -> anyhow::Result<Interface> {
-    let compiled = engine.compile_file(path)?;
-    link(engine, &compiled.component).with_context(|| path.display().to_string())?;
-    Ok(inspect(engine, &compiled.component))
-}
-
-/// What a trapped call's verdict says: the limit it hit, if the host
-/// refused it something (memory, a table) during the call, and what the
-/// guest last wrote to stderr (a panic message, say) even without the
-/// `stdio` grant.
-fn trap_verdict(
-    error: &wasmtime::Error,
-    settings: &PluginSettings,
-    refused: Option<String>,
-    stderr: &str,
-) -> Verdict {
-    let with_stderr = |text: String| match stderr.trim() {
-        "" => text,
-        said => format!("{text}; stderr: {said}"),
-    };
-    match (error.downcast_ref::<wasmtime::Trap>(), refused) {
-        (Some(wasmtime::Trap::Interrupt), _) => {
-            Verdict::Timeout(format!("ran past its time limit of {:?}", settings.timeout))
-        }
-        (Some(wasmtime::Trap::OutOfFuel), _) => Verdict::OutOfFuel(format!(
-            "used up its fuel budget of {}",
-            settings.fuel.unwrap_or(u64::MAX)
-        )),
-        (_, Some(limit)) => Verdict::OutOfMemory(with_stderr(format!(
-            "{limit}, then it {}",
-            describe_trap(error)
-        ))),
-        _ => Verdict::Trap(with_stderr(describe_trap(error))),
-    }
-}
-
-/// A trap in one line: its code and the innermost guest frame when known.
-fn describe_trap(error: &wasmtime::Error) -> String {
-    let mut text = match error.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::StackOverflow) => {
-            "trapped: call stack exhausted (the stack limit)".to_string()
-        }
-        Some(trap) => format!("trapped: {trap}"),
-        None if error
-            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-            .is_some() =>
-        {
-            format!(
-                "failed: {} (the instance pool: [engine] max_instances)",
-                error.root_cause()
-            )
-        }
-        None => format!("failed: {}", error.root_cause()),
-    };
-    if let Some(bt) = error.downcast_ref::<wasmtime::WasmBacktrace>() {
-        if let Some(name) = bt.frames().first().and_then(|f| f.func_name()) {
-            text.push_str(&format!(" in {name}"));
-        }
-    }
-    text
 }
 
 #[cfg(test)]
