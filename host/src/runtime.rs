@@ -139,7 +139,8 @@ impl Runtime {
                 .iter()
                 .find(|p| Some(p.config.name.as_str()) == live_name)
             {
-                live.live.set_shadow(Some(Shadow::new(shadow.live.clone())));
+                live.live
+                    .set_shadow(Some(Shadow::new(&shadow.config.name, shadow.live.clone())));
             }
         }
         Runtime {

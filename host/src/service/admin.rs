@@ -178,7 +178,7 @@ fn describe(p: &RunningPlugin) -> Value {
     let shadow = p.live.shadow().map(|sh| {
         let a = sh.stats.agreement();
         json!({
-            "plugin": sh.plugin.name(),
+            "plugin": sh.name,
             "agreed": a.agreed,
             "disagreed": a.disagreed,
             "skipped": a.skipped,

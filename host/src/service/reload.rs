@@ -223,13 +223,13 @@ impl Reloader {
         };
         let live = self.slot(&live_name)?;
         let _busy = live.busy.lock().await;
-        let Some(attached) = live.live.shadow() else {
+        if live.live.shadow().is_none() {
             return Err(ReloadError::Refused(format!(
                 "{shadow:?} was already promoted"
             )));
-        };
+        }
         let from = live.live.current().short_hash().to_string();
-        let version = attached.plugin.current();
+        let version = slot.live.current();
         let to = version.short_hash().to_string();
         live.live.set_shadow(None);
         live.live.install(version);

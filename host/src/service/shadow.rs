@@ -15,14 +15,18 @@ use tokio::sync::Semaphore;
 
 use crate::event::Event;
 use crate::handler::{Handled, Handler, Routed, Verdict};
-use crate::service::live::LivePlugin;
 
 /// Shadow calls running at once per live plugin; beyond, events are skipped.
 const MAX_SHADOW_CALLS: usize = 64;
 
-/// A shadow plugin attached to a live one.
+/// A shadow plugin attached to a live one. It holds the shadow as a
+/// [`Handler`] (its own slot, so a reload of the shadow's file reaches it),
+/// not as a slot type, so the live slot that calls it does not depend on
+/// what a shadow is made of.
 pub struct Shadow {
-    pub plugin: Arc<LivePlugin>,
+    /// The shadow plugin's name, as `[[plugin]] name` gives it.
+    pub name: String,
+    handler: Arc<dyn Handler>,
     pub stats: Arc<ShadowStats>,
     calls: Arc<Semaphore>,
 }
@@ -62,9 +66,10 @@ impl ShadowStats {
 }
 
 impl Shadow {
-    pub fn new(plugin: Arc<LivePlugin>) -> Arc<Shadow> {
+    pub fn new(name: &str, handler: Arc<dyn Handler>) -> Arc<Shadow> {
         Arc::new(Shadow {
-            plugin,
+            name: name.to_string(),
+            handler,
             stats: Arc::default(),
             calls: Arc::new(Semaphore::new(MAX_SHADOW_CALLS)),
         })
@@ -80,17 +85,17 @@ impl Shadow {
         let mut dry = event.clone();
         dry.meta.is_dry_run = true;
         let live = Outcome::of(live);
-        let (plugin, stats) = (self.plugin.clone(), self.stats.clone());
+        let (handler, stats, name) = (self.handler.clone(), self.stats.clone(), self.name.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let shadow = Outcome::of(&plugin.handle(&dry).await);
+            let shadow = Outcome::of(&handler.handle(&dry).await);
             match live.difference(&shadow) {
                 None => {
                     stats.agreed.fetch_add(1, Relaxed);
                 }
                 Some(difference) => {
                     stats.disagreed.fetch_add(1, Relaxed);
-                    tracing::info!(shadow = %plugin.name(), event_id = %dry.id, correlation_id = %dry.meta.correlation_id, "shadow disagrees: {difference}");
+                    tracing::info!(shadow = %name, event_id = %dry.id, correlation_id = %dry.meta.correlation_id, "shadow disagrees: {difference}");
                     *stats.last_difference.lock() = Some(format!("event {}: {difference}", dry.id));
                 }
             }
