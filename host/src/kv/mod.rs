@@ -26,6 +26,21 @@ use std::sync::Arc;
 
 use crate::broker::Append;
 
+/// A key of a bucket as the host's maps hold it: storage name and key.
+type At = (String, String);
+
+/// An [`At`] borrowed for a lookup: hashes and compares as the owned pair
+/// does (a tuple hashes its fields in order), so a lookup on the hot path
+/// allocates nothing.
+#[derive(Hash)]
+struct AtRef<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<At> for AtRef<'_> {
+    fn equivalent(&self, at: &At) -> bool {
+        self.0 == at.0 && self.1 == at.1
+    }
+}
+
 /// The buckets `grants` open, under `namespace` (see [`bucket_storage`]):
 /// each as the name a plugin opens it by, whether it is shared, and its
 /// storage name. The plugin's own come first.

@@ -34,14 +34,14 @@
 //! one host cannot order: other hosts, and keys taken in opposite orders.
 
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use hashbrown::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Commit, Outcome};
+use super::{At, AtRef, Commit, Outcome};
 use crate::broker::Broker;
 
 /// Most commits sent to the backend as one batch (one script run on
@@ -51,9 +51,6 @@ const MAX_BATCH: usize = 64;
 /// Most bytes (values written, fields appended) in one batch; a commit
 /// larger than this goes alone.
 const MAX_BATCH_BYTES: usize = 8 << 20;
-
-/// A key of a bucket: storage name and key.
-type At = (String, String);
 
 /// Most bytes of committed values remembered; past it the memory starts
 /// over (a forgotten value costs one round trip to read again).
@@ -76,19 +73,20 @@ struct Known {
 }
 
 impl Known {
-    /// What the host guesses `at` holds, if anything.
-    fn guess(&self, at: &At) -> Option<&Option<Vec<u8>>> {
+    /// What the host guesses `key` of `bucket` holds, if anything.
+    fn guess(&self, bucket: &str, key: &str) -> Option<&Option<Vec<u8>>> {
+        let at = AtRef(bucket, key);
         self.pending
-            .get(at)
+            .get(&at)
             .map(|(_, v)| v)
-            .or_else(|| self.committed.get(at))
+            .or_else(|| self.committed.get(&at))
     }
 
     /// Takes back a commit's pending writes, unless a later one overwrote
     /// them.
     fn unqueue(&mut self, seq: u64, commit: &Commit) {
         for w in &commit.effects.writes {
-            let at = (w.bucket.clone(), w.key.clone());
+            let at = AtRef(&w.bucket, &w.key);
             if self.pending.get(&at).is_some_and(|(s, _)| *s == seq) {
                 self.pending.remove(&at);
             }
@@ -102,25 +100,31 @@ impl Known {
         match outcome {
             Some(Outcome::Committed) => {
                 for w in &commit.effects.writes {
-                    let at = (w.bucket.clone(), w.key.clone());
                     let size = w.value.as_ref().map_or(0, Vec::len);
                     if size > MAX_REMEMBERED_VALUE {
-                        self.committed.remove(&at);
+                        self.committed.remove(&AtRef(&w.bucket, &w.key));
                         continue;
                     }
                     if self.committed_bytes >= MAX_REMEMBERED_BYTES {
                         self.committed.clear();
                         self.committed_bytes = 0;
                     }
-                    self.committed_bytes += at.0.len() + at.1.len() + size;
-                    self.committed.insert(at, w.value.clone());
+                    match self.committed.get_mut(&AtRef(&w.bucket, &w.key)) {
+                        Some(value) => value.clone_from(&w.value),
+                        None => {
+                            self.committed_bytes += w.bucket.len() + w.key.len();
+                            let at = (w.bucket.clone(), w.key.clone());
+                            self.committed.insert(at, w.value.clone());
+                        }
+                    }
+                    self.committed_bytes += size;
                 }
             }
             Some(Outcome::Conflict { bucket, key }) => {
                 // What this host guessed of the key is wrong, and so are
                 // the writes queued after this commit that read the guess
                 // (they will conflict too): the next read asks the backend.
-                let at = (bucket.clone(), key.clone());
+                let at = AtRef(bucket, key);
                 self.committed.remove(&at);
                 self.pending.remove(&at);
             }
@@ -129,7 +133,7 @@ impl Known {
                 let reads = commit.effects.reads.iter().map(|r| (&r.bucket, &r.key));
                 let writes = commit.effects.writes.iter().map(|w| (&w.bucket, &w.key));
                 for (bucket, key) in reads.chain(writes) {
-                    self.committed.remove(&(bucket.clone(), key.clone()));
+                    self.committed.remove(&AtRef(bucket, key));
                 }
             }
         }
@@ -138,12 +142,12 @@ impl Known {
 
 /// Key locks by bucket and key; an entry lives while a call holds or waits
 /// for it.
-type Locks = HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
+type Locks = HashMap<At, Arc<tokio::sync::Mutex<()>>>;
 
 /// A key locked by one call (see the module's notes); let go when dropped.
 pub struct KeyLock {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-    at: (String, String),
+    at: At,
     locks: Arc<Mutex<Locks>>,
 }
 
@@ -228,7 +232,7 @@ impl Store {
         {
             let known = self.lock_known();
             for (i, key) in keys.iter().enumerate() {
-                match known.guess(&(bucket.to_string(), key.clone())) {
+                match known.guess(bucket, key) {
                     Some(value) => values[i] = value.clone(),
                     None => unknown.push(i),
                 }
@@ -244,19 +248,42 @@ impl Store {
         Ok(values)
     }
 
+    /// [`Store::get`] of one key, without allocating when the host knows
+    /// its value.
+    pub async fn get_one(&self, bucket: &str, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        if let Some(value) = self.lock_known().guess(bucket, key) {
+            return Ok(value.clone());
+        }
+        let mut committed = self.broker.kv_get(bucket, &[key.to_string()]).await?;
+        Ok(committed.pop().flatten())
+    }
+
     /// Takes `key`'s lock in this host, waiting for it at most `wait`;
-    /// `None` when another call still holds it then.
-    pub async fn lock_key(&self, bucket: &str, key: &str, wait: Duration) -> Option<KeyLock> {
+    /// `None` when another call still holds it then. Also returns how long
+    /// it waited (zero, without reading the clock, when the key was free).
+    pub async fn lock_key(
+        &self,
+        bucket: &str,
+        key: &str,
+        wait: Duration,
+    ) -> (Option<KeyLock>, Duration) {
         let at = (bucket.to_string(), key.to_string());
         let mutex = {
             let mut locks = self.locks.lock();
-            locks.entry(at.clone()).or_default().clone()
+            match locks.get(&AtRef(bucket, key)) {
+                Some(mutex) => mutex.clone(),
+                None => locks.entry(at.clone()).or_default().clone(),
+            }
         };
-        let guard = match mutex.clone().try_lock_owned() {
-            Ok(guard) => Some(guard),
-            Err(_) => tokio::time::timeout(wait, mutex.clone().lock_owned())
-                .await
-                .ok(),
+        let (guard, waited) = match mutex.clone().try_lock_owned() {
+            Ok(guard) => (Some(guard), Duration::ZERO),
+            Err(_) => {
+                let started = Instant::now();
+                let guard = tokio::time::timeout(wait, mutex.clone().lock_owned())
+                    .await
+                    .ok();
+                (guard, started.elapsed())
+            }
         };
         // Before a lock not taken is dropped: its drop forgets the key when
         // nobody else holds or waits for it.
@@ -266,7 +293,7 @@ impl Store {
             at,
             locks: self.locks.clone(),
         };
-        lock.guard.is_some().then_some(lock)
+        (lock.guard.is_some().then_some(lock), waited)
     }
 
     /// Queues one successful call's commit (see [`Broker::commit`]) after
@@ -298,8 +325,14 @@ impl Store {
             let mut known = self.lock_known();
             let seq = self.seq.fetch_add(1, Relaxed);
             for w in &commit.effects.writes {
-                let at = (w.bucket.clone(), w.key.clone());
-                known.pending.insert(at, (seq, w.value.clone()));
+                let written = (seq, w.value.clone());
+                match known.pending.get_mut(&AtRef(&w.bucket, &w.key)) {
+                    Some(pending) => *pending = written,
+                    None => {
+                        let at = (w.bucket.clone(), w.key.clone());
+                        known.pending.insert(at, written);
+                    }
+                }
             }
             let queued = Queued {
                 seq,

@@ -1,9 +1,10 @@
 //! One call's view of its buckets: committed state plus its own buffered
 //! writes, and the record of what it read.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use hashbrown::HashMap;
 
 use super::{KeyLock, KeyLocks, KvAccess, KvEffects, KvRead, KvWrite};
 
@@ -26,6 +27,19 @@ pub const HOLDING_WAIT: Duration = Duration::from_millis(50);
 /// A handle to an open bucket: its index among the granted buckets.
 pub type BucketIx = usize;
 
+/// A key of the call's maps: bucket and key.
+type Slot = (BucketIx, String);
+
+/// A [`Slot`] borrowed for a lookup (hashes and compares as the owned pair).
+#[derive(Hash)]
+struct SlotRef<'a>(BucketIx, &'a str);
+
+impl hashbrown::Equivalent<Slot> for SlotRef<'_> {
+    fn equivalent(&self, slot: &Slot) -> bool {
+        self.0 == slot.0 && self.1 == slot.1
+    }
+}
+
 /// One call's transaction. Reads see the committed state plus the call's
 /// own writes ("read your writes"); writes stay here until the call
 /// succeeds and [`Txn::finish`] hands them to the commit.
@@ -38,8 +52,10 @@ pub struct Txn {
     /// The call is a dry run: its writes will never commit.
     dry_run: bool,
     /// The committed value of each key the call read, as first seen.
-    reads: HashMap<(BucketIx, String), Option<Vec<u8>>>,
-    writes: BTreeMap<(BucketIx, String), Option<Vec<u8>>>,
+    reads: HashMap<Slot, Option<Vec<u8>>>,
+    /// The call's writes (`None`: delete), handed to the commit in key
+    /// order.
+    writes: HashMap<Slot, Option<Vec<u8>>>,
     /// Keys locked in this host on their first read (see [`super::Store`]).
     locks: Vec<KeyLock>,
 }
@@ -84,7 +100,24 @@ impl Txn {
     /// The value of `key`: this call's own write if it made one, else the
     /// committed value (remembered, to be checked at commit).
     pub async fn get(&mut self, b: BucketIx, key: &str) -> Result<Option<Vec<u8>>, TxnError> {
-        Ok(self.get_many(b, vec![key.to_string()]).await?.remove(0).1)
+        self.count(1)?;
+        self.check_key(key)?;
+        let at = SlotRef(b, key);
+        if let Some(written) = self.writes.get(&at) {
+            return Ok(written.clone());
+        }
+        if let Some(read) = self.reads.get(&at) {
+            return Ok(read.clone());
+        }
+        let access = self.access()?.clone();
+        let (name, storage) = &access.buckets[b];
+        let value = access
+            .store
+            .get_one(storage, key)
+            .await
+            .map_err(|e| TxnError::Other(format!("reading bucket {name:?}: {e:#}")))?;
+        self.reads.insert((b, key.to_string()), value.clone());
+        Ok(value)
     }
 
     /// The values of `keys`, in order: one round trip for those not yet
@@ -101,7 +134,7 @@ impl Txn {
         let unseen: Vec<String> = keys
             .iter()
             .filter(|k| {
-                let at = (b, k.to_string());
+                let at = SlotRef(b, k);
                 !self.writes.contains_key(&at) && !self.reads.contains_key(&at)
             })
             .cloned()
@@ -119,12 +152,12 @@ impl Txn {
         Ok(keys
             .into_iter()
             .map(|key| {
-                let at = (b, key);
+                let at = SlotRef(b, &key);
                 let value = match self.writes.get(&at) {
                     Some(written) => written.clone(),
                     None => self.reads.get(&at).cloned().flatten(),
                 };
-                (at.1, value)
+                (key, value)
             })
             .collect())
     }
@@ -144,10 +177,10 @@ impl Txn {
         if self.dry_run {
             return Duration::ZERO;
         }
-        let started = Instant::now();
         let storage = &access.buckets[b].1;
+        let mut waited = Duration::ZERO;
         for key in keys {
-            let at = (b, key.clone());
+            let at = SlotRef(b, key);
             let seen = self.reads.contains_key(&at) || self.writes.contains_key(&at);
             if seen || self.locks.iter().any(|l| l.is(storage, key)) {
                 continue;
@@ -156,11 +189,13 @@ impl Txn {
                 true => max_wait,
                 false => max_wait.min(HOLDING_WAIT),
             };
-            if let Some(lock) = access.store.lock_key(storage, key, wait).await {
+            let (lock, for_it) = access.store.lock_key(storage, key, wait).await;
+            waited += for_it;
+            if let Some(lock) = lock {
                 self.locks.push(lock);
             }
         }
-        started.elapsed()
+        waited
     }
 
     /// Buffers `value` for `key`.
@@ -238,14 +273,15 @@ impl Txn {
             .kv_scan(storage, cursor.as_deref(), access.limits.page_keys)
             .await
             .map_err(failed)?;
-        keys.retain(|k| !matches!(self.writes.get(&(b, k.clone())), Some(None)));
+        keys.retain(|k| !matches!(self.writes.get(&SlotRef(b, k)), Some(None)));
         if next.is_none() {
-            let added: Vec<String> = self
+            let mut added: Vec<String> = self
                 .writes
                 .iter()
                 .filter(|((wb, _), v)| *wb == b && v.is_some())
                 .map(|((_, k), _)| k.clone())
                 .collect();
+            added.sort_unstable();
             if !added.is_empty() {
                 let committed = access
                     .store
@@ -281,14 +317,20 @@ impl Txn {
                     value,
                 })
                 .collect(),
-            writes: std::mem::take(&mut self.writes)
-                .into_iter()
-                .map(|((b, key), value)| KvWrite {
-                    bucket: storage(b),
-                    key,
-                    value,
-                })
-                .collect(),
+            writes: {
+                // In key order: a commit's arguments do not depend on the
+                // order of a hash map.
+                let mut writes: Vec<_> = self.writes.drain().collect();
+                writes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                writes
+                    .into_iter()
+                    .map(|((b, key), value)| KvWrite {
+                        bucket: storage(b),
+                        key,
+                        value,
+                    })
+                    .collect()
+            },
             locks: KeyLocks(std::mem::take(&mut self.locks)),
         };
         self.ops = 0;
