@@ -7,17 +7,21 @@
 //! no group (a dead-letter stream) just keeps its newest `capacity` entries.
 
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
+
+mod commit;
+mod stream;
 
 use super::{
     parse_entry_id, Append, Broker, Delivery, Entry, GroupCreated, MissingGroup, StartFrom,
 };
 use crate::kv::{Commit, Outcome};
+use stream::{seq_of, Group, Pending, Stream};
 
 /// The in-memory broker. Cheap to share: clone the `Arc`.
 pub struct MemoryBroker {
@@ -36,35 +40,6 @@ pub struct MemoryBroker {
     /// ([`Broker::wake_reader`]): a read ends when the count moves while it
     /// waits.
     wakes: Mutex<HashMap<String, HashMap<String, u64>>>,
-}
-
-#[derive(Default)]
-struct Stream {
-    entries: VecDeque<Stored>,
-    /// Sequence number of the next entry; the first entry is 1.
-    next_seq: u64,
-    groups: HashMap<String, Group>,
-}
-
-struct Stored {
-    seq: u64,
-    ms: u64,
-    entry: Entry,
-    /// Deleted entries keep their place so that positions stay arithmetic;
-    /// nobody reads them again (as in Redis).
-    deleted: bool,
-}
-
-struct Group {
-    /// Sequence number of the last entry delivered to the group (0: none).
-    cursor: u64,
-    pending: BTreeMap<u64, Pending>,
-}
-
-struct Pending {
-    consumer: String,
-    since: Instant,
-    deliveries: u32,
 }
 
 impl MemoryBroker {
@@ -108,157 +83,6 @@ impl MemoryBroker {
         }
         Some(s.push(fields))
     }
-
-    /// Applies commits in order, each all or nothing, and says how each
-    /// ended.
-    fn try_commit(&self, commits: &[Commit], outcomes: &mut Vec<Outcome>) {
-        let mut state = self.lock();
-        let mut kv = self.lock_kv();
-        let mut marks = self.marks.lock();
-        let now = Instant::now();
-        for c in commits {
-            let held = c.source.as_ref().map(|src| {
-                state
-                    .get(&src.stream)
-                    .and_then(|s| s.groups.get(&src.group))
-                    .and_then(|g| g.pending.get(&seq_of(&src.id).ok()?))
-                    .is_some_and(|p| p.consumer == src.consumer)
-            });
-            if held == Some(false) {
-                outcomes.push(Outcome::NotHeld);
-                continue;
-            }
-            let ack = |state: &mut HashMap<String, Stream>| {
-                if let Some(src) = &c.source {
-                    if let Some(g) = state
-                        .get_mut(&src.stream)
-                        .and_then(|s| s.groups.get_mut(&src.group))
-                    {
-                        if let Ok(seq) = seq_of(&src.id) {
-                            g.pending.remove(&seq);
-                        }
-                    }
-                }
-            };
-            if let Some(mark) = &c.mark {
-                if marks.get(&mark.key).is_some_and(|until| *until > now) {
-                    ack(&mut state);
-                    outcomes.push(Outcome::Duplicate);
-                    continue;
-                }
-            }
-            let changed = c
-                .effects
-                .reads
-                .iter()
-                .find(|r| kv.get(&r.bucket).and_then(|b| b.get(&r.key)) != r.value.as_ref());
-            if let Some(r) = changed {
-                outcomes.push(Outcome::Conflict {
-                    bucket: r.bucket.clone(),
-                    key: r.key.clone(),
-                });
-                continue;
-            }
-            let mut needed: HashMap<&str, usize> = HashMap::new();
-            for a in &c.appends {
-                *needed.entry(&a.stream).or_default() += 1;
-            }
-            let fits = needed.into_iter().all(|(stream, n)| {
-                state
-                    .entry(stream.to_string())
-                    .or_default()
-                    .room_for(self.capacity, n)
-            });
-            if !fits {
-                outcomes.push(Outcome::Busy);
-                continue;
-            }
-            for w in &c.effects.writes {
-                let bucket = kv.entry(w.bucket.clone()).or_default();
-                match &w.value {
-                    Some(v) => bucket.insert(w.key.clone(), v.clone()),
-                    None => bucket.remove(&w.key),
-                };
-            }
-            for a in &c.appends {
-                state
-                    .get_mut(&a.stream)
-                    .expect("made room above")
-                    .push(&a.fields);
-            }
-            if let Some(mark) = &c.mark {
-                marks.insert(mark.key.clone(), now + mark.ttl);
-            }
-            ack(&mut state);
-            outcomes.push(Outcome::Committed);
-        }
-    }
-}
-
-impl Stream {
-    /// Drops the oldest entries until `n` more fit in `capacity`, sparing
-    /// entries some group has not finished with; whether they fit.
-    fn room_for(&mut self, capacity: usize, n: usize) -> bool {
-        if self.next_seq == 0 {
-            self.next_seq = 1;
-        }
-        let finished_below = if self.groups.is_empty() {
-            u64::MAX
-        } else {
-            self.groups
-                .values()
-                .map(|g| {
-                    g.pending
-                        .keys()
-                        .next()
-                        .copied()
-                        .unwrap_or(g.cursor + 1)
-                        .min(g.cursor + 1)
-                })
-                .min()
-                .unwrap_or(0)
-        };
-        while self.entries.len() + n > capacity
-            && self.entries.front().is_some_and(|e| e.seq < finished_below)
-        {
-            self.entries.pop_front();
-        }
-        self.entries.len() + n <= capacity
-    }
-
-    /// Appends an entry (room was made) and returns its id.
-    fn push(&mut self, fields: &[super::Field]) -> String {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
-        let id = format!("{ms}-{seq}");
-        self.entries.push_back(Stored {
-            seq,
-            ms,
-            entry: Entry {
-                id: id.clone(),
-                fields: Arc::new(fields.to_vec()),
-            },
-            deleted: false,
-        });
-        id
-    }
-
-    fn stored(&self, seq: u64) -> Option<&Stored> {
-        let first = self.entries.front()?.seq;
-        self.entries.get(seq.checked_sub(first)? as usize)
-    }
-
-    fn last_seq(&self) -> u64 {
-        self.next_seq.saturating_sub(1)
-    }
-}
-
-fn seq_of(id: &str) -> anyhow::Result<u64> {
-    parse_entry_id(id).map(|(_, seq)| seq)
 }
 
 #[async_trait]
