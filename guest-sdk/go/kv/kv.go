@@ -57,13 +57,23 @@ type Bucket struct {
 	inner *store.Bucket
 }
 
+// opened holds the buckets this instance opened. A handle lives as long as
+// the instance, so a later call's Open of the same bucket makes no host
+// call. A refusal is not kept: the next Open asks again.
+var opened = map[string]*Bucket{}
+
 // Open opens a bucket the plugin's config grants.
 func Open(name string) (*Bucket, error) {
+	if b, ok := opened[name]; ok {
+		return b, nil
+	}
 	r := store.Open(name)
 	if r.IsErr() {
 		return nil, wrap(name, r.Err())
 	}
-	return &Bucket{name: name, inner: r.Ok()}, nil
+	b := &Bucket{name: name, inner: r.Ok()}
+	opened[name] = b
+	return b, nil
 }
 
 // Name is the bucket's name, as opened.
