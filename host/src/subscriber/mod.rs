@@ -288,11 +288,13 @@ impl Subscriber {
             log_throttle: Default::default(),
         });
         let lanes = shared.start_lanes();
-        let failures = shared.wait_for_groups().await;
+        let (failures, positions) = shared.wait_for_groups().await;
         let maintenance_every = (shared.sub.claim_min_idle / 3).max(Duration::from_millis(10));
         let drained = CancellationToken::new();
         let keep_alive = shared.start_keep_alive(maintenance_every, drained.clone());
-        shared.read_loop(maintenance_every, failures).await;
+        shared
+            .read_loop(maintenance_every, failures, positions)
+            .await;
         shared.drain(lanes).await;
         // Keep-alives go on while draining, and stop once the last delivery
         // has finished.
@@ -323,18 +325,24 @@ impl Shared {
     /// Waits until the groups exist, creating them: they may be missing
     /// (never created, since the backend did not answer at start, or gone
     /// since), and nothing is read before they exist. Returns early at
-    /// shutdown; returns how many times the backend failed meanwhile.
-    async fn wait_for_groups(&self) -> u32 {
+    /// shutdown; returns how many times the backend failed meanwhile, and
+    /// how far the groups had read.
+    async fn wait_for_groups(&self) -> (u32, Positions) {
         let mut failures = 0;
+        let mut positions = Positions::default();
         while !self.shutdown.is_cancelled() {
             match self.ensure_groups().await {
                 Ok(()) => {
+                    // Before saying ready: a group destroyed right after
+                    // `/readyz` said so must be created again where it was,
+                    // not from the stream's first entry.
+                    self.refresh_positions(&mut positions).await;
                     // Ready now, not once the first read returns: on a quiet
                     // stream that read waits out its whole BLOCK (2 s by
                     // default), and `/readyz` said 503 all that while.
                     self.health.reading();
                     self.forget_idle_consumers().await;
-                    return failures;
+                    return (failures, positions);
                 }
                 Err(e) => {
                     failures += 1;
@@ -343,7 +351,7 @@ impl Shared {
                 }
             }
         }
-        failures
+        (failures, positions)
     }
 
     /// Keep-alives, every `every` until `drained`. They run on their own,
@@ -379,15 +387,18 @@ impl Shared {
     /// `maintenance_every` the entries dead consumers left behind first,
     /// then replayed dead letters, then the streams; each read becomes jobs
     /// for the lanes. `failures`: the backend's failures in a row so far.
-    async fn read_loop(&self, maintenance_every: Duration, mut failures: u32) {
+    async fn read_loop(
+        &self,
+        maintenance_every: Duration,
+        mut failures: u32,
+        mut positions: Positions,
+    ) {
         let mut budget = Budget::new(self.sub.max_in_flight(), self.sub.max_in_flight_bytes);
         let mut last_maintenance = Instant::now();
         let mut last_replay_check = Instant::now();
         let replays = self.sub.replay_streams();
-        // How far the group has read: where a group that vanishes is
-        // created again (see `recreate_groups`).
-        let mut positions = Positions::default();
-        self.refresh_positions(&mut positions).await;
+        // `positions`: how far the group has read, where a group that
+        // vanishes is created again (see `recreate_groups`).
         loop {
             if self.shutdown.is_cancelled() {
                 break;
