@@ -260,3 +260,23 @@ pub enum Outcome {
     /// type, say): nothing applied; a failed attempt.
     Failed(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{At, AtRef};
+
+    #[test]
+    fn a_borrowed_key_finds_what_the_owned_pair_stored() {
+        // The maps of the host's store are looked up by `AtRef`: if it
+        // hashed differently from the owned pair, every lookup would miss
+        // and each call would wait on the backend for what the host knows.
+        let mut map: hashbrown::HashMap<At, u32> = hashbrown::HashMap::new();
+        map.insert(("bucket".to_string(), "count:a".to_string()), 1);
+        map.insert(("bucketc".to_string(), "ount:a".to_string()), 2);
+        assert_eq!(map.get(&AtRef("bucket", "count:a")), Some(&1));
+        assert_eq!(map.get(&AtRef("bucketc", "ount:a")), Some(&2));
+        assert_eq!(map.get(&AtRef("bucket", "count:b")), None);
+        assert_eq!(map.remove(&AtRef("bucket", "count:a")), Some(1));
+        assert!(!map.contains_key(&AtRef("bucket", "count:a")));
+    }
+}

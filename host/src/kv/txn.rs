@@ -379,3 +379,18 @@ impl Txn {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Slot, SlotRef};
+
+    #[test]
+    fn a_borrowed_slot_finds_what_the_owned_pair_stored() {
+        let mut map: hashbrown::HashMap<Slot, u32> = hashbrown::HashMap::new();
+        map.insert((0, "k".to_string()), 1);
+        map.insert((1, "k".to_string()), 2);
+        assert_eq!(map.get(&SlotRef(0, "k")), Some(&1));
+        assert_eq!(map.get(&SlotRef(1, "k")), Some(&2));
+        assert_eq!(map.get(&SlotRef(2, "k")), None);
+    }
+}
