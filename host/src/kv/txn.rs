@@ -115,7 +115,7 @@ impl Txn {
             .store
             .get_one(storage, key)
             .await
-            .map_err(|e| TxnError::Other(format!("reading bucket {name:?}: {e:#}")))?;
+            .map_err(|e| reading_failed(name, e))?;
         self.reads.insert((b, key.to_string()), value.clone());
         Ok(value)
     }
@@ -142,9 +142,11 @@ impl Txn {
         if !unseen.is_empty() {
             let access = self.access()?.clone();
             let storage = &access.buckets[b].1;
-            let values = access.store.get(storage, &unseen).await.map_err(|e| {
-                TxnError::Other(format!("reading bucket {:?}: {e:#}", access.buckets[b].0))
-            })?;
+            let values = access
+                .store
+                .get(storage, &unseen)
+                .await
+                .map_err(|e| reading_failed(&access.buckets[b].0, e))?;
             for (key, value) in unseen.into_iter().zip(values) {
                 self.reads.insert((b, key), value);
             }
@@ -378,6 +380,11 @@ impl Txn {
         }
         Ok(())
     }
+}
+
+/// A read of bucket `name` that the store could not answer.
+fn reading_failed(name: &str, e: anyhow::Error) -> TxnError {
+    TxnError::Other(format!("reading bucket {name:?}: {e:#}"))
 }
 
 #[cfg(test)]
