@@ -209,7 +209,11 @@ async fn open_loop(
 
     let producer = {
         let (place, broker, stream) = (place.clone(), broker.clone(), stream.clone());
-        std::thread::spawn(move || produce(&place, broker, stream, base, rate, total))
+        // Named, so that `top -H` or `perf sched` can tell it from the host's
+        // own threads.
+        std::thread::Builder::new()
+            .name("bench-producer".into())
+            .spawn(move || produce(&place, broker, stream, base, rate, total))?
     };
     let reached = tokio::task::spawn_blocking(move || producer.join())
         .await?

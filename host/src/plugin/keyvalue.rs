@@ -7,7 +7,6 @@
 //! stops answering would hold the call past its time limit.
 
 use std::future::Future;
-use std::task::Poll;
 use std::time::Instant;
 
 use wasmtime::component::Resource;
@@ -36,19 +35,11 @@ fn to_wit(e: TxnError) -> store::Error {
 }
 
 /// Runs a wait on the store within the call's time limit; past it, the
-/// call ends as a timeout. Most waits are over at once (the host knows the
-/// value), so the wait is polled once before a timer is set: setting one
-/// per operation was a visible share of a counter's call.
+/// call ends as a timeout.
 async fn bounded<T>(deadline: Option<Instant>, wait: impl Future<Output = T>) -> Wasm<T> {
-    let mut wait = std::pin::pin!(wait);
-    let first = std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await;
-    match (first, deadline) {
-        (Poll::Ready(done), _) => Ok(done),
-        (Poll::Pending, Some(d)) => tokio::time::timeout_at(d.into(), wait)
-            .await
-            .map_err(|_| wasmtime::Trap::Interrupt.into()),
-        (Poll::Pending, None) => Ok(wait.await),
-    }
+    super::wait::bounded(wait, || deadline)
+        .await
+        .map_err(|_| wasmtime::Trap::Interrupt.into())
 }
 
 impl HostState {

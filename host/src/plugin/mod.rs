@@ -18,6 +18,7 @@ mod standalone;
 mod state;
 mod stdio;
 mod traps;
+mod wait;
 mod wasi_config;
 
 use parking_lot::Mutex;
@@ -282,12 +283,13 @@ impl WasmPlugin {
         self.refuel(&mut warm.store);
     }
 
-    /// When a call still running is given up on, whatever it waits for: a
-    /// backstop for host waits that do not end at the call's deadline
-    /// (those of `wasi:io` streams nobody reads). Generous, because waits for
-    /// a key's lock move the deadline.
-    fn backstop(&self) -> Instant {
-        Instant::now() + 2 * self.settings.timeout + BACKSTOP_GRACE
+    /// Runs a call into the guest until it ends, or gives it up (`None`) at
+    /// the backstop: for host waits that do not end at the call's deadline
+    /// (those of `wasi:io` streams nobody reads). Generous, because waits
+    /// for a key's lock move the deadline.
+    async fn within_backstop<T>(&self, call: impl std::future::Future<Output = T>) -> Option<T> {
+        let backstop = || Some(Instant::now() + 2 * self.settings.timeout + BACKSTOP_GRACE);
+        wait::bounded(call, backstop).await.ok()
     }
 
     /// The verdict of a call given up on at the backstop.
@@ -318,7 +320,7 @@ impl Handler for WasmPlugin {
         self.arm(&mut warm, Some(event), true);
         fill_view(&mut warm.view, event);
         let call = warm.instance.call_handle(&mut warm.store, &warm.view);
-        let Ok(result) = tokio::time::timeout_at(self.backstop().into(), call).await else {
+        let Some(result) = self.within_backstop(call).await else {
             // The instance is in the middle of a call: it goes.
             return Handled::verdict(self.stuck());
         };
@@ -394,7 +396,7 @@ impl Handler for WasmPlugin {
         let call =
             warm.instance
                 .call_handle_error(&mut warm.store, &wit_failure, wit_event.as_ref());
-        let Ok(result) = tokio::time::timeout_at(self.backstop().into(), call).await else {
+        let Some(result) = self.within_backstop(call).await else {
             return Err(format!("handle-error {}", self.stuck()));
         };
         let call = warm.store.data_mut().finish();

@@ -12,6 +12,7 @@
 //! | `open-file`    | reads /etc/hostname                                 |
 //! | `read-env`     | reads the environment variable HOME                 |
 //! | `connect`      | opens a TCP connection to 127.0.0.1:6379            |
+//! | `sleep`        | sleeps an hour: waits in the host, not in wasm      |
 //! | anything else  | succeeds                                            |
 //!
 //! The sandbox probes report what they got as the retry reason, so tests
@@ -98,6 +99,12 @@ impl Plugin for Hostile {
                 Ok(_) => Err(Refusal::retry("connected")),
                 Err(e) => Err(Refusal::retry(format!("denied: {e}"))),
             },
+            "sleep" => {
+                // A wait on a `wasi:io` pollable, where the epoch cannot
+                // interrupt it: only the host's backstop ends the call.
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Err(Refusal::retry("slept an hour"))
+            }
             "print" => {
                 println!("printed by {}", event.id);
                 eprintln!("complained by {}", event.id);
