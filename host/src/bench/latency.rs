@@ -13,6 +13,11 @@
 //! The producer runs on a thread of its own with its own runtime, pacing
 //! itself with the OS's sleep (tens of µs) rather than the runtime's timer
 //! (1 ms granularity), and appends whatever is due in one batch.
+//!
+//! Beside the call's start, each row has the time to the ack (`acked.rs`)
+//! and the machine's own stalls in the same seconds (`hiccup.rs`): the
+//! baseline that says how much of a tail any program on this box would
+//! have had.
 
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -22,6 +27,8 @@ use async_trait::async_trait;
 use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
+use super::acked::{AckTimed, STAMP_FIELD};
+use super::hiccup::Hiccups;
 use super::{measure, progress, subscription, Backend, Case};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, Trimming};
@@ -82,17 +89,17 @@ impl Handler for Stamped {
 /// When an event was due and when the producer appended it, in ns since
 /// the base: the payload `{"t":<due>,"a":<appended>}`.
 #[derive(Debug, PartialEq, Eq)]
-struct Stamp {
-    due: u64,
-    appended: u64,
+pub(super) struct Stamp {
+    pub(super) due: u64,
+    pub(super) appended: u64,
 }
 
 impl Stamp {
-    fn write(&self) -> Vec<u8> {
+    pub(super) fn write(&self) -> Vec<u8> {
         format!("{{\"t\":{},\"a\":{}}}", self.due, self.appended).into_bytes()
     }
 
-    fn read(payload: &[u8]) -> Option<Stamp> {
+    pub(super) fn read(payload: &[u8]) -> Option<Stamp> {
         let (due, appended) = std::str::from_utf8(payload)
             .ok()?
             .strip_prefix("{\"t\":")?
@@ -114,10 +121,13 @@ pub async fn report(
 ) -> anyhow::Result<String> {
     let mut out = format!(
         "\nlatency under a steady load: an open-loop producer at shares of the drain rate measured just before,\n\
-         {:.1} s per rate; from an event's due time to its call starting (corrected for coordinated omission), in ms;\n\
-         the last two: from the moment the producer appended it (what the broker and the host account for)\n\n\
-         {:<8} {:<30} {:>6} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}\n",
-        args.latency_secs, "backend", "case", "share", "target/s", "reached/s", "p50", "p90", "p99", "p99.9", "max", "app. p99", "app. p99.9"
+         {:.1} s per rate; in ms. p50..max: from an event's due time to its call starting (corrected for\n\
+         coordinated omission); app.: from the moment the producer appended it (what the broker and the host\n\
+         account for); ack: from its due time to its ack's return; hiccup: how late a thread that only sleeps\n\
+         1 ms at a time woke in the same seconds (the machine's own stalls: the floor under the rest)\n\n\
+         {:<8} {:<24} {:>6} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}\n",
+        args.latency_secs, "backend", "case", "share", "target/s", "reached/s", "p50", "p90", "p99", "p99.9", "max",
+        "app.p99", "app.p999", "ack p50", "ack p99", "ack p999", "hic.p99", "hic.p999", "hic.max"
     );
     for place in places {
         let backend = match place {
@@ -139,7 +149,7 @@ pub async fn report(
                     "latency, {label}: {name} at {rate:.0} events/s ({:.0}%)",
                     share * 100.0
                 ));
-                let (reached, waits, from_append) = open_loop(
+                let run = open_loop(
                     place,
                     handler.clone(),
                     rate,
@@ -148,16 +158,24 @@ pub async fn report(
                 )
                 .await?;
                 let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+                let max = |h: &Histogram<u64>| h.max() as f64 / 1000.0;
                 out.push_str(&format!(
-                    "{label:<8} {name:<30} {:>5.0}% {rate:>10.0} {reached:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>9.3}\n",
+                    "{label:<8} {name:<24} {:>5.0}% {rate:>9.0} {:>9.0} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>8.3} {:>8.3} {:>7.3} {:>7.3} {:>7.3} {:>8.3} {:>8.3} {:>8.3}\n",
                     share * 100.0,
-                    ms(&waits, 0.5),
-                    ms(&waits, 0.9),
-                    ms(&waits, 0.99),
-                    ms(&waits, 0.999),
-                    waits.max() as f64 / 1000.0,
-                    ms(&from_append, 0.99),
-                    ms(&from_append, 0.999),
+                    run.reached,
+                    ms(&run.waits, 0.5),
+                    ms(&run.waits, 0.9),
+                    ms(&run.waits, 0.99),
+                    ms(&run.waits, 0.999),
+                    max(&run.waits),
+                    ms(&run.from_append, 0.99),
+                    ms(&run.from_append, 0.999),
+                    ms(&run.acked, 0.5),
+                    ms(&run.acked, 0.99),
+                    ms(&run.acked, 0.999),
+                    ms(&run.hiccups, 0.99),
+                    ms(&run.hiccups, 0.999),
+                    max(&run.hiccups),
                 ));
             }
         }
@@ -165,16 +183,28 @@ pub async fn report(
     Ok(out)
 }
 
-/// Appends at `rate` events/s for `secs` while a subscriber handles them;
-/// returns the rate the producer reached and the delays, from due and from
-/// append.
+/// What one rate of an open-loop run measured; delays in µs.
+struct Run {
+    /// Events/s the producer reached.
+    reached: f64,
+    /// From due to the call's start.
+    waits: Histogram<u64>,
+    /// From the append to the call's start.
+    from_append: Histogram<u64>,
+    /// From due to the ack's return.
+    acked: Histogram<u64>,
+    /// The hiccup meter's, over the same seconds.
+    hiccups: Histogram<u64>,
+}
+
+/// Appends at `rate` events/s for `secs` while a subscriber handles them.
 async fn open_loop(
     place: &Place,
     handler: Arc<dyn Handler>,
     rate: f64,
     secs: f64,
     concurrency: usize,
-) -> anyhow::Result<(f64, Histogram<u64>, Histogram<u64>)> {
+) -> anyhow::Result<Run> {
     let total = ((rate * secs) as usize).max(1);
     let (broker, read_count): (Arc<dyn Broker>, usize) = match place {
         Place::Memory => (MemoryBroker::new(total + 1), 256),
@@ -185,6 +215,7 @@ async fn open_loop(
         .create_group(&stream, "bench", StartFrom::Beginning)
         .await?;
     let base = Instant::now();
+    let timed = Arc::new(AckTimed::new(broker.clone(), base)?);
     let stamped = Arc::new(Stamped {
         inner: handler,
         base,
@@ -193,8 +224,8 @@ async fn open_loop(
     });
     let stats = Arc::new(Stats::default());
     let subscriber = Subscriber::new(
-        broker.clone(),
-        Publisher::new(broker.clone(), Arc::new(Routes::default())),
+        timed.clone(),
+        Publisher::new(timed.clone(), Arc::new(Routes::default())),
         subscription(
             vec![stream.clone()],
             concurrency,
@@ -207,6 +238,7 @@ async fn open_loop(
     let task = tokio::spawn(subscriber.consume(stamped.clone(), shutdown.clone()));
     warm_up(broker.as_ref(), &stream, &stats).await?;
 
+    let hiccups = Hiccups::start()?;
     let producer = {
         let (place, broker, stream) = (place.clone(), broker.clone(), stream.clone());
         // Named, so that `top -H` or `perf sched` can tell it from the host's
@@ -221,18 +253,28 @@ async fn open_loop(
     while broker.backlog(&stream, "bench").await? > 0 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    let hiccups = hiccups.stop()?;
     shutdown.cancel();
     task.await??;
     if let Place::Redis(url) = place {
         let redis = RedisBroker::connect(url, Trimming::default()).await?;
-        let _: () = redis::cmd("DEL")
+        // UNLINK: a stream of a few hundred thousand entries took DEL 11-18
+        // ms of Redis's own time (its slow log), which the next rate's
+        // warm-up would otherwise wait out.
+        let _: () = redis::cmd("UNLINK")
             .arg(&stream)
             .query_async(&mut redis.commands())
             .await?;
     }
     let waits = stamped.waits.lock().clone();
     let from_append = stamped.from_append.lock().clone();
-    Ok((reached, waits, from_append))
+    Ok(Run {
+        reached,
+        waits,
+        from_append,
+        acked: timed.acked(),
+        hiccups,
+    })
 }
 
 /// One unstamped event through the subscriber before the clock starts, so
@@ -288,14 +330,16 @@ fn produce(
         }
         let mut batch = Vec::new();
         while i < total && due(i) <= now && batch.len() < MAX_BATCH {
-            let payload = Stamp {
+            let stamp = Stamp {
                 due: due(i).as_nanos() as u64,
                 appended: now.as_nanos() as u64,
             }
             .write();
+            let mut fields = event_fields(&Event::new("order.created", stamp.clone()));
+            fields.push((STAMP_FIELD.to_string(), stamp));
             batch.push(Append {
                 stream: stream.clone(),
-                fields: event_fields(&Event::new("order.created", payload)),
+                fields,
             });
             i += 1;
         }

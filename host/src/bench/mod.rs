@@ -18,10 +18,12 @@ use crate::handler::{ErrorHandled, Failure, Handled, Handler, Verdict};
 use crate::plugin::{Links, PluginEngine, PluginSettings, WasmPlugin};
 use crate::routes::Routes;
 
+mod acked;
 mod calls;
 mod ceiling;
 mod cpu;
 mod drain;
+mod hiccup;
 mod latency;
 mod progress;
 mod rss;
@@ -63,7 +65,8 @@ pub struct BenchArgs {
     /// Also measure latency under a steady load: an open-loop producer at
     /// 25, 50, 75 and 90% of the rate measured first, each for
     /// `--latency-secs`; time from the event's scheduled append to the
-    /// call starting, in an HDR histogram.
+    /// call starting and to its ack, in HDR histograms, beside a hiccup
+    /// meter's (the machine's own stalls) over the same seconds.
     #[arg(long)]
     pub latency: bool,
     /// Payload of every pre-filled event, in bytes (default: a 62-byte

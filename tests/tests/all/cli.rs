@@ -691,7 +691,8 @@ fn the_bench_measures_latency_under_a_steady_load() {
     let report = text(&out.stdout);
     // Per handler, four rates, each with a reached rate and five figures
     // in ms, in order (p50 ≤ p90 ≤ p99 ≤ p99.9 ≤ max), then p99 and p99.9
-    // from the append.
+    // from the append, p50, p99 and p99.9 to the ack, and the hiccup
+    // meter's p99, p99.9 and max.
     for case in [
         "native Rust handler (baseline)",
         "wasm, reuse 1000 (default)",
@@ -706,7 +707,7 @@ fn the_bench_measures_latency_under_a_steady_load() {
                 .split_whitespace()
                 .map(|f| f.trim_end_matches('%').parse().unwrap())
                 .collect();
-            assert_eq!(figures.len(), 10, "{row}");
+            assert_eq!(figures.len(), 16, "{row}");
             assert!(figures[1] > 0.0 && figures[2] > 0.0, "rates: {row}");
             let delays = &figures[3..8];
             assert!(delays.windows(2).all(|w| w[0] <= w[1]), "ordered: {row}");
@@ -715,6 +716,15 @@ fn the_bench_measures_latency_under_a_steady_load() {
             let (p99, p999) = (figures[8], figures[9]);
             assert!(p99 > 0.0 && p99 <= p999, "{row}");
             assert!(p99 <= figures[5] && p999 <= figures[6], "{row}");
+            // Every event is acked after its call started: each quantile
+            // to the ack is at least the same quantile to the call.
+            let acked = &figures[10..13];
+            assert!(acked[0] > 0.0, "acks timed: {row}");
+            assert!(acked.windows(2).all(|w| w[0] <= w[1]), "ordered: {row}");
+            assert!(acked[0] >= figures[3] && acked[1] >= figures[5], "{row}");
+            let hiccups = &figures[13..16];
+            assert!(hiccups[0] > 0.0, "the meter ran: {row}");
+            assert!(hiccups.windows(2).all(|w| w[0] <= w[1]), "ordered: {row}");
         }
     }
 }
