@@ -233,8 +233,12 @@ fn default_true() -> bool {
     true
 }
 
+/// Unfinished entries a stream of the memory backend holds before `append`
+/// waits (backpressure), unless the config says otherwise.
+pub const DEFAULT_MEMORY_CAPACITY: usize = 1024;
+
 fn default_capacity() -> usize {
-    1024
+    DEFAULT_MEMORY_CAPACITY
 }
 
 impl Default for Backend {
