@@ -281,6 +281,13 @@ pub trait Handler: Send + Sync + 'static {
         0
     }
 
+    /// Calls that began on a plugin's synchronous fast path and were run
+    /// again on a fiber (they waited on I/O or ran past an epoch tick),
+    /// since the version now serving was loaded; native handlers have none.
+    fn fast_path_left(&self) -> u64 {
+        0
+    }
+
     /// The version now serving, for traces: a plugin's short content hash;
     /// `None` for native handlers.
     fn version(&self) -> Option<String> {

@@ -23,16 +23,23 @@ pub use self::runnel::plugin::types as wit;
 /// `add_to_linker`, which would link `wasi:http` through these bindings'
 /// copy of it: `wasi:http` (with `wasi:io` and `wasi:clocks`) is wasmtime's,
 /// linked only for components that import it.
+///
+/// `with_keyvalue: false` leaves out `wasi:keyvalue`, whose functions wait
+/// on the store: a component that imports it then fails to link, which is
+/// how the synchronous fast path's linker refuses it.
 pub fn add_contract_to_linker(
     linker: &mut wasmtime::component::Linker<super::state::HostState>,
+    with_keyvalue: bool,
 ) -> wasmtime::Result<()> {
     use wasmtime::component::HasSelf;
     type Own = HasSelf<super::state::HostState>;
     runnel::plugin::types::add_to_linker::<_, Own>(linker, |s| s)?;
     runnel::plugin::host::add_to_linker::<_, Own>(linker, |s| s)?;
-    wasi::keyvalue::store::add_to_linker::<_, Own>(linker, |s| s)?;
-    wasi::keyvalue::atomics::add_to_linker::<_, Own>(linker, |s| s)?;
-    wasi::keyvalue::batch::add_to_linker::<_, Own>(linker, |s| s)?;
+    if with_keyvalue {
+        wasi::keyvalue::store::add_to_linker::<_, Own>(linker, |s| s)?;
+        wasi::keyvalue::atomics::add_to_linker::<_, Own>(linker, |s| s)?;
+        wasi::keyvalue::batch::add_to_linker::<_, Own>(linker, |s| s)?;
+    }
     wasi::config::store::add_to_linker::<_, Own>(linker, |s| s)
 }
 

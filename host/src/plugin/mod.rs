@@ -8,6 +8,7 @@
 
 mod bindings;
 pub mod engine;
+mod fast_path;
 mod http;
 mod keyvalue;
 mod limits;
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Func, InstancePre, ResourceTable, TypedFunc};
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::event::Event;
@@ -38,6 +39,7 @@ use crate::kv::{KvAccess, KvEffects, Txn};
 use crate::routes::Routes;
 use bindings::{wit, HandlerPre};
 pub use engine::PluginEngine;
+use fast_path::{FastPathUse, LeaveFastPath};
 pub use link::{check, inspect};
 use link::{link, Linked};
 pub use sandbox::{capabilities, ungranted, Capability, Ungranted};
@@ -67,6 +69,9 @@ pub struct WasmPlugin {
     name: Arc<str>,
     sha256: String,
     pre: HandlerPre<HostState>,
+    /// The component linked for the synchronous fast path, when eligible.
+    fast: Option<InstancePre<HostState>>,
+    fast_use: FastPathUse,
     /// Whether the component imports WASI (then it gets a deny-by-default
     /// context; otherwise none is built at all).
     uses_wasi: bool,
@@ -81,18 +86,34 @@ pub struct WasmPlugin {
     kv: Option<Arc<KvAccess>>,
     /// Its configuration, secrets read.
     config: Arc<wasi_config::ConfigValues>,
+    /// Warm instances to call on a fiber, and (`warm_direct`) on the fast
+    /// path.
     warm: Mutex<Vec<Warm>>,
+    warm_direct: Mutex<Vec<Warm>>,
     alive: Arc<AtomicUsize>,
 }
 
 struct Warm {
     store: Store<HostState>,
-    instance: bindings::Handler,
+    entry: Entry,
     /// The guest's view of the event being handled, refilled in place.
     view: wit::Event,
     uses: u32,
     _alive: AliveGuard,
 }
+
+/// How an instance is called.
+enum Entry {
+    /// On a fiber (`call_async`): may wait in host calls, and yields its
+    /// thread at every epoch tick.
+    Fiber(bindings::Handler),
+    /// Without a fiber, on the fast path: `handle`, its type checked when
+    /// the instance was made.
+    Direct(Func),
+}
+
+/// `handle`'s signature, as the bindings of `wit/world.wit` type it.
+type HandleFunc<'a> = TypedFunc<(&'a wit::Event,), (Result<(), wit::Refusal>,)>;
 
 /// Counts live instances; dropping one decrements.
 struct AliveGuard(Arc<AtomicUsize>);
@@ -116,9 +137,15 @@ impl WasmPlugin {
         let compiled = engine.compile_file(path)?;
         let Linked {
             pre,
+            fast,
             uses_wasi,
             uses_http,
-        } = link(engine, &compiled.component).with_context(|| path.display().to_string())?;
+        } = link(
+            engine,
+            &compiled.component,
+            !settings.grants.dirs.is_empty(),
+        )
+        .with_context(|| path.display().to_string())?;
         let closed = sandbox::ungranted(
             &inspect(engine, &compiled.component).imports,
             &settings.grants,
@@ -152,6 +179,8 @@ impl WasmPlugin {
             name,
             sha256: compiled.sha256,
             pre,
+            fast,
+            fast_use: FastPathUse::default(),
             uses_wasi,
             uses_http,
             counts_fuel: engine.counts_fuel(),
@@ -160,6 +189,7 @@ impl WasmPlugin {
             kv,
             config,
             warm: Mutex::new(Vec::new()),
+            warm_direct: Mutex::new(Vec::new()),
             alive: Arc::new(AtomicUsize::new(0)),
         })
     }
@@ -176,10 +206,28 @@ impl WasmPlugin {
     /// Instantiates one instance and keeps it warm: runs the component's
     /// initialisers once, so that a version that cannot even start is found
     /// before it serves, and its first event does not pay for instantiation.
+    ///
+    /// An instance for the fast path when the plugin has one; if that cannot
+    /// start (its initialisers wait in the host), one for a fiber, whose
+    /// error is the one reported.
     pub async fn warm_up(&self) -> anyhow::Result<()> {
-        let warm = self.take_instance().await?;
+        if self.fast.is_some() {
+            if let Ok(warm) = self.take_instance(true).await {
+                self.warm_direct.lock().push(warm);
+                return Ok(());
+            }
+        }
+        let warm = self.take_instance(false).await?;
         self.warm.lock().push(warm);
         Ok(())
+    }
+
+    fn pool(&self, direct: bool) -> &Mutex<Vec<Warm>> {
+        if direct {
+            &self.warm_direct
+        } else {
+            &self.warm
+        }
     }
 
     fn new_store(&self) -> anyhow::Result<Store<HostState>> {
@@ -211,6 +259,7 @@ impl WasmPlugin {
             config: self.config.clone(),
             kv_lock_wait: self.settings.timeout,
             deadline: None,
+            direct_call: false,
             http: self.uses_http.then(|| {
                 Box::new(http::HttpState::new(
                     self.name.clone(),
@@ -229,7 +278,10 @@ impl WasmPlugin {
         // resumes: a plain wake-up put the call back first, and on one
         // worker thread a CPU-bound call then held off the reader and the
         // keep-alive for seconds (the claim-idle test failed that way).
+        // A call on the fast path cannot yield: at its first tick it goes
+        // to a fiber instead.
         store.epoch_deadline_callback(|ctx| match ctx.data().deadline {
+            _ if ctx.data().direct_call => Err(LeaveFastPath::Tick.into()),
             Some(deadline) if Instant::now() >= deadline => Ok(UpdateDeadline::Interrupt),
             _ => Ok(UpdateDeadline::YieldCustom(
                 1,
@@ -239,29 +291,43 @@ impl WasmPlugin {
         Ok(store)
     }
 
-    async fn take_instance(&self) -> anyhow::Result<Warm> {
-        if let Some(warm) = self.warm.lock().pop() {
+    /// A warm instance to call on the fast path (`direct`) or on a fiber.
+    async fn take_instance(&self, direct: bool) -> anyhow::Result<Warm> {
+        if let Some(warm) = self.pool(direct).lock().pop() {
             return Ok(warm);
         }
         // Boxed: instantiating is rare and its future is large, and every
         // call's future would otherwise carry (and copy) room for it.
-        Box::pin(self.instantiate()).await
+        Box::pin(self.instantiate(direct)).await
     }
 
-    async fn instantiate(&self) -> anyhow::Result<Warm> {
+    /// Makes an instance. On a fiber either way: a component's
+    /// initialisers may run long, and must yield like any call.
+    async fn instantiate(&self, direct: bool) -> anyhow::Result<Warm> {
         let mut store = self.new_store()?;
         store.data_mut().deadline = Some(Instant::now() + self.settings.timeout);
         store.set_epoch_deadline(1);
         self.refuel(&mut store);
-        let instance = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| anyhow::anyhow!("instantiating: {}", describe_trap(&e)))?;
+        let failed = |e: wasmtime::Error| anyhow::anyhow!("instantiating: {}", describe_trap(&e));
+        let entry = match (&self.fast, direct) {
+            (Some(fast), true) => {
+                let instance = fast.instantiate_async(&mut store).await.map_err(failed)?;
+                let handle: HandleFunc<'_> = instance
+                    .get_typed_func(&mut store, "handle")
+                    .map_err(failed)?;
+                Entry::Direct(*handle.func())
+            }
+            _ => Entry::Fiber(
+                self.pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(failed)?,
+            ),
+        };
         self.alive.fetch_add(1, Relaxed);
         Ok(Warm {
             store,
-            instance,
+            entry,
             view: empty_view(),
             uses: 0,
             _alive: AliveGuard(self.alive.clone()),
@@ -271,7 +337,8 @@ impl WasmPlugin {
     fn give_back(&self, mut warm: Warm) {
         warm.uses += 1;
         if warm.uses < self.settings.reuse_instance {
-            self.warm.lock().push(warm);
+            let direct = matches!(warm.entry, Entry::Direct(_));
+            self.pool(direct).lock().push(warm);
         }
     }
 
@@ -310,20 +377,63 @@ impl WasmPlugin {
     }
 }
 
-#[async_trait]
-impl Handler for WasmPlugin {
-    async fn handle(&self, event: &Event) -> Handled {
-        let mut warm = match self.take_instance().await {
+impl WasmPlugin {
+    /// Handles an event on the fast path, or says (`None`) that it must be
+    /// handled on a fiber instead; an attempt's instance is then dropped
+    /// in the middle of its call, and nothing it did takes effect.
+    async fn handle_direct(&self, event: &Event) -> Option<Handled> {
+        // An instance that cannot be made for the fast path may be on a
+        // fiber, which reports the error if not.
+        let mut warm = self.take_instance(true).await.ok()?;
+        let Entry::Direct(func) = warm.entry else {
+            unreachable!("the fast path's pool holds only direct instances")
+        };
+        self.arm(&mut warm, Some(event), true);
+        // Two ticks, not one: the first may come a moment after the call
+        // starts, and a short call must not leave the fast path for it.
+        // So a call leaves after 10-20 ms of running, where one on a fiber
+        // yields after up to 10.
+        warm.store.set_epoch_deadline(2);
+        fill_view(&mut warm.view, event);
+        // SAFETY: `handle`'s type was checked against `HandleFunc` when the
+        // instance was made, and `func` belongs to this store.
+        let handle: HandleFunc<'_> = unsafe { TypedFunc::new_unchecked(func) };
+        warm.store.data_mut().direct_call = true;
+        let result = handle.call(&mut warm.store, (&warm.view,)).map(|(r,)| r);
+        warm.store.data_mut().direct_call = false;
+        if result.as_ref().is_err_and(LeaveFastPath::is) {
+            return None;
+        }
+        Some(self.conclude(warm, result))
+    }
+
+    /// Handles an event on a fiber: the call may wait in the host, and
+    /// yields its thread at every epoch tick.
+    async fn handle_on_fiber(&self, event: &Event) -> Handled {
+        let mut warm = match self.take_instance(false).await {
             Ok(w) => w,
             Err(e) => return Handled::verdict(Verdict::Trap(format!("{e:#}"))),
         };
         self.arm(&mut warm, Some(event), true);
         fill_view(&mut warm.view, event);
-        let call = warm.instance.call_handle(&mut warm.store, &warm.view);
+        let Entry::Fiber(instance) = &warm.entry else {
+            unreachable!("the fiber pool holds only fiber instances")
+        };
+        let call = instance.call_handle(&mut warm.store, &warm.view);
         let Some(result) = self.within_backstop(call).await else {
             // The instance is in the middle of a call: it goes.
             return Handled::verdict(self.stuck());
         };
+        self.conclude(warm, result)
+    }
+
+    /// What a finished `handle` call comes to; gives its instance back
+    /// unless it trapped.
+    fn conclude(
+        &self,
+        mut warm: Warm,
+        result: wasmtime::Result<Result<(), wit::Refusal>>,
+    ) -> Handled {
         let call = warm.store.data_mut().finish();
         // A refusal's reason and a trap's stderr end up in logs and dead
         // letters: no secret of the plugin's config goes with them.
@@ -365,9 +475,25 @@ impl Handler for WasmPlugin {
             http: call.http.exchanges,
         }
     }
+}
+
+#[async_trait]
+impl Handler for WasmPlugin {
+    async fn handle(&self, event: &Event) -> Handled {
+        if self.fast.is_some() && self.fast_use.try_now() {
+            if let Some(handled) = self.handle_direct(event).await {
+                return handled;
+            }
+            self.fast_use.left();
+        }
+        self.handle_on_fiber(event).await
+    }
 
     async fn handle_error(&self, failure: &Failure, event: Option<&Event>) -> ErrorHandled {
-        let mut warm = self.take_instance().await.map_err(|e| format!("{e:#}"))?;
+        let mut warm = self
+            .take_instance(false)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
         self.arm(&mut warm, event, false);
         let state = warm.store.data_mut();
         let call = &mut state.call;
@@ -393,9 +519,10 @@ impl Handler for WasmPlugin {
             is_last_attempt: failure.is_last_attempt,
         };
         let wit_event = event.map(to_wit);
-        let call =
-            warm.instance
-                .call_handle_error(&mut warm.store, &wit_failure, wit_event.as_ref());
+        let Entry::Fiber(instance) = &warm.entry else {
+            unreachable!("the fiber pool holds only fiber instances")
+        };
+        let call = instance.call_handle_error(&mut warm.store, &wit_failure, wit_event.as_ref());
         let Some(result) = self.within_backstop(call).await else {
             return Err(format!("handle-error {}", self.stuck()));
         };
@@ -411,6 +538,10 @@ impl Handler for WasmPlugin {
 
     fn instances_alive(&self) -> usize {
         self.alive.load(Relaxed)
+    }
+
+    fn fast_path_left(&self) -> u64 {
+        self.fast_use.times_left()
     }
 
     fn version(&self) -> Option<String> {

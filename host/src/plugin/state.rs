@@ -52,6 +52,9 @@ pub struct HostState {
     /// When the running call must stop; checked at every epoch tick and
     /// by every wait in a host call.
     pub deadline: Option<Instant>,
+    /// Set while a call runs on the fast path, without a fiber: an epoch
+    /// tick then ends the attempt instead of yielding.
+    pub direct_call: bool,
     /// Present only for components that import `wasi:http`: the grants and
     /// limits their requests go through.
     pub http: Option<Box<super::http::HttpState>>,

@@ -213,6 +213,10 @@ impl Handler for LivePlugin {
         self.current.load().handler.instances_alive()
     }
 
+    fn fast_path_left(&self) -> u64 {
+        self.current.load().handler.fast_path_left()
+    }
+
     fn version(&self) -> Option<String> {
         self.current.load().handler.version()
     }

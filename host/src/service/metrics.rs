@@ -29,6 +29,7 @@ struct PluginFigures {
     counters: Snapshot,
     latency: Histogram,
     instances_alive: usize,
+    fast_path_left: u64,
     reloads: ReloadStatus,
     rescued_calls: u64,
     shadow: Option<Agreement>,
@@ -69,6 +70,7 @@ impl Scrape {
                 counters: p.stats.snapshot(),
                 latency: p.stats.latency.clone(),
                 instances_alive: p.live.instances_alive(),
+                fast_path_left: p.live.fast_path_left(),
                 reloads: p.live.status(),
                 breaker_trips: p.breaker.trips(),
                 breaker_open: p.breaker.position() != Position::Closed,
@@ -244,6 +246,15 @@ impl Collector for Scrape {
             self.plugins
                 .iter()
                 .map(|p| (by_plugin(p), ConstGauge::new(p.instances_alive as i64))),
+        )?;
+        family(
+            &mut encoder,
+            "runnel_fast_path_left",
+            "Calls begun on the synchronous fast path and run again on a fiber (they waited on I/O or ran past an epoch tick); resets when a new version is installed.",
+            MetricType::Counter,
+            self.plugins
+                .iter()
+                .map(|p| (by_plugin(p), ConstCounter::new(p.fast_path_left))),
         )?;
         family(
             &mut encoder,

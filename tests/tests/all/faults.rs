@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use runnel::dead_letter::DeadLetterRecord;
 use runnel::event::Event;
-use runnel::handler::Verdict;
+use runnel::handler::{Handler as _, Verdict};
 use runnel_tests::{start, Call, Running};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -503,5 +503,65 @@ max_attempts = 1
             .contains("payload of 2000 bytes is larger than the limit of 1024 (max_payload_bytes)"),
         "{record:?}"
     );
+    run.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn calls_that_wait_or_run_long_leave_the_fast_path_and_count_once() {
+    // Three copies of the worker, each on its own stream. Its calls start
+    // without a fiber; one that runs past two epoch ticks, or sleeps (a
+    // wait on a clock's pollable in the host), is run again on a fiber,
+    // and what the abandoned attempt emitted must not go out with it.
+    let run = start(
+        r#"
+[routes]
+"worked" = "done"
+
+[[plugin]]
+name = "long"
+path = "@worker"
+streams = ["long"]
+
+[[plugin]]
+name = "sleeper"
+path = "@worker"
+streams = ["sleeper"]
+
+[[plugin]]
+name = "quick"
+path = "@worker"
+streams = ["quick"]
+"#,
+    )
+    .await
+    .unwrap();
+    // About 50 ms of computing or more: past two 10 ms ticks.
+    for (stream, payload, n) in [
+        ("long", r#"{"iterations":50000000}"#, 2),
+        ("sleeper", r#"{"iterations":0,"sleep_ms":30}"#, 2),
+        ("quick", r#"{"iterations":1000}"#, 50),
+    ] {
+        let events: Vec<Event> = (0..n).map(|_| Event::new("work", payload)).collect();
+        run.inject(stream, events).await.unwrap();
+    }
+    run.idle_within(LIMIT).await.unwrap();
+    for (i, (name, events)) in [("long", 2), ("sleeper", 2), ("quick", 50)]
+        .into_iter()
+        .enumerate()
+    {
+        let calls = run.recorders[i].calls();
+        assert_eq!(calls.len(), events, "{name}: one call per event");
+        for call in &calls {
+            let Call::Handle { event, result } = call else {
+                panic!("{name}: {call:?}")
+            };
+            assert_eq!(result.verdict, Verdict::Done, "{name}: {event:?}");
+            assert_eq!(result.emitted.len(), 1, "{name}: one `worked` per event");
+        }
+    }
+    let left = |i: usize| run.runtime.plugins[i].live.fast_path_left();
+    assert!(left(0) >= 1, "the long call left the fast path");
+    assert!(left(1) >= 1, "the sleeping call left the fast path");
+    assert_eq!(left(2), 0, "a short call stays on the fast path");
     run.stop().await.unwrap();
 }

@@ -1,11 +1,14 @@
-//! Burns CPU for `{"iterations": N}` rounds, then emits `worked` whose
-//! payload is the handled event's id: tests count these to prove that every
-//! event was handled, even by processes that were killed afterwards.
+//! Burns CPU for `{"iterations": N}` rounds (and, with `"sleep_ms": M`,
+//! sleeps M ms: a wait in the host), then emits `worked` whose payload is
+//! the handled event's id: tests count these to prove that every event was
+//! handled once, even by processes that were killed afterwards.
 use runnel_guest::{emit, export_plugin, Event, Outcome, Plugin};
 
 #[derive(serde::Deserialize)]
 struct Spec {
     iterations: u64,
+    #[serde(default)]
+    sleep_ms: u64,
 }
 
 struct Worker;
@@ -18,6 +21,9 @@ impl Plugin for Worker {
             x = std::hint::black_box(x.rotate_left(5) ^ i).wrapping_mul(0x100_0000_01b3);
         }
         std::hint::black_box(x);
+        if spec.sleep_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(spec.sleep_ms));
+        }
         emit("worked", event.id.into_bytes())
     }
 }
