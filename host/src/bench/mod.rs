@@ -173,8 +173,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         max_instances: Some(64),
         ..EngineConfig::default()
     })?);
-    let wasm = |reuse: u32| -> anyhow::Result<Arc<dyn Handler>> {
-        let settings = settings(reuse);
+    // `fast_path: false`: the same plugin called on a fiber always, the
+    // baseline of the synchronous fast path in the same run.
+    let wasm_with = |reuse: u32, fast_path: bool| -> anyhow::Result<Arc<dyn Handler>> {
+        let settings = PluginSettings {
+            fast_path,
+            ..settings(reuse)
+        };
         Ok(Arc::new(WasmPlugin::load(
             &engine,
             "noop",
@@ -183,6 +188,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             Links::routes_only(Arc::new(Routes::default())),
         )?))
     };
+    let wasm = |reuse: u32| wasm_with(reuse, true);
+    const ON_A_FIBER: &str = "wasm, reuse 1000, on a fiber";
     let native = Case::new("native Rust handler (baseline)", Arc::new(NativeNoop));
     // The counter plugin: every event increments the key of its name,
     // its writes committed with the ack; with one name, every call reads
@@ -223,6 +230,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             native.clone(),
             Case::new("wasm, warm instances (reuse ∞)", wasm(u32::MAX)?),
             Case::new("wasm, reuse 1000 (default)", wasm(1000)?),
+            Case::new(ON_A_FIBER, wasm_with(1000, false)?),
             Case::new("wasm, reuse 100", wasm(100)?),
             Case::new("wasm, reuse 10", wasm(10)?),
             Case::new("wasm, fresh instance per event", wasm(1)?),
@@ -254,6 +262,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             (native.name.clone(), native.handler.clone()),
             ("wasm, warm instances (reuse ∞)".into(), wasm(u32::MAX)?),
             ("wasm, reuse 1000 (default)".into(), wasm(1000)?),
+            (ON_A_FIBER.into(), wasm_with(1000, false)?),
         ];
         progress::progress().say("the cost of one call".into());
         // A plugin that fails here (a warm instance that leaks past its
@@ -271,6 +280,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             vec![
                 native.clone(),
                 Case::new("wasm, reuse 1000 (default)", wasm(1000)?),
+                Case::new(ON_A_FIBER, wasm_with(1000, false)?),
                 counter(RedisBroker::connect(url, room_for(args.events)).await?, 1)?,
                 counter(
                     RedisBroker::connect(url, room_for(args.events)).await?,

@@ -47,6 +47,7 @@ impl PluginConfig {
             grants,
             strict_grants,
             fuel_per_call,
+            fast_path,
             kv_limits,
             http_limits,
             config,
@@ -60,6 +61,7 @@ impl PluginConfig {
             grants,
             strict_grants,
             fuel_per_call,
+            fast_path,
             kv_limits,
             http_limits,
             config,
@@ -88,6 +90,7 @@ impl PluginConfig {
             grants,
             strict_grants,
             fuel_per_call,
+            fast_path,
             breaker_failures,
             breaker_pause_ms,
             dedup_window_ms,
@@ -122,6 +125,7 @@ impl PluginConfig {
             Reload,
             *fuel_per_call != other.fuel_per_call,
         );
+        check("fast_path", Reload, *fast_path != other.fast_path);
         check("kv_limits", Reload, *kv_limits != other.kv_limits);
         check("http_limits", Reload, *http_limits != other.http_limits);
         check("config", Reload, *config != other.config);
@@ -188,9 +192,10 @@ mod tests {
         newer.grants.stdio = true;
         newer.strict_grants = true;
         newer.fuel_per_call = Some(1_000);
+        newer.fast_path = false;
         assert_eq!(
             base.differences(&newer).len(),
-            8,
+            9,
             "every setting above differs"
         );
         let running = base.with_reloadable_from(&newer);

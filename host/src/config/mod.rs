@@ -338,6 +338,13 @@ pub struct PluginConfig {
     /// as a timeout; needs `[engine] fuel = true`. The same event then
     /// always stops at the same point, whatever the machine's load.
     pub fuel_per_call: Option<u64>,
+    /// Call the plugin without a fiber first when its imports allow (no
+    /// key-value, HTTP or sockets, no granted directories): cheaper by a few
+    /// hundred ns a call; a call that waits or runs past 10-20 ms is run
+    /// again on a fiber (ARCHITECTURE.md, "Call"). `false` calls it on a
+    /// fiber always.
+    #[serde(default = "default_true")]
+    pub fast_path: bool,
     /// Failed calls in a row (retry, trap, timeout) that trip the plugin's
     /// circuit breaker: its events then wait, pending, for
     /// `breaker_pause_ms` before one probe call. 0 turns it off.

@@ -23,13 +23,14 @@ pub(super) struct Linked {
 }
 
 /// Resolves a component's imports (WASI and `wasi:http` only if it asks for
-/// them) and checks its exports against the `handler` world; links it for
-/// the fast path too when it is [`fast_path::eligible`] under
-/// `dirs_granted` (whether its config grants it directories).
+/// them) and checks its exports against the `handler` world. With
+/// `fast_path: Some(dirs_granted)` (whether its config grants it
+/// directories), links it for the fast path too when it is
+/// [`fast_path::eligible`].
 pub(super) fn link(
     engine: &PluginEngine,
     component: &wasmtime::component::Component,
-    dirs_granted: bool,
+    fast_path: Option<bool>,
 ) -> anyhow::Result<Linked> {
     let mut linker: Linker<HostState> = Linker::new(engine.engine());
     bindings::add_contract_to_linker(&mut linker, true)?;
@@ -48,10 +49,11 @@ pub(super) fn link(
         .map_err(|e| anyhow::anyhow!("imports something the host does not provide: {e}"))?;
     let pre = HandlerPre::new(pre)
         .map_err(|e| anyhow::anyhow!("does not implement the runnel:plugin/handler world: {e}"))?;
-    let fast = if fast_path::eligible(&imports, dirs_granted) {
-        Some(link_fast(engine, component, uses_wasi)?)
-    } else {
-        None
+    let fast = match fast_path {
+        Some(dirs_granted) if fast_path::eligible(&imports, dirs_granted) => {
+            Some(link_fast(engine, component, uses_wasi)?)
+        }
+        _ => None,
     };
     Ok(Linked {
         pre,
@@ -115,6 +117,6 @@ pub fn inspect(engine: &PluginEngine, component: &wasmtime::component::Component
 /// what it imports and exports.
 pub fn check(engine: &PluginEngine, path: &Path) -> anyhow::Result<Interface> {
     let compiled = engine.compile_file(path)?;
-    link(engine, &compiled.component, false).with_context(|| path.display().to_string())?;
+    link(engine, &compiled.component, None).with_context(|| path.display().to_string())?;
     Ok(inspect(engine, &compiled.component))
 }

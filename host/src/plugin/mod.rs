@@ -143,7 +143,9 @@ impl WasmPlugin {
         } = link(
             engine,
             &compiled.component,
-            !settings.grants.dirs.is_empty(),
+            settings
+                .fast_path
+                .then_some(!settings.grants.dirs.is_empty()),
         )
         .with_context(|| path.display().to_string())?;
         let closed = sandbox::ungranted(

@@ -21,6 +21,9 @@ pub struct PluginSettings {
     pub strict_grants: bool,
     /// Fuel one call may burn (the engine must count fuel).
     pub fuel: Option<u64>,
+    /// Whether calls may take the synchronous fast path when the
+    /// component's imports allow (`fast_path`).
+    pub fast_path: bool,
     /// Largest payload of an emitted event, in bytes: what consumers of the
     /// same config accept (`max_payload_bytes`), so that a plugin cannot
     /// publish what nobody can read.
@@ -72,6 +75,7 @@ impl PluginSettings {
             grants: Grants::default(),
             strict_grants: false,
             fuel: None,
+            fast_path: true,
             max_emitted_payload: crate::config::DEFAULT_MAX_PAYLOAD_BYTES,
             kv_buckets: Vec::new(),
             kv_limits: KvLimits::default(),
@@ -93,6 +97,7 @@ impl PluginSettings {
             grants: p.grants.clone(),
             strict_grants: p.strict_grants,
             fuel: p.fuel_per_call,
+            fast_path: p.fast_path,
             max_emitted_payload: max_payload_bytes,
             kv_buckets: kv_buckets(p.kv_namespace(), &p.grants),
             kv_limits: p.kv_limits,

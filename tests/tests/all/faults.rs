@@ -508,7 +508,7 @@ max_attempts = 1
 
 #[tokio::test]
 async fn calls_that_wait_or_run_long_leave_the_fast_path_and_count_once() {
-    // Three copies of the worker, each on its own stream. Its calls start
+    // Copies of the worker, each on its own stream. Its calls start
     // without a fiber; one that runs past two epoch ticks, or sleeps (a
     // wait on a clock's pollable in the host), is run again on a fiber,
     // and what the abandoned attempt emitted must not go out with it.
@@ -531,6 +531,12 @@ streams = ["sleeper"]
 name = "quick"
 path = "@worker"
 streams = ["quick"]
+
+[[plugin]]
+name = "fiber"
+path = "@worker"
+streams = ["fiber"]
+fast_path = false
 "#,
     )
     .await
@@ -540,12 +546,13 @@ streams = ["quick"]
         ("long", r#"{"iterations":50000000}"#, 2),
         ("sleeper", r#"{"iterations":0,"sleep_ms":30}"#, 2),
         ("quick", r#"{"iterations":1000}"#, 50),
+        ("fiber", r#"{"iterations":0,"sleep_ms":30}"#, 2),
     ] {
         let events: Vec<Event> = (0..n).map(|_| Event::new("work", payload)).collect();
         run.inject(stream, events).await.unwrap();
     }
     run.idle_within(LIMIT).await.unwrap();
-    for (i, (name, events)) in [("long", 2), ("sleeper", 2), ("quick", 50)]
+    for (i, (name, events)) in [("long", 2), ("sleeper", 2), ("quick", 50), ("fiber", 2)]
         .into_iter()
         .enumerate()
     {
@@ -563,5 +570,6 @@ streams = ["quick"]
     assert!(left(0) >= 1, "the long call left the fast path");
     assert!(left(1) >= 1, "the sleeping call left the fast path");
     assert_eq!(left(2), 0, "a short call stays on the fast path");
+    assert_eq!(left(3), 0, "`fast_path = false`: never tried");
     run.stop().await.unwrap();
 }
