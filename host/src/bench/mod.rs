@@ -351,6 +351,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         let cases = vec![
             (native.name.clone(), native.handler.clone()),
             ("wasm, reuse 1000 (default)".to_string(), wasm(1000)?),
+            (ON_A_FIBER.to_string(), wasm_with(1000, false)?),
         ];
         out.push_str(&latency::report(&args, &places, &cases).await?);
     }

@@ -160,6 +160,15 @@ pub(super) fn check(path: PathBuf, config: Option<PathBuf>) -> anyhow::Result<Ex
     println!("{}: ok, implements runnel:plugin/handler", path.display());
     println!("  exports: {}", interface.exports.join(", "));
     println!("  imports: {}", interface.imports.join(", "));
+    // Granted directories also rule it out; that is per plugin, below.
+    println!(
+        "  calls: {}",
+        if plugin::fast_path_eligible(&interface.imports, false) {
+            "without a fiber first (the synchronous fast path)"
+        } else {
+            "on a fiber (it imports key-value, HTTP or sockets, which wait in the host)"
+        }
+    );
     let Some(config_path) = config else {
         let closed = plugin::ungranted(&interface.imports, &Default::default());
         if !closed.is_empty() {

@@ -39,6 +39,7 @@ use crate::kv::{KvAccess, KvEffects, Txn};
 use crate::routes::Routes;
 use bindings::{wit, HandlerPre};
 pub use engine::PluginEngine;
+pub use fast_path::eligible as fast_path_eligible;
 use fast_path::{FastPathUse, LeaveFastPath};
 pub use link::{check, inspect};
 use link::{link, Linked};

@@ -119,6 +119,10 @@ fn check_lists_what_a_plugin_exports_and_imports() {
         !logger.contains("wasi:keyvalue") && !logger.contains("wasi:http"),
         "{logger}"
     );
+    // Which way its calls go: the enricher's HTTP and key-value wait in
+    // the host; the logger's imports never do.
+    assert!(logger.contains("calls: without a fiber first"), "{logger}");
+    assert!(stdout.contains("calls: on a fiber"), "{stdout}");
     assert!(
         stdout.contains(r#"outbound HTTP  grants.http = ["https://HOST"]"#),
         "{stdout}"
@@ -696,6 +700,7 @@ fn the_bench_measures_latency_under_a_steady_load() {
     for case in [
         "native Rust handler (baseline)",
         "wasm, reuse 1000 (default)",
+        "wasm, reuse 1000, on a fiber",
     ] {
         let rows: Vec<&str> = report
             .lines()
