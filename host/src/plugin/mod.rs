@@ -108,13 +108,38 @@ enum Entry {
     /// On a fiber (`call_async`): may wait in host calls, and yields its
     /// thread at every epoch tick.
     Fiber(bindings::Handler),
-    /// Without a fiber, on the fast path: `handle`, its type checked when
-    /// the instance was made.
-    Direct(Func),
+    /// Without a fiber, on the fast path: the exports, their types checked
+    /// when the instance was made.
+    Direct { handle: Func, handle_error: Func },
 }
 
-/// `handle`'s signature, as the bindings of `wit/world.wit` type it.
+/// The exports' signatures, as the bindings of `wit/world.wit` type them.
 type HandleFunc<'a> = TypedFunc<(&'a wit::Event,), (Result<(), wit::Refusal>,)>;
+type HandleErrorFunc<'a> = TypedFunc<(&'a wit::Failure, Option<&'a wit::Event>), ()>;
+
+/// A `handle-error` call's arguments, as the host has them and as the
+/// guest gets them.
+struct ErrorCall<'a> {
+    failure: &'a Failure,
+    event: Option<&'a Event>,
+    wit_failure: &'a wit::Failure,
+    wit_event: Option<&'a wit::Event>,
+}
+
+/// Runs a call on the fast path: `None` if it had to leave (the store's
+/// instance is then in the middle of the call, and must be dropped).
+fn direct<R>(
+    store: &mut Store<HostState>,
+    call: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+) -> Option<wasmtime::Result<R>> {
+    store.data_mut().direct_call = true;
+    let result = call(store);
+    store.data_mut().direct_call = false;
+    match result {
+        Err(e) if LeaveFastPath::is(&e) => None,
+        result => Some(result),
+    }
+}
 
 /// Counts live instances; dropping one decrements.
 struct AliveGuard(Arc<AtomicUsize>);
@@ -307,6 +332,12 @@ impl WasmPlugin {
     /// Makes an instance. On a fiber either way: a component's
     /// initialisers may run long, and must yield like any call.
     async fn instantiate(&self, direct: bool) -> anyhow::Result<Warm> {
+        // A warm instance of the other kind goes first: a plugin then never
+        // holds more instances than it has calls at once, which is what
+        // sizes the pool (`engine.max_instances`), so an event never fails
+        // for want of a slot.
+        let evicted = self.pool(!direct).lock().pop();
+        drop(evicted);
         let mut store = self.new_store()?;
         store.data_mut().deadline = Some(Instant::now() + self.settings.timeout);
         store.set_epoch_deadline(1);
@@ -318,7 +349,13 @@ impl WasmPlugin {
                 let handle: HandleFunc<'_> = instance
                     .get_typed_func(&mut store, "handle")
                     .map_err(failed)?;
-                Entry::Direct(*handle.func())
+                let handle_error: HandleErrorFunc<'_> = instance
+                    .get_typed_func(&mut store, "handle-error")
+                    .map_err(failed)?;
+                Entry::Direct {
+                    handle: *handle.func(),
+                    handle_error: *handle_error.func(),
+                }
             }
             _ => Entry::Fiber(
                 self.pre
@@ -340,7 +377,7 @@ impl WasmPlugin {
     fn give_back(&self, mut warm: Warm) {
         warm.uses += 1;
         if warm.uses < self.settings.reuse_instance {
-            let direct = matches!(warm.entry, Entry::Direct(_));
+            let direct = matches!(warm.entry, Entry::Direct { .. });
             self.pool(direct).lock().push(warm);
         }
     }
@@ -388,7 +425,7 @@ impl WasmPlugin {
         // An instance that cannot be made for the fast path may be on a
         // fiber, which reports the error if not.
         let mut warm = self.take_instance(true).await.ok()?;
-        let Entry::Direct(func) = warm.entry else {
+        let Entry::Direct { handle, .. } = warm.entry else {
             unreachable!("the fast path's pool holds only direct instances")
         };
         self.arm(&mut warm, Some(event), true);
@@ -399,14 +436,10 @@ impl WasmPlugin {
         warm.store.set_epoch_deadline(2);
         fill_view(&mut warm.view, event);
         // SAFETY: `handle`'s type was checked against `HandleFunc` when the
-        // instance was made, and `func` belongs to this store.
-        let handle: HandleFunc<'_> = unsafe { TypedFunc::new_unchecked(func) };
-        warm.store.data_mut().direct_call = true;
-        let result = handle.call(&mut warm.store, (&warm.view,)).map(|(r,)| r);
-        warm.store.data_mut().direct_call = false;
-        if result.as_ref().is_err_and(LeaveFastPath::is) {
-            return None;
-        }
+        // instance was made, and it belongs to this store.
+        let handle: HandleFunc<'_> = unsafe { TypedFunc::new_unchecked(handle) };
+        let result = direct(&mut warm.store, |store| handle.call(store, (&warm.view,)))?;
+        let result = result.map(|(r,)| r);
         Some(self.conclude(warm, result))
     }
 
@@ -428,6 +461,65 @@ impl WasmPlugin {
             return Handled::verdict(self.stuck());
         };
         self.conclude(warm, result)
+    }
+
+    /// `handle-error` on the fast path, or `None`: run it on a fiber.
+    async fn handle_error_direct(&self, call: &ErrorCall<'_>) -> Option<ErrorHandled> {
+        let mut warm = self.take_instance(true).await.ok()?;
+        let Entry::Direct { handle_error, .. } = warm.entry else {
+            unreachable!("the fast path's pool holds only direct instances")
+        };
+        self.arm_error(&mut warm, call);
+        warm.store.set_epoch_deadline(2);
+        // SAFETY: as in `handle_direct`, checked against `HandleErrorFunc`.
+        let handle_error: HandleErrorFunc<'_> = unsafe { TypedFunc::new_unchecked(handle_error) };
+        let result = direct(&mut warm.store, |store| {
+            handle_error.call(store, (call.wit_failure, call.wit_event))
+        })?;
+        Some(self.conclude_error(warm, result))
+    }
+
+    /// `handle-error` on a fiber.
+    async fn handle_error_on_fiber(&self, call: &ErrorCall<'_>) -> ErrorHandled {
+        let mut warm = self
+            .take_instance(false)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        self.arm_error(&mut warm, call);
+        let Entry::Fiber(instance) = &warm.entry else {
+            unreachable!("the fiber pool holds only fiber instances")
+        };
+        let run = instance.call_handle_error(&mut warm.store, call.wit_failure, call.wit_event);
+        let Some(result) = self.within_backstop(run).await else {
+            return Err(format!("handle-error {}", self.stuck()));
+        };
+        self.conclude_error(warm, result)
+    }
+
+    /// Starts a `handle-error` call: its log lines and requests carry the
+    /// failed event's id, and the event's dry-run flag holds for it too.
+    fn arm_error(&self, warm: &mut Warm, call: &ErrorCall<'_>) {
+        self.arm(warm, call.event, false);
+        let state = warm.store.data_mut();
+        let out = &mut state.call;
+        out.event_id.clone_from(&call.failure.event_id);
+        out.correlation_id.clone_from(&call.failure.correlation_id);
+        out.is_dry_run = call.failure.is_dry_run;
+        if let Some(http) = &mut state.http {
+            http.begin(&call.failure.event_id, call.failure.is_dry_run);
+        }
+    }
+
+    /// What a finished `handle-error` call comes to.
+    fn conclude_error(&self, mut warm: Warm, result: wasmtime::Result<()>) -> ErrorHandled {
+        let call = warm.store.data_mut().finish();
+        match result {
+            Ok(()) => {
+                self.give_back(warm);
+                Ok(call.logs)
+            }
+            Err(trap) => Err(format!("handle-error {}", describe_trap(&trap))),
+        }
     }
 
     /// What a finished `handle` call comes to; gives its instance back
@@ -493,20 +585,6 @@ impl Handler for WasmPlugin {
     }
 
     async fn handle_error(&self, failure: &Failure, event: Option<&Event>) -> ErrorHandled {
-        let mut warm = self
-            .take_instance(false)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
-        self.arm(&mut warm, event, false);
-        let state = warm.store.data_mut();
-        let call = &mut state.call;
-        call.event_id.clone_from(&failure.event_id);
-        call.correlation_id.clone_from(&failure.correlation_id);
-        // The failed event's dry-run flag holds for its error handler too.
-        call.is_dry_run = failure.is_dry_run;
-        if let Some(http) = &mut state.http {
-            http.begin(&failure.event_id, failure.is_dry_run);
-        }
         let wit_failure = wit::Failure {
             message: failure.message.clone(),
             kind: match failure.kind {
@@ -522,21 +600,19 @@ impl Handler for WasmPlugin {
             is_last_attempt: failure.is_last_attempt,
         };
         let wit_event = event.map(to_wit);
-        let Entry::Fiber(instance) = &warm.entry else {
-            unreachable!("the fiber pool holds only fiber instances")
+        let call = ErrorCall {
+            failure,
+            event,
+            wit_failure: &wit_failure,
+            wit_event: wit_event.as_ref(),
         };
-        let call = instance.call_handle_error(&mut warm.store, &wit_failure, wit_event.as_ref());
-        let Some(result) = self.within_backstop(call).await else {
-            return Err(format!("handle-error {}", self.stuck()));
-        };
-        let call = warm.store.data_mut().finish();
-        match result {
-            Ok(()) => {
-                self.give_back(warm);
-                Ok(call.logs)
+        if self.fast.is_some() && self.fast_use.try_now() {
+            if let Some(handled) = self.handle_error_direct(&call).await {
+                return handled;
             }
-            Err(trap) => Err(format!("handle-error {}", describe_trap(&trap))),
+            self.fast_use.left();
         }
+        self.handle_error_on_fiber(&call).await
     }
 
     fn instances_alive(&self) -> usize {

@@ -573,3 +573,39 @@ fast_path = false
     assert_eq!(left(3), 0, "`fast_path = false`: never tried");
     run.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn leaving_the_fast_path_and_coming_back_keeps_one_instance_per_call_at_once() {
+    // The pool is sized by the plugins' concurrency, so a plugin must never
+    // keep a warm instance for each way of calling it: a sleeping call
+    // leaves the fast path (its instance dropped, one made for a fiber),
+    // the next thousand calls go to the fiber, and the one after comes
+    // back to the fast path, whose new instance replaces the fiber's.
+    let run = start(
+        r#"
+[routes]
+"worked" = "done"
+
+[[plugin]]
+name = "worker"
+path = "@worker"
+streams = ["work"]
+concurrency = 1
+"#,
+    )
+    .await
+    .unwrap();
+    let mut events = vec![Event::new("work", r#"{"iterations":0,"sleep_ms":5}"#)];
+    events.extend((0..1_005).map(|_| Event::new("work", r#"{"iterations":0}"#)));
+    run.inject("work", events).await.unwrap();
+    run.idle_within(LIMIT).await.unwrap();
+    let plugin = &run.runtime.plugins[0];
+    assert_eq!(plugin.live.fast_path_left(), 1);
+    assert_eq!(plugin.stats.snapshot().handled, 1_006);
+    assert_eq!(
+        plugin.live.instances_alive(),
+        1,
+        "one call at once, one instance"
+    );
+    run.stop().await.unwrap();
+}
