@@ -91,7 +91,7 @@ impl FastPathUse {
 
 /// Whether a component with these imports, under these grants, may use the
 /// fast path: none of its imports may need to wait in the host. `wasi:io`'s
-/// waits are served by [`NonBlockingIo`]; key-value, HTTP, sockets and a
+/// waits are served by `NonBlockingIo`; key-value, HTTP, sockets and a
 /// granted directory's files are not (their host functions are async, or
 /// block on Tokio in wasmtime-wasi's synchronous bindings).
 pub fn eligible(imports: &[String], dirs_granted: bool) -> bool {
