@@ -160,7 +160,8 @@ pub(super) fn check(path: PathBuf, config: Option<PathBuf>) -> anyhow::Result<Ex
     println!("{}: ok, implements runnel:plugin/handler", path.display());
     println!("  exports: {}", interface.exports.join(", "));
     println!("  imports: {}", interface.imports.join(", "));
-    // Granted directories also rule it out; that is per plugin, below.
+    // As loaded without a config: granted directories or `fast_path =
+    // false` in a plugin's section send its calls to a fiber too.
     println!(
         "  calls: {}",
         if plugin::fast_path_eligible(&interface.imports, false) {

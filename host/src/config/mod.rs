@@ -341,7 +341,8 @@ pub struct PluginConfig {
     /// Call the plugin without a fiber first when its imports allow (no
     /// key-value, HTTP or sockets, no granted directories): cheaper by a few
     /// hundred ns a call; a call that waits or runs past 10-20 ms is run
-    /// again on a fiber (ARCHITECTURE.md, "Call"). `false` calls it on a
+    /// again on a fiber (ARCHITECTURE.md, "Call"), and lines it wrote to a
+    /// granted stdio stream may then appear twice. `false` calls it on a
     /// fiber always.
     #[serde(default = "default_true")]
     pub fast_path: bool,

@@ -15,14 +15,16 @@
 //! polled once, here), or a call running past its second epoch tick
 //! (10-20 ms, [`super::engine::EPOCH_TICK`]). The event is then handled again from the start on a fiber,
 //! as every call was before. Nothing the abandoned attempt did takes
-//! effect: emitted events, log lines and its failure text are kept per call
-//! and dropped, and its instance, left in the middle of a call, is
-//! discarded. Only lines written to a granted stdio stream reach the log
-//! at once, so a call that leaves the fast path can log those twice.
+//! effect: emitted events and its failure text are kept per call and
+//! dropped, its `log` lines are held until the call ends (up to the 1 000
+//! a call keeps) and dropped with it, and its instance, left in the middle
+//! of a call, is discarded. Only lines written to a granted stdio stream
+//! (and `log` lines past the first 1 000) reach the log at once, so a call
+//! that leaves the fast path can log those twice.
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll, Waker};
 
 use wasmtime::component::{HasData, Resource, ResourceTable};
@@ -62,19 +64,27 @@ pub struct FastPathUse {
     /// Attempts that left the fast path (the metric
     /// `runnel_fast_path_left_total`).
     left: AtomicU64,
+    /// Set when no instance could be made for the fast path: not tried
+    /// again for this version of the plugin.
+    stopped: AtomicBool,
 }
 
 impl FastPathUse {
     /// Whether this call may try the fast path; counts down a pause.
     pub fn try_now(&self) -> bool {
-        // Races between workers only shift the pause by a call or two.
-        match self.paused.load(Relaxed) {
-            0 => true,
-            n => {
-                self.paused.store(n - 1, Relaxed);
-                false
-            }
+        if self.stopped.load(Relaxed) {
+            return false;
         }
+        // One atomic step, so that a pause set meanwhile by `left` is not
+        // overwritten with an older count.
+        self.paused
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_err()
+    }
+
+    /// Stops trying the fast path (no instance could be made for it).
+    pub fn stop(&self) {
+        self.stopped.store(true, Relaxed);
     }
 
     /// Notes an attempt that had to leave the fast path.
@@ -314,5 +324,7 @@ mod tests {
         let skipped = (0..PAUSE_AFTER_LEAVING).filter(|_| !use_.try_now()).count();
         assert_eq!(skipped, PAUSE_AFTER_LEAVING as usize);
         assert!(use_.try_now());
+        use_.stop();
+        assert!(!use_.try_now(), "stopped for good");
     }
 }

@@ -50,8 +50,12 @@ pub(super) fn link(
     let pre = HandlerPre::new(pre)
         .map_err(|e| anyhow::anyhow!("does not implement the runnel:plugin/handler world: {e}"))?;
     let fast = match fast_path {
+        // Not expected to fail (every import linked the async way); if it
+        // does, the plugin is simply called on a fiber.
         Some(dirs_granted) if fast_path::eligible(&imports, dirs_granted) => {
-            Some(link_fast(engine, component, uses_wasi)?)
+            link_fast(engine, component, uses_wasi)
+                .inspect_err(|e| tracing::debug!("no fast path: {e:#}"))
+                .ok()
         }
         _ => None,
     };
@@ -91,8 +95,6 @@ fn link_fast(
         poll::add_to_linker::<_, NonBlocking>(&mut linker, io)?;
         streams::add_to_linker::<_, NonBlocking>(&mut linker, io)?;
     }
-    // Linked already with every import the async way: this cannot fail
-    // for a component whose imports `eligible` accepted.
     linker
         .instantiate_pre(component)
         .map_err(|e| anyhow::anyhow!("linking for the synchronous fast path: {e}"))

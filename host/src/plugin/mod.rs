@@ -137,7 +137,10 @@ fn direct<R>(
     store.data_mut().direct_call = false;
     match result {
         Err(e) if LeaveFastPath::is(&e) => None,
-        result => Some(result),
+        result => {
+            store.data().release_held_logs();
+            Some(result)
+        }
     }
 }
 
@@ -240,7 +243,7 @@ impl WasmPlugin {
     /// error is the one reported.
     pub async fn warm_up(&self) -> anyhow::Result<()> {
         if self.fast.is_some() {
-            if let Ok(warm) = self.take_instance(true).await {
+            if let Some(warm) = self.take_direct_instance().await {
                 self.warm_direct.lock().push(warm);
                 return Ok(());
             }
@@ -306,11 +309,11 @@ impl WasmPlugin {
         // resumes: a plain wake-up put the call back first, and on one
         // worker thread a CPU-bound call then held off the reader and the
         // keep-alive for seconds (the claim-idle test failed that way).
-        // A call on the fast path cannot yield: at its first tick it goes
-        // to a fiber instead.
+        // A call on the fast path cannot yield: at its tick it goes to a
+        // fiber instead, unless its time is already up.
         store.epoch_deadline_callback(|ctx| match ctx.data().deadline {
-            _ if ctx.data().direct_call => Err(LeaveFastPath::Tick.into()),
             Some(deadline) if Instant::now() >= deadline => Ok(UpdateDeadline::Interrupt),
+            _ if ctx.data().direct_call => Err(LeaveFastPath::Tick.into()),
             _ => Ok(UpdateDeadline::YieldCustom(
                 1,
                 Box::pin(tokio::task::yield_now()),
@@ -422,9 +425,7 @@ impl WasmPlugin {
     /// handled on a fiber instead; an attempt's instance is then dropped
     /// in the middle of its call, and nothing it did takes effect.
     async fn handle_direct(&self, event: &Event) -> Option<Handled> {
-        // An instance that cannot be made for the fast path may be on a
-        // fiber, which reports the error if not.
-        let mut warm = self.take_instance(true).await.ok()?;
+        let mut warm = self.take_direct_instance().await?;
         let Entry::Direct { handle, .. } = warm.entry else {
             unreachable!("the fast path's pool holds only direct instances")
         };
@@ -463,9 +464,23 @@ impl WasmPlugin {
         self.conclude(warm, result)
     }
 
+    /// A warm instance for the fast path. One that cannot be made (its
+    /// initialisers wait in the host, say) may still be on a fiber, which
+    /// reports the error if not; the plugin then stops trying the fast path.
+    async fn take_direct_instance(&self) -> Option<Warm> {
+        match self.take_instance(true).await {
+            Ok(warm) => Some(warm),
+            Err(e) => {
+                tracing::debug!(plugin = %self.name, "no instance for the fast path, calls go to a fiber: {e:#}");
+                self.fast_use.stop();
+                None
+            }
+        }
+    }
+
     /// `handle-error` on the fast path, or `None`: run it on a fiber.
     async fn handle_error_direct(&self, call: &ErrorCall<'_>) -> Option<ErrorHandled> {
-        let mut warm = self.take_instance(true).await.ok()?;
+        let mut warm = self.take_direct_instance().await?;
         let Entry::Direct { handle_error, .. } = warm.entry else {
             unreachable!("the fast path's pool holds only direct instances")
         };

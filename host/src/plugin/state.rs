@@ -113,6 +113,38 @@ impl HostState {
         self.stderr_tail.clear();
     }
 
+    /// Writes the lines a call on the fast path held back (all it kept) to
+    /// the host log, once the call is known not to run again.
+    pub fn release_held_logs(&self) {
+        for line in &self.call.logs {
+            self.trace_log(line.level, &line.text);
+        }
+    }
+
+    /// One of the plugin's log lines, to the host log, tagged with the
+    /// plugin and the event it handles.
+    fn trace_log(&self, level: Level, message: &str) {
+        let (event_id, correlation_id) = (&*self.call.event_id, &*self.call.correlation_id);
+        let plugin = &*self.plugin;
+        match level {
+            Level::Trace => {
+                tracing::trace!(target: "plugin", plugin, event_id, correlation_id, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "plugin", plugin, event_id, correlation_id, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "plugin", plugin, event_id, correlation_id, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "plugin", plugin, event_id, correlation_id, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "plugin", plugin, event_id, correlation_id, "{message}")
+            }
+        }
+    }
+
     /// Ends the call and hands back its output.
     pub fn finish(&mut self) -> Output {
         self.deadline = None;
@@ -176,8 +208,6 @@ impl host::Host for HostState {
             message.truncate(cut);
             message.push_str("… (cut)");
         }
-        let (event_id, correlation_id) = (&*self.call.event_id, &*self.call.correlation_id);
-        let plugin = &*self.plugin;
         let level = match level {
             wit::Level::Trace => Level::Trace,
             wit::Level::Debug => Level::Debug,
@@ -185,24 +215,13 @@ impl host::Host for HostState {
             wit::Level::Warn => Level::Warn,
             wit::Level::Error => Level::Error,
         };
-        match level {
-            Level::Trace => {
-                tracing::trace!(target: "plugin", plugin, event_id, correlation_id, "{message}")
-            }
-            Level::Debug => {
-                tracing::debug!(target: "plugin", plugin, event_id, correlation_id, "{message}")
-            }
-            Level::Info => {
-                tracing::info!(target: "plugin", plugin, event_id, correlation_id, "{message}")
-            }
-            Level::Warn => {
-                tracing::warn!(target: "plugin", plugin, event_id, correlation_id, "{message}")
-            }
-            Level::Error => {
-                tracing::error!(target: "plugin", plugin, event_id, correlation_id, "{message}")
-            }
+        let kept = self.call.logs.len() < MAX_LOGS_KEPT;
+        // On the fast path a kept line is held until the call ends: an
+        // attempt that leaves it runs again, and would log twice.
+        if !(kept && self.direct_call) {
+            self.trace_log(level, &message);
         }
-        if self.call.logs.len() < MAX_LOGS_KEPT {
+        if kept {
             self.call.logs.push(LogLine {
                 level,
                 text: message,

@@ -243,6 +243,48 @@ fn a_plugin_that_fails_to_load_stops_the_service_with_its_name() {
 }
 
 #[test]
+fn a_call_that_leaves_the_fast_path_logs_its_lines_once() {
+    // The worker logs, then sleeps: a wait in the host, which ends its
+    // attempt on the fast path; the call runs again on a fiber and logs
+    // again. Only the second attempt's line may reach the host log.
+    let dir = scratch("fast-path-log");
+    let events = dir.join("events.ndjson");
+    std::fs::write(
+        &events,
+        r#"{"name":"work","stream":"in","payload":"{\"iterations\":0,\"sleep_ms\":20,\"log\":\"logged-once-marker\"}"}"#,
+    )
+    .unwrap();
+    let config = dir.join("runnel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[routes]\n\"worked\" = \"done\"\n\n[[plugin]]\nname = \"worker\"\npath = {:?}\nstreams = [\"in\"]\n",
+            plugin(guests::WORKER)
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .args(["--input", events.to_str().unwrap(), "--exit-when-idle"])
+        .env("RUNNEL_LOG", "info")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let row: Vec<u64> = stdout
+        .lines()
+        .find(|l| l.starts_with("worker"))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(row[0], 1, "handled once: {stdout}");
+    let logged = stderr.matches("logged-once-marker").count();
+    assert_eq!(logged, 1, "{stderr}");
+}
+
+#[test]
 fn granted_stdio_goes_to_the_host_log_tagged_and_ungranted_stdio_nowhere() {
     let dir = scratch("stdio");
     let events = dir.join("events.ndjson");
