@@ -348,10 +348,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         if let Some(url) = &args.redis {
             places.push(latency::Place::Redis(url.clone()));
         }
+        let case = |name: &str, handler, rates_of_previous| latency::LatencyCase {
+            name: name.to_string(),
+            handler,
+            rates_of_previous,
+        };
         let cases = vec![
-            (native.name.clone(), native.handler.clone()),
-            ("wasm, reuse 1000 (default)".to_string(), wasm(1000)?),
-            (ON_A_FIBER.to_string(), wasm_with(1000, false)?),
+            case(&native.name, native.handler.clone(), false),
+            case("wasm, reuse 1000 (default)", wasm(1000)?, false),
+            // The fast path's baseline, at the same rates.
+            case(ON_A_FIBER, wasm_with(1000, false)?, true),
         ];
         out.push_str(&latency::report(&args, &places, &cases).await?);
     }

@@ -739,6 +739,7 @@ fn the_bench_measures_latency_under_a_steady_load() {
     // in ms, in order (p50 ≤ p90 ≤ p99 ≤ p99.9 ≤ max), then p99 and p99.9
     // from the append, p50, p99 and p99.9 to the ack, and the hiccup
     // meter's p99, p99.9 and max.
+    let mut targets = Vec::new();
     for case in [
         "native Rust handler (baseline)",
         "wasm, reuse 1000 (default)",
@@ -749,6 +750,7 @@ fn the_bench_measures_latency_under_a_steady_load() {
             .filter(|l| l.starts_with("memory") && l.contains(case))
             .collect();
         assert_eq!(rows.len(), 4, "{report}");
+        let mut case_targets = Vec::new();
         for row in rows {
             let figures: Vec<f64> = row[row.find(case).unwrap() + case.len()..]
                 .split_whitespace()
@@ -772,8 +774,14 @@ fn the_bench_measures_latency_under_a_steady_load() {
             let hiccups = &figures[13..16];
             assert!(hiccups[0] > 0.0, "the meter ran: {row}");
             assert!(hiccups.windows(2).all(|w| w[0] <= w[1]), "ordered: {row}");
+            case_targets.push(figures[1]);
         }
+        targets.push(case_targets);
     }
+    // The fast path's baseline is loaded at the fast path's rates; the
+    // fast path at its own.
+    assert_eq!(targets[2], targets[1], "{report}");
+    assert_ne!(targets[1], targets[0], "{report}");
 }
 
 #[test]
