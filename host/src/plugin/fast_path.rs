@@ -113,30 +113,28 @@ pub fn eligible(imports: &[String], dirs_granted: bool) -> bool {
     })
 }
 
-/// Polls a host function's future once: its value if ready, otherwise
-/// [`LeaveFastPath::WouldWait`]. Dropping the future unpolled again is
-/// safe for `wasi:io`'s: they hold no state outside the resource table.
-fn once<T>(future: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+/// Polls a future once: its value if ready. Dropping `wasi:io`'s futures
+/// unfinished is safe: they hold no state outside the resource table.
+fn poll_once<F: Future>(future: F) -> Option<F::Output> {
     let mut future = pin!(future);
     match future
         .as_mut()
         .poll(&mut Context::from_waker(Waker::noop()))
     {
-        Poll::Ready(result) => result,
-        Poll::Pending => Err(LeaveFastPath::WouldWait.into()),
+        Poll::Ready(value) => Some(value),
+        Poll::Pending => None,
     }
+}
+
+/// A host function's future polled once: its value if ready, otherwise
+/// [`LeaveFastPath::WouldWait`].
+fn once<T>(future: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+    poll_once(future).unwrap_or_else(|| Err(LeaveFastPath::WouldWait.into()))
 }
 
 /// [`once`] for the stream functions, whose traps travel in `StreamError`.
 fn once_stream<T>(future: impl Future<Output = StreamResult<T>>) -> StreamResult<T> {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(result) => result,
-        Poll::Pending => Err(StreamError::Trap(LeaveFastPath::WouldWait.into())),
-    }
+    poll_once(future).unwrap_or_else(|| Err(StreamError::Trap(LeaveFastPath::WouldWait.into())))
 }
 
 /// `wasi:io`'s `poll` and `streams` for a synchronous store: what does not

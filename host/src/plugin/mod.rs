@@ -132,6 +132,11 @@ fn direct<R>(
     store: &mut Store<HostState>,
     call: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
 ) -> Option<wasmtime::Result<R>> {
+    // Two ticks, not one: the first may come a moment after the call
+    // starts, and a short call must not leave the fast path for it. So a
+    // call leaves after 10-20 ms of running, where one on a fiber yields
+    // after up to 10.
+    store.set_epoch_deadline(2);
     store.data_mut().direct_call = true;
     let result = call(store);
     store.data_mut().direct_call = false;
@@ -339,6 +344,7 @@ impl WasmPlugin {
         // holds more instances than it has calls at once, which is what
         // sizes the pool (`engine.max_instances`), so an event never fails
         // for want of a slot.
+        // Dropped here, outside the pool's lock.
         let evicted = self.pool(!direct).lock().pop();
         drop(evicted);
         let mut store = self.new_store()?;
@@ -430,11 +436,6 @@ impl WasmPlugin {
             unreachable!("the fast path's pool holds only direct instances")
         };
         self.arm(&mut warm, Some(event), true);
-        // Two ticks, not one: the first may come a moment after the call
-        // starts, and a short call must not leave the fast path for it.
-        // So a call leaves after 10-20 ms of running, where one on a fiber
-        // yields after up to 10.
-        warm.store.set_epoch_deadline(2);
         fill_view(&mut warm.view, event);
         // SAFETY: `handle`'s type was checked against `HandleFunc` when the
         // instance was made, and it belongs to this store.
@@ -464,6 +465,23 @@ impl WasmPlugin {
         self.conclude(warm, result)
     }
 
+    /// Runs `direct` when the plugin may try the fast path now, and
+    /// `on_fiber` if it may not or the attempt left it. Neither future does
+    /// anything until awaited.
+    async fn fast_path_first<T>(
+        &self,
+        direct: impl std::future::Future<Output = Option<T>>,
+        on_fiber: impl std::future::Future<Output = T>,
+    ) -> T {
+        if self.fast.is_some() && self.fast_use.try_now() {
+            if let Some(done) = direct.await {
+                return done;
+            }
+            self.fast_use.left();
+        }
+        on_fiber.await
+    }
+
     /// A warm instance for the fast path. One that cannot be made (its
     /// initialisers wait in the host, say) may still be on a fiber, which
     /// reports the error if not; the plugin then stops trying the fast path.
@@ -485,7 +503,6 @@ impl WasmPlugin {
             unreachable!("the fast path's pool holds only direct instances")
         };
         self.arm_error(&mut warm, call);
-        warm.store.set_epoch_deadline(2);
         // SAFETY: as in `handle_direct`, checked against `HandleErrorFunc`.
         let handle_error: HandleErrorFunc<'_> = unsafe { TypedFunc::new_unchecked(handle_error) };
         let result = direct(&mut warm.store, |store| {
@@ -590,13 +607,8 @@ impl WasmPlugin {
 #[async_trait]
 impl Handler for WasmPlugin {
     async fn handle(&self, event: &Event) -> Handled {
-        if self.fast.is_some() && self.fast_use.try_now() {
-            if let Some(handled) = self.handle_direct(event).await {
-                return handled;
-            }
-            self.fast_use.left();
-        }
-        self.handle_on_fiber(event).await
+        self.fast_path_first(self.handle_direct(event), self.handle_on_fiber(event))
+            .await
     }
 
     async fn handle_error(&self, failure: &Failure, event: Option<&Event>) -> ErrorHandled {
@@ -621,13 +633,11 @@ impl Handler for WasmPlugin {
             wit_failure: &wit_failure,
             wit_event: wit_event.as_ref(),
         };
-        if self.fast.is_some() && self.fast_use.try_now() {
-            if let Some(handled) = self.handle_error_direct(&call).await {
-                return handled;
-            }
-            self.fast_use.left();
-        }
-        self.handle_error_on_fiber(&call).await
+        self.fast_path_first(
+            self.handle_error_direct(&call),
+            self.handle_error_on_fiber(&call),
+        )
+        .await
     }
 
     fn instances_alive(&self) -> usize {

@@ -42,13 +42,7 @@ fn the_demo_runs_the_order_pipeline_and_prints_its_summary() {
     ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    let row = |name: &str| -> Vec<u64> {
-        let line = stdout.lines().find(|l| l.starts_with(name)).unwrap();
-        line.split_whitespace()
-            .skip(1)
-            .map(|n| n.parse().unwrap())
-            .collect()
-    };
+    let row = |name: &str| summary_row(&stdout, name);
     // handled, retried, failed, dead-lettered, skipped, deduplicated
     assert_eq!(row("order-enricher"), vec![4, 2, 4, 2, 0, 0], "{stdout}");
     assert_eq!(row("logger"), vec![4, 0, 0, 0, 0, 0], "{stdout}");
@@ -242,6 +236,33 @@ fn a_plugin_that_fails_to_load_stops_the_service_with_its_name() {
     assert_one_line_error(&out, &dir.join("broken.wasm"), "plugin \"broken\"");
 }
 
+/// `runnel run --exit-when-idle` over an input file, logging at `info`;
+/// asserts it succeeded and returns its stdout and stderr.
+fn run_input_logged(config: &Path, events: &Path) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .args(["--input", events.to_str().unwrap(), "--exit-when-idle"])
+        .env("RUNNEL_LOG", "info")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    (stdout, stderr)
+}
+
+/// The figures of a plugin's row in `runnel run`'s summary: handled,
+/// retried, failed, dead-lettered, skipped, deduplicated.
+fn summary_row(stdout: &str, plugin: &str) -> Vec<u64> {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(plugin))
+        .unwrap_or_else(|| panic!("no row for {plugin}: {stdout}"))
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
 #[test]
 fn a_call_that_leaves_the_fast_path_logs_its_lines_once() {
     // The worker logs, then sleeps: a wait in the host, which ends its
@@ -263,22 +284,8 @@ fn a_call_that_leaves_the_fast_path_logs_its_lines_once() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .args(["--input", events.to_str().unwrap(), "--exit-when-idle"])
-        .env("RUNNEL_LOG", "info")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "{stderr}");
-    let row: Vec<u64> = stdout
-        .lines()
-        .find(|l| l.starts_with("worker"))
-        .unwrap_or_else(|| panic!("{stdout}"))
-        .split_whitespace()
-        .skip(1)
-        .map(|n| n.parse().unwrap())
-        .collect();
+    let (stdout, stderr) = run_input_logged(&config, &events);
+    let row = summary_row(&stdout, "worker");
     assert_eq!(row[0], 1, "handled once: {stdout}");
     let logged = stderr.matches("logged-once-marker").count();
     assert_eq!(logged, 1, "{stderr}");
@@ -303,14 +310,7 @@ fn granted_stdio_goes_to_the_host_log_tagged_and_ungranted_stdio_nowhere() {
             ),
         )
         .unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .args(["--input", events.to_str().unwrap(), "--exit-when-idle"])
-            .env("RUNNEL_LOG", "info")
-            .output()
-            .unwrap();
-        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-        assert!(out.status.success(), "{stderr}");
+        let (stdout, stderr) = run_input_logged(&config, &events);
         assert!(
             !stdout.contains("printed by"),
             "the host's own stdout carries only its report: {stdout}"
