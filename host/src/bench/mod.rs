@@ -167,6 +167,18 @@ fn settings(reuse: u32) -> PluginSettings {
     PluginSettings::ungranted(reuse, Duration::from_secs(10))
 }
 
+/// "1 worker thread" or "N worker threads": the runtime the cases ran on.
+/// Said in each table's heading because the default depends on the
+/// backends a run uses (one fewer than the cores beside a local Redis,
+/// `workers.rs`), in-memory cases included, and tables of different
+/// thread counts do not compare.
+fn worker_threads() -> String {
+    match tokio::runtime::Handle::current().metrics().num_workers() {
+        1 => "1 worker thread".to_string(),
+        n => format!("{n} worker threads"),
+    }
+}
+
 /// Runs every case and returns the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let engine = Arc::new(PluginEngine::new(&EngineConfig {
@@ -246,8 +258,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let mut out = String::new();
     if !args.redis_only {
         out = format!(
-            "in-memory backend, no-op handler, {} events per case, concurrency {}, median of {} rounds\n\n{:<34} {:>12} {:>10} {:>12}\n",
-            args.events, args.concurrency, args.rounds.max(1), "case", "events/s", "vs native", "host µs/ev"
+            "in-memory backend, no-op handler, {} events per case, concurrency {}, {}, median of {} rounds\n\n{:<34} {:>12} {:>10} {:>12}\n",
+            args.events, args.concurrency, worker_threads(), args.rounds.max(1), "case", "events/s", "vs native", "host µs/ev"
         );
         for (name, round) in &rows {
             out.push_str(&format!(
@@ -290,11 +302,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         );
         let rows = measure_cases(&args, &Backend::Redis(url.clone()), &redis_cases).await?;
         out.push_str(&format!(
-            "\nRedis Streams at {url}: consume, handle and ack a pre-filled stream, same events and rounds;\n\
+            "\nRedis Streams at {url}: consume, handle and ack a pre-filled stream, same events, rounds and {};\n\
              the XADD ceiling is measured again in every round, ratios are medians of per-round ratios\n\
              (CPU per event: this process, and the Redis server; MiB: this process's resident memory as the drain\n\
              starts, its peak while draining, and as the drain ends)\n\n{:<34} {:>12} {:>10} {:>10} {:>12} {:>12} {:>9} {:>9} {:>9}{}\n",
-            "case", "events/s", "vs ceiling", "vs native", "host µs/ev", "redis µs/ev", "start MiB", "peak MiB", "end MiB",
+            worker_threads(), "case", "events/s", "vs ceiling", "vs native", "host µs/ev", "redis µs/ev", "start MiB", "peak MiB", "end MiB",
             match args.payload_bytes {
                 Some(_) => format!(" {:>10}", "MiB/s"),
                 None => String::new(),
