@@ -51,7 +51,7 @@ pub(super) async fn cmd_emit(args: EmitArgs) -> anyhow::Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    println!("emitted {n} events");
+    println!("emitted {n} event{}", if n == 1 { "" } else { "s" });
     Ok(ExitCode::SUCCESS)
 }
 

@@ -128,7 +128,8 @@ pub async fn run(
                 Err(e) => writeln!(out, "    handle-error {e}")?,
             }
             if last {
-                writeln!(out, "  dead-lettered after {attempt} attempts")?;
+                let s = if attempt == 1 { "" } else { "s" };
+                writeln!(out, "  dead-lettered after {attempt} attempt{s}")?;
                 break;
             }
         }

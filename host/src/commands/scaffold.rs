@@ -163,6 +163,7 @@ const EVENTS: &str = r#"{"name":"greet","payload":{"name":"Ada"}}
 const CONFIG: &str = r#"# runnel run --config runnel.toml --input events.ndjson --exit-when-idle
 [routes]
 "greet" = "in"
+"something-else" = "in"
 "greeted" = "greetings"
 
 [[plugin]]

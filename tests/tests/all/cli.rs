@@ -4,7 +4,7 @@ use runnel_tests::guests;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::util::{runnel, text};
+use crate::util::{runnel, summary_row, text};
 
 use runnel_tests::http_server::{demo_price_service, TestServer, HELLO};
 use runnel_tests::{plugin, repo_root};
@@ -248,19 +248,6 @@ fn run_input_logged(config: &Path, events: &Path) -> (String, String) {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stderr}");
     (stdout, stderr)
-}
-
-/// The figures of a plugin's row in `runnel run`'s summary: handled,
-/// retried, failed, dead-lettered, skipped, deduplicated.
-fn summary_row(stdout: &str, plugin: &str) -> Vec<u64> {
-    stdout
-        .lines()
-        .find(|l| l.starts_with(plugin))
-        .unwrap_or_else(|| panic!("no row for {plugin}: {stdout}"))
-        .split_whitespace()
-        .skip(1)
-        .map(|n| n.parse().unwrap())
-        .collect()
 }
 
 #[test]

@@ -1,12 +1,12 @@
 //! `runnel new`: every language's project is complete, and the Rust, C, Go
 //! and Python ones build with their own build script into a plugin that
-//! `runnel test` runs. (The JavaScript one needs `npm install` in the new
+//! `runnel test` and the README's `runnel run` line run. (The JavaScript one needs `npm install` in the new
 //! project; its toolchain is exercised by the conformance test.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::util::{runnel, text};
+use crate::util::{runnel, summary_row, text};
 
 use runnel_tests::repo_root;
 
@@ -79,10 +79,29 @@ fn build_and_test(project: &Path, name: &str, env: &[(&str, &str)]) {
         "    log info: greeting Ada",
         r#"    emit greeted: {"hello":"Ada"}"#,
         r#"  attempt 1: reject: a greet event needs a "name""#,
+        "  dead-lettered after 1 attempt\n",
         "event 3: something-else",
     ] {
         assert!(report.contains(line), "{name}: {line:?} missing:\n{report}");
     }
+    // The project's README runs its events through a host, from the
+    // project's directory: every sample event has a route, the malformed
+    // greeting is dead-lettered, the rest handled.
+    let out = Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
+        .args(["run", "--config", "runnel.toml", "--input", "events.ndjson"])
+        .arg("--exit-when-idle")
+        .current_dir(project)
+        .env("RUNNEL_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+    let row = summary_row(&stdout, name);
+    assert_eq!(
+        (row[0], row[3]),
+        (2, 1),
+        "{name}: handled, dead-lettered:\n{stdout}"
+    );
 }
 
 #[test]

@@ -13,6 +13,19 @@ pub fn runnel(args: &[&str]) -> Output {
         .expect("running the CLI")
 }
 
+/// The figures of a plugin's row in `runnel run`'s summary: handled,
+/// retried, failed, dead-lettered, skipped, deduplicated.
+pub fn summary_row(stdout: &str, plugin: &str) -> Vec<u64> {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(plugin))
+        .unwrap_or_else(|| panic!("no row for {plugin}: {stdout}"))
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
 /// Output bytes as text.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
