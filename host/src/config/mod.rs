@@ -18,6 +18,7 @@ use crate::broker::StartFrom;
 use crate::routes::Routes;
 
 mod diff;
+mod locate;
 mod validate;
 
 /// The whole configuration file.
@@ -575,15 +576,17 @@ impl Config {
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let deserializer = toml::Deserializer::new(text);
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let line = e
-                .inner()
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let key = e.path().to_string().replace('?', "");
+            let reason = e.inner().message().trim().to_string();
+            let line = e.inner().span().map(|span| {
+                let line = locate::line_of(text, span.start);
+                locate::unknown_key_line(text, line, &reason).unwrap_or(line)
+            });
             ConfigError {
                 file: file.to_path_buf(),
                 line,
-                key: e.path().to_string().replace('?', ""),
-                reason: e.inner().message().trim().to_string(),
+                reason: locate::explain(&key, reason),
+                key,
             }
         })?;
         let mut config = config;
@@ -674,6 +677,19 @@ streams = ["s"]
         assert!(text.starts_with("runnel.toml:"), "{text}");
         assert!(text.contains("concurency"), "{text}");
         assert_eq!(err.line, Some(6), "{text}");
+    }
+
+    #[test]
+    fn a_backend_typo_names_the_line_of_the_key_and_what_kind_may_be() {
+        let err = parse("[backend]\nkind = \"redis\"\nurll = \"redis://127.0.0.1\"\n").unwrap_err();
+        assert_eq!(err.line, Some(3), "{err}");
+        assert!(err.reason.contains("`urll`"), "{err}");
+        let err = parse("[backend]\nkidn = \"redis\"\n").unwrap_err();
+        assert_eq!(err.key, "backend", "{err}");
+        assert!(
+            err.reason.contains(r#"kind = "memory" or kind = "redis""#),
+            "{err}"
+        );
     }
 
     #[test]
