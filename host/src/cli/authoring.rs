@@ -157,6 +157,22 @@ pub(super) async fn cmd_test(args: TestArgs) -> anyhow::Result<ExitCode> {
 pub(super) fn check(path: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let engine = PluginEngine::new(&EngineConfig::for_one_plugin())?;
     let interface = plugin::check(&engine, &path)?;
+    // The config is read before anything is printed: an error in it is
+    // the answer, not a footnote under an "ok".
+    let config = match config {
+        Some(config_path) => {
+            let config = crate::config::Config::load(&config_path)?;
+            if plugins_loading(&config, &path).is_empty() {
+                anyhow::bail!(
+                    "{}: no [[plugin]] loads {}",
+                    config_path.display(),
+                    path.display()
+                );
+            }
+            Some((config_path, config))
+        }
+        None => None,
+    };
     println!("{}: ok, implements runnel:plugin/handler", path.display());
     println!("  exports: {}", interface.exports.join(", "));
     println!("  imports: {}", interface.imports.join(", "));
@@ -170,7 +186,7 @@ pub(super) fn check(path: PathBuf, config: Option<PathBuf>) -> anyhow::Result<Ex
             "on a fiber (it imports key-value, HTTP or sockets, which wait in the host)"
         }
     );
-    let Some(config_path) = config else {
+    let Some((config_path, config)) = config else {
         let closed = plugin::ungranted(&interface.imports, &Default::default());
         if !closed.is_empty() {
             println!("  capabilities denied unless granted in its [[plugin]] section:");
@@ -180,16 +196,7 @@ pub(super) fn check(path: PathBuf, config: Option<PathBuf>) -> anyhow::Result<Ex
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let config = crate::config::Config::load(&config_path)?;
-    let loading = plugins_loading(&config, &path);
-    if loading.is_empty() {
-        anyhow::bail!(
-            "{}: no [[plugin]] loads {}",
-            config_path.display(),
-            path.display()
-        );
-    }
-    for p in loading {
+    for p in plugins_loading(&config, &path) {
         println!(
             "  capabilities of plugin {:?} in {}:",
             p.name,

@@ -138,6 +138,22 @@ fn check_lists_what_a_plugin_exports_and_imports() {
     ] {
         assert!(granted.contains(line), "{line:?} missing:\n{granted}");
     }
+    // A config with an error: the error alone, no "ok" printed above it.
+    let bad = scratch("check-bad-config").join("runnel.toml");
+    std::fs::write(&bad, "[backend]\nkind = \"memory\"\ncapacty = 8\n").unwrap();
+    let out = runnel(&[
+        "check",
+        path.to_str().unwrap(),
+        "--config",
+        bad.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &bad, "unknown field `capacty`");
+    assert!(
+        text(&out.stderr).contains("runnel.toml:3:"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "", "nothing printed before the error");
     let out = runnel(&["check", plugin(guests::COUNTER).to_str().unwrap()]);
     let stdout = text(&out.stdout);
     assert!(
