@@ -95,10 +95,16 @@ pub(super) async fn cmd_test(args: TestArgs) -> anyhow::Result<ExitCode> {
             (p.name.clone(), settings, p.max_attempts)
         }
         None => {
+            // Named after its file, as `runnel new` names both: the log
+            // lines say which plugin wrote them.
+            let name = args
+                .plugin
+                .file_stem()
+                .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
             let five_seconds = Duration::from_millis(5000);
             let settings =
-                plugin::PluginSettings::for_tool("test", five_seconds, Default::default(), None)?;
-            ("test".to_string(), settings, 1)
+                plugin::PluginSettings::for_tool(&name, five_seconds, Default::default(), None)?;
+            (name, settings, 1)
         }
     };
     // The flags add to what the config grants, or override its numbers.

@@ -382,6 +382,10 @@ fn runnel_test_reports_each_attempt_and_pins_it_with_expect() {
     ] {
         assert!(report.contains(line), "{line:?} missing:\n{report}");
     }
+    // Without a config the plugin is named after its file in the log
+    // lines (its error handler logs each give-up at error level).
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(r#"plugin="order_enricher""#), "{stderr}");
     let again = text(&runnel(&args).stdout);
     assert_eq!(report, again, "nothing in the report changes between runs");
 
