@@ -177,12 +177,19 @@ const README: &str = r#"# {{name}}
 A Runnel plugin ({{lang}}): it answers `greet` events with `greeted`.
 
 ```sh
-./build.sh                                               # → {{name}}.wasm
-runnel test {{name}}.wasm --events events.ndjson         # each event's verdict, logs, emits
-runnel test {{name}}.wasm --events events.ndjson > expected.txt   # pin the behaviour,
-runnel test {{name}}.wasm --events events.ndjson --expect expected.txt   # then check it
+# build {{name}}.wasm
+./build.sh
+# each event's verdict, logs and emits
+runnel test {{name}}.wasm --events events.ndjson
+# pin the behaviour, then check it
+runnel test {{name}}.wasm --events events.ndjson > expected.txt
+runnel test {{name}}.wasm --events events.ndjson --expect expected.txt
+# through a host, on the in-memory backend, with a summary at the end
 runnel run --config runnel.toml --input events.ndjson --exit-when-idle
 ```
+
+`runnel` is the host's binary: `cargo install --path host` in a Runnel
+checkout puts it on your `PATH`.
 
 `wit/` is the contract between the host and the plugin; the SDK file next to
 the handler wraps it ({{sdk}}). Verdicts: return normally to acknowledge;
