@@ -4,7 +4,7 @@ use runnel_tests::guests;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::util::{runnel, summary_row, text};
+use crate::util::{run_input, runnel, summary_row, text};
 
 use runnel_tests::http_server::{demo_price_service, TestServer, HELLO};
 use runnel_tests::{plugin, repo_root};
@@ -31,17 +31,12 @@ fn assert_one_line_error(out: &Output, path: &Path, reason: &str) {
 #[test]
 fn the_demo_runs_the_order_pipeline_and_prints_its_summary() {
     demo_price_service();
-    let root = repo_root();
-    let out = runnel(&[
-        "run",
-        "--config",
-        root.join("examples/orders/runnel.toml").to_str().unwrap(),
-        "--input",
-        root.join("examples/orders/events.ndjson").to_str().unwrap(),
-        "--exit-when-idle",
-    ]);
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    // As scripts/demo.sh runs it, from the repository's root.
+    let (stdout, _) = run_input(
+        &repo_root(),
+        "examples/orders/runnel.toml",
+        "examples/orders/events.ndjson",
+    );
     let row = |name: &str| summary_row(&stdout, name);
     // handled, retried, failed, dead-lettered, skipped, deduplicated
     assert_eq!(row("order-enricher"), vec![4, 2, 4, 2, 0, 0], "{stdout}");
@@ -252,20 +247,6 @@ fn a_plugin_that_fails_to_load_stops_the_service_with_its_name() {
     assert_one_line_error(&out, &dir.join("broken.wasm"), "plugin \"broken\"");
 }
 
-/// `runnel run --exit-when-idle` over an input file, logging at `info`;
-/// asserts it succeeded and returns its stdout and stderr.
-fn run_input_logged(config: &Path, events: &Path) -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .args(["--input", events.to_str().unwrap(), "--exit-when-idle"])
-        .env("RUNNEL_LOG", "info")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "{stderr}");
-    (stdout, stderr)
-}
-
 #[test]
 fn a_call_that_leaves_the_fast_path_logs_its_lines_once() {
     // The worker logs, then sleeps: a wait in the host, which ends its
@@ -287,7 +268,7 @@ fn a_call_that_leaves_the_fast_path_logs_its_lines_once() {
         ),
     )
     .unwrap();
-    let (stdout, stderr) = run_input_logged(&config, &events);
+    let (stdout, stderr) = run_input(&dir, &config, &events);
     let row = summary_row(&stdout, "worker");
     assert_eq!(row[0], 1, "handled once: {stdout}");
     let logged = stderr.matches("logged-once-marker").count();
@@ -313,7 +294,7 @@ fn granted_stdio_goes_to_the_host_log_tagged_and_ungranted_stdio_nowhere() {
             ),
         )
         .unwrap();
-        let (stdout, stderr) = run_input_logged(&config, &events);
+        let (stdout, stderr) = run_input(&dir, &config, &events);
         assert!(
             !stdout.contains("printed by"),
             "the host's own stdout carries only its report: {stdout}"

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::util::{runnel, summary_row, text};
+use crate::util::{run_input, runnel, summary_row, text};
 
 use runnel_tests::repo_root;
 
@@ -87,15 +87,7 @@ fn build_and_test(project: &Path, name: &str, env: &[(&str, &str)]) {
     // The project's README runs its events through a host, from the
     // project's directory: every sample event has a route, the malformed
     // greeting is dead-lettered, the rest handled.
-    let out = Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
-        .args(["run", "--config", "runnel.toml", "--input", "events.ndjson"])
-        .arg("--exit-when-idle")
-        .current_dir(project)
-        .env("RUNNEL_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+    let (stdout, _) = run_input(project, "runnel.toml", "events.ndjson");
     let row = summary_row(&stdout, name);
     assert_eq!(
         (row[0], row[3]),

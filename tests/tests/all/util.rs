@@ -13,6 +13,30 @@ pub fn runnel(args: &[&str]) -> Output {
         .expect("running the CLI")
 }
 
+/// `runnel run --config CONFIG --input EVENTS --exit-when-idle` from the
+/// directory `dir` (the paths may be relative to it), logging at `info`;
+/// asserts it succeeded and returns its stdout and stderr.
+pub fn run_input(
+    dir: &std::path::Path,
+    config: impl AsRef<std::ffi::OsStr>,
+    events: impl AsRef<std::ffi::OsStr>,
+) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_runnel-under-test"))
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--input")
+        .arg(events)
+        .arg("--exit-when-idle")
+        .current_dir(dir)
+        .env("RUNNEL_LOG", "info")
+        .output()
+        .expect("running the CLI");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "runnel run failed: {stderr}");
+    (stdout, stderr)
+}
+
 /// The figures of a plugin's row in `runnel run`'s summary: handled,
 /// retried, failed, dead-lettered, skipped, deduplicated.
 pub fn summary_row(stdout: &str, plugin: &str) -> Vec<u64> {
